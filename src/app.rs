@@ -1,0 +1,207 @@
+//! Building and running the gateway: connect, migrate, make the first admin, start the
+//! recorder, bind (port 0 allowed), serve until a shutdown signal, then drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::billing::admission::Reservations;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::proxy::limits::Limiter;
+use crate::proxy::ProxyState;
+use crate::recorder::stats::Stats;
+use crate::recorder::{Recorder, RecorderMetrics, RecorderOptions, RecorderWorker};
+use crate::secrets::{hash_password, random_base62};
+use crate::state::{AppState, Inner};
+use crate::store::Db;
+
+/// A built gateway, not yet serving.
+pub struct App {
+    pub state: AppState,
+    worker: RecorderWorker,
+    /// The first admin's generated password, when this start created it.
+    pub created_admin: Option<(String, String)>,
+}
+
+/// Connect to the database and apply migrations.
+pub async fn connect(config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(
+        config.database.url.expose(),
+        config.database.max_connections,
+    )
+    .await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+async fn connect_redis(config: &Config) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
+    let url = config.redis.url.expose();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("`redis.url`: {e}"))?;
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(2);
+    let conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        redis::aio::ConnectionManager::new_with_config(client, cfg),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("`redis.url`: Redis did not answer within 5 s"))?
+    .map_err(|e| anyhow::anyhow!("`redis.url`: cannot connect to Redis: {e}"))?;
+    Ok(Some(conn))
+}
+
+/// On an empty database, create the first admin: password from config, else a random one that
+/// is returned (to be printed once).
+pub async fn ensure_first_admin(
+    db: &Db,
+    config: &Config,
+    now_ms: i64,
+) -> anyhow::Result<Option<(String, String)>> {
+    if db.count_admins().await? > 0 {
+        return Ok(None);
+    }
+    let username = config.admin.initial_username.clone();
+    let configured = config.admin.initial_password.expose().to_string();
+    let (password, generated) = if configured.is_empty() {
+        (random_base62(20), true)
+    } else {
+        (configured, false)
+    };
+    db.create_user(&username, "admin", Some(&hash_password(&password)), now_ms)
+        .await?;
+    tracing::info!(username = %username, "created the first admin account");
+    Ok(generated.then_some((username, password)))
+}
+
+impl App {
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<App> {
+        let db = connect(&config).await?;
+        let created_admin = ensure_first_admin(&db, &config, clock.now_ms()).await?;
+        let redis = connect_redis(&config).await?;
+        let prefix = config.redis.key_prefix.clone();
+        let (stats, limiter) = match &redis {
+            Some(c) => (
+                Stats::Redis {
+                    conn: c.clone(),
+                    prefix: prefix.clone(),
+                },
+                Limiter::Redis {
+                    conn: c.clone(),
+                    prefix,
+                },
+            ),
+            None => (Stats::memory(), Limiter::memory()),
+        };
+        let stats = Arc::new(stats);
+        let reservations = Arc::new(Reservations::default());
+        let (recorder, worker) = Recorder::start(
+            db.clone(),
+            stats.clone(),
+            clock.clone(),
+            RecorderOptions {
+                queue_capacity: config.recorder.queue_capacity,
+                batch_size: config.recorder.batch_size,
+                flush_interval: Duration::from_millis(config.recorder.flush_interval_ms),
+                journal_dir: config.journal_path(),
+                reservations: reservations.clone(),
+            },
+            Arc::new(RecorderMetrics::default()),
+        );
+        // A journal left by an earlier run (crash, or the database down at shutdown).
+        if let Err(e) = recorder.replay_journal().await {
+            tracing::warn!(error = %e, "could not apply the recorder journal yet; it will be retried");
+        }
+        let proxy = ProxyState::new(&config.upstream, limiter, reservations)?;
+        let tz = config.timezone();
+        let state = AppState(Arc::new(Inner {
+            config,
+            db,
+            clock,
+            tz,
+            recorder,
+            stats,
+            redis,
+            proxy,
+        }));
+        Ok(App {
+            state,
+            worker,
+            created_admin,
+        })
+    }
+
+    /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
+    /// requests finish (up to `server.shutdown_grace_secs`), drain the recorder, close the pool.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let App { state, worker, .. } = self;
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+        let router = crate::http::router(state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        });
+        let server = tokio::spawn(async move { server.await });
+        // Wait for the signal, then give in-flight requests the grace period.
+        let mut server = server;
+        tokio::select! {
+            r = &mut server => { r??; }
+            _ = stop_rx => {
+                tracing::info!("shutting down: finishing in-flight requests");
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(r) => { r??; }
+                    Err(_) => {
+                        tracing::warn!("in-flight requests did not finish within the grace period");
+                        server.abort();
+                    }
+                }
+            }
+        }
+        tracing::info!("draining the recorder");
+        worker.shutdown().await;
+        state.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Bind the configured address (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("`server.listen`: cannot bind {addr}: {e}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,244 @@
+//! Admission: which of a user's grants pays for a request, with in-flight reservations.
+//!
+//! Order: subscriptions first, then quota packages; inside each, the one that expires soonest;
+//! ties by id. A grant has room when every limited window has effective used + reserved < limit
+//! (and for a quota package, quota_used + reserved < quota_total), where `reserved` is what
+//! requests already admitted against it in this process and not yet settled are expected to
+//! cost. A request's own estimate does not count against it, so a grant with any room left
+//! admits at least one request, which is then charged in full (SPEC §10 "Room").
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use super::balance::used_in;
+use super::windows::{window_at, WindowKind};
+use crate::billing::money::Usd;
+use crate::clock::from_ms;
+use crate::store::packages::UserPackage;
+
+/// Why no grant can pay: the message names the window and when it resets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub message: String,
+}
+
+fn order_key(up: &UserPackage) -> (u8, i64, i64) {
+    (u8::from(up.kind != "subscription"), up.expires_at, up.id)
+}
+
+/// The first window of `up` without room at `now`, with its reset time; None when it has room.
+fn exhausted(
+    up: &UserPackage,
+    now: DateTime<Utc>,
+    tz: Tz,
+    reserved: i64,
+) -> Option<(String, Option<DateTime<Utc>>, i64)> {
+    for kind in WindowKind::ALL {
+        let limit = match kind {
+            WindowKind::Daily => up.daily_quota,
+            WindowKind::Weekly => up.weekly_quota,
+            WindowKind::Monthly => up.monthly_quota,
+        };
+        let Some(limit) = limit else { continue };
+        if used_in(up, kind, now, tz) + reserved >= limit {
+            let resets = window_at(kind, now, from_ms(up.starts_at), from_ms(up.expires_at), tz)
+                .map(|w| w.end);
+            return Some((kind.as_str().to_string(), resets, limit));
+        }
+    }
+    if let Some(total) = up.quota_total {
+        if up.quota_used + reserved >= total {
+            return Some(("quota".to_string(), None, total));
+        }
+    }
+    None
+}
+
+/// Choose the grant that pays for a request, among the user's active grants.
+pub fn choose(
+    grants: &[UserPackage],
+    now: DateTime<Utc>,
+    tz: Tz,
+    reserved: impl Fn(i64) -> i64,
+) -> Result<&UserPackage, Denial> {
+    let now_ms = now.timestamp_millis();
+    let mut active: Vec<&UserPackage> = grants
+        .iter()
+        .filter(|g| g.status == "active" && g.starts_at <= now_ms && now_ms < g.expires_at)
+        .collect();
+    if active.is_empty() {
+        return Err(Denial {
+            message: "no active package: ask an administrator to grant one".to_string(),
+        });
+    }
+    active.sort_by_key(|g| order_key(g));
+    let mut first_denial = None;
+    for g in active {
+        match exhausted(g, now, tz, reserved(g.id)) {
+            None => return Ok(g),
+            Some(d) => {
+                first_denial.get_or_insert((g, d));
+            }
+        }
+    }
+    let (g, (window, resets, limit)) = first_denial.expect("at least one active grant");
+    let message = match resets {
+        Some(at) => format!(
+            "the {window} quota of package `{}` ({} USD) is used up; it resets at {} ({})",
+            g.name,
+            Usd(limit),
+            at.with_timezone(&tz).to_rfc3339(),
+            tz.name()
+        ),
+        None => format!(
+            "the quota of package `{}` ({} USD) is used up and does not reset; ask for a new package",
+            g.name,
+            Usd(limit)
+        ),
+    };
+    Err(Denial { message })
+}
+
+/// What in-flight requests of this process are expected to cost, per grant (nano-dollars).
+/// A reservation lives from admission until the request's usage is settled in the database.
+#[derive(Default)]
+pub struct Reservations {
+    map: Mutex<HashMap<i64, i64>>,
+}
+
+impl Reservations {
+    pub fn get(&self, grant: i64) -> i64 {
+        self.lock().get(&grant).copied().unwrap_or(0)
+    }
+
+    pub fn add(&self, grant: i64, nanos: i64) {
+        if nanos == 0 {
+            return;
+        }
+        let mut m = self.lock();
+        let v = m.entry(grant).or_default();
+        *v += nanos;
+        if *v <= 0 {
+            m.remove(&grant);
+        }
+    }
+
+    pub fn total(&self) -> i64 {
+        self.lock().values().sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn grant(id: i64, kind: &str, expires: i64) -> UserPackage {
+        UserPackage {
+            id,
+            user_id: 1,
+            package_id: 1,
+            name: format!("p{id}"),
+            kind: kind.into(),
+            daily_quota: (kind == "subscription").then_some(1_000),
+            weekly_quota: None,
+            monthly_quota: None,
+            quota_total: (kind == "quota").then_some(5_000),
+            daily_used: 0,
+            weekly_used: 0,
+            monthly_used: 0,
+            quota_used: 0,
+            daily_window_start: None,
+            weekly_window_start: None,
+            monthly_window_start: None,
+            starts_at: 0,
+            expires_at: expires,
+            status: "active".into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn subscriptions_first_then_soonest_expiry_then_id() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let far = now.timestamp_millis() + 10 * 86_400_000;
+        let near = now.timestamp_millis() + 86_400_000;
+        let grants = vec![
+            grant(1, "quota", near),
+            grant(2, "subscription", far),
+            grant(3, "subscription", near),
+            grant(4, "subscription", near),
+        ];
+        let tz = chrono_tz::UTC;
+        assert_eq!(choose(&grants, now, tz, |_| 0).unwrap().id, 3);
+        // Grant 3 full by reservations → 4 (same expiry, next id) → 2 → quota 1.
+        assert_eq!(
+            choose(&grants, now, tz, |id| if id == 3 { 1_000 } else { 0 })
+                .unwrap()
+                .id,
+            4
+        );
+        let full = |id: i64| if id == 1 { 0 } else { 1_000 };
+        assert_eq!(choose(&grants, now, tz, full).unwrap().id, 1);
+    }
+
+    #[test]
+    fn denial_names_window_and_reset() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 15, 0, 0).unwrap();
+        let mut g = grant(7, "subscription", now.timestamp_millis() + 30 * 86_400_000);
+        g.daily_used = 1_000;
+        g.daily_window_start = Some(
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_millis(),
+        );
+        let err = choose(std::slice::from_ref(&g), now, chrono_tz::UTC, |_| 0).unwrap_err();
+        assert!(err.message.contains("daily"), "{}", err.message);
+        assert!(
+            err.message.contains("2026-01-02T00:00:00+00:00"),
+            "{}",
+            err.message
+        );
+        // A stale window (yesterday) has room again.
+        g.daily_window_start = Some(
+            Utc.with_ymd_and_hms(2025, 12, 31, 0, 0, 0)
+                .unwrap()
+                .timestamp_millis(),
+        );
+        assert_eq!(
+            choose(std::slice::from_ref(&g), now, chrono_tz::UTC, |_| 0)
+                .unwrap()
+                .id,
+            7
+        );
+    }
+
+    #[test]
+    fn no_active_grant_is_denied() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut g = grant(1, "quota", now.timestamp_millis());
+        assert!(choose(std::slice::from_ref(&g), now, chrono_tz::UTC, |_| 0).is_err());
+        g.expires_at = now.timestamp_millis() + 1;
+        g.status = "cancelled".into();
+        assert!(choose(std::slice::from_ref(&g), now, chrono_tz::UTC, |_| 0).is_err());
+    }
+
+    #[test]
+    fn reservations_add_and_release() {
+        let r = Reservations::default();
+        r.add(1, 50);
+        r.add(1, 20);
+        assert_eq!(r.get(1), 70);
+        r.add(1, -70);
+        assert_eq!(r.get(1), 0);
+        assert_eq!(r.total(), 0);
+    }
+}

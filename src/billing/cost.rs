@@ -1,0 +1,176 @@
+//! The cost function: the one place that turns token counts and a price into money.
+//!
+//! Token classes are disjoint (SPEC §10): `input` is the uncached input only, `cache_read` the
+//! cached input, `cache_write` the cache writes, `output` the output. Protocol adapters convert
+//! what a provider reports into these classes (OpenAI's `prompt_tokens` include the cached ones;
+//! Anthropic's buckets are already separate). Prices are USD per 1M tokens, stored as nano-dollars
+//! per 1M tokens. Cost = Σ class × price / 1,000,000, computed exactly in `Decimal`, then rounded
+//! once per request to whole nano-dollars, half to even (banker's rounding).
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::Serialize;
+
+use super::money::{Usd, NANOS_SCALE};
+
+/// Token counts in the four disjoint classes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Tokens {
+    pub input: i64,
+    pub output: i64,
+    pub cache_read: i64,
+    pub cache_write: i64,
+}
+
+impl Tokens {
+    pub fn total(&self) -> i64 {
+        self.input + self.output + self.cache_read + self.cache_write
+    }
+}
+
+/// A model's price per 1M tokens, in nano-dollars. A missing cache price is charged at the
+/// input price (the conservative choice when an admin has not set one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Price {
+    pub input: i64,
+    pub output: i64,
+    pub cache_read: Option<i64>,
+    pub cache_write: Option<i64>,
+}
+
+/// Cost of one request: the rounded total (what is charged) and the exact parts (informative).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cost {
+    pub total: Usd,
+    pub input: Decimal,
+    pub output: Decimal,
+    pub cache_read: Decimal,
+    pub cache_write: Decimal,
+}
+
+/// The cost function.
+pub fn cost(tokens: &Tokens, price: &Price) -> Cost {
+    let part = |n: i64, per_million_nanos: i64| -> Decimal {
+        // nanos per 1M tokens → USD per token: / 1e9 / 1e6.
+        Decimal::from(n) * Decimal::new(per_million_nanos, NANOS_SCALE) / Decimal::from(1_000_000)
+    };
+    let input = part(tokens.input, price.input);
+    let output = part(tokens.output, price.output);
+    let cache_read = part(tokens.cache_read, price.cache_read.unwrap_or(price.input));
+    let cache_write = part(tokens.cache_write, price.cache_write.unwrap_or(price.input));
+    let exact = input + output + cache_read + cache_write;
+    let rounded = exact.round_dp_with_strategy(NANOS_SCALE, RoundingStrategy::MidpointNearestEven);
+    let total = Usd::from_decimal(rounded).unwrap_or(Usd(i64::MAX));
+    Cost {
+        total,
+        input,
+        output,
+        cache_read,
+        cache_write,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(s: &str) -> i64 {
+        s.parse::<Usd>().unwrap().nanos()
+    }
+
+    #[test]
+    fn openai_cached_tokens_are_charged_at_cache_read() {
+        // gpt-4o-like: $2.50 input, $10 output, $1.25 cached input per 1M.
+        // prompt_tokens 1000 of which 400 cached → 600 uncached; 200 output.
+        let price = Price {
+            input: usd("2.5"),
+            output: usd("10"),
+            cache_read: Some(usd("1.25")),
+            cache_write: None,
+        };
+        let t = Tokens {
+            input: 600,
+            output: 200,
+            cache_read: 400,
+            cache_write: 0,
+        };
+        // 600×2.5/1e6 = 0.0015; 200×10/1e6 = 0.002; 400×1.25/1e6 = 0.0005 → 0.004
+        let c = cost(&t, &price);
+        assert_eq!(c.total, Usd(4_000_000));
+        assert_eq!(c.input.normalize().to_string(), "0.0015");
+        assert_eq!(c.cache_read.normalize().to_string(), "0.0005");
+    }
+
+    #[test]
+    fn anthropic_buckets_are_separate() {
+        // claude-sonnet-like: $3 input, $15 output, $0.30 cache read, $3.75 cache write.
+        let price = Price {
+            input: usd("3"),
+            output: usd("15"),
+            cache_read: Some(usd("0.3")),
+            cache_write: Some(usd("3.75")),
+        };
+        let t = Tokens {
+            input: 12,
+            output: 8,
+            cache_read: 100,
+            cache_write: 50,
+        };
+        // 12×3 = 36; 8×15 = 120; 100×0.3 = 30; 50×3.75 = 187.5 → 373.5 / 1e6 = 0.0003735
+        assert_eq!(cost(&t, &price).total, Usd(373_500));
+    }
+
+    #[test]
+    fn missing_cache_prices_fall_back_to_input() {
+        let price = Price {
+            input: usd("1"),
+            output: usd("2"),
+            cache_read: None,
+            cache_write: None,
+        };
+        let t = Tokens {
+            input: 1,
+            output: 1,
+            cache_read: 1,
+            cache_write: 1,
+        };
+        // (1 + 2 + 1 + 1) / 1e6 = 0.000005
+        assert_eq!(cost(&t, &price).total, Usd(5_000));
+    }
+
+    #[test]
+    fn rounds_once_half_to_even() {
+        // $0.0005 per 1M tokens → 1 token costs 0.0000000005 = half a nano-dollar → 0 (even).
+        let p = Price {
+            input: usd("0.0005"),
+            output: usd("0.0015"),
+            cache_read: None,
+            cache_write: None,
+        };
+        let one_in = Tokens {
+            input: 1,
+            ..Tokens::default()
+        };
+        assert_eq!(cost(&one_in, &p).total, Usd(0));
+        // 3 input tokens = 1.5 nano → 2 (even).
+        let three_in = Tokens {
+            input: 3,
+            ..Tokens::default()
+        };
+        assert_eq!(cost(&three_in, &p).total, Usd(2));
+        // 1 input + 1 output = 0.5 + 1.5 = 2.0 nano: rounding once gives 2, rounding each part
+        // separately would give 0 + 2 = 2 too; 1 in + 3 in... use 1 output alone: 1.5 → 2.
+        let one_out = Tokens {
+            output: 1,
+            ..Tokens::default()
+        };
+        assert_eq!(cost(&one_out, &p).total, Usd(2));
+        // Rounded once over the sum: 1 input (0.5) + 1 cache_read at input price (0.5) = 1.0 → 1,
+        // where per-part rounding would give 0 + 0 = 0.
+        let two_halves = Tokens {
+            input: 1,
+            cache_read: 1,
+            ..Tokens::default()
+        };
+        assert_eq!(cost(&two_halves, &p).total, Usd(1));
+    }
+}

@@ -1,0 +1,200 @@
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{id_page, parse_id, status_in, PageQuery};
+use crate::billing::balance::{balances, package_status};
+use crate::error::{ApiError, AppJson};
+use crate::secrets::hash_password;
+use crate::state::AppState;
+use crate::store::users::User;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    username: String,
+    role: Option<String>,
+    password: Option<String>,
+}
+
+/// Usernames: 1–64 characters, no control characters, no surrounding spaces.
+pub fn validate_username(u: &str) -> Result<(), ApiError> {
+    if u.is_empty() || u.chars().count() > 64 {
+        return Err(ApiError::invalid("username", "must be 1 to 64 characters"));
+    }
+    if u.trim() != u || u.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "username",
+            "must not contain control characters or leading/trailing spaces",
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_password(p: &str) -> Result<(), ApiError> {
+    if p.chars().count() < 8 {
+        return Err(ApiError::invalid(
+            "password",
+            "must be at least 8 characters",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    AppJson(body): AppJson<CreateUser>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    validate_username(&body.username)?;
+    let role = status_in_role(body.role.as_deref().unwrap_or("user"))?;
+    let hash = match &body.password {
+        Some(p) => {
+            validate_password(p)?;
+            Some(hash_password(p))
+        }
+        None => None,
+    };
+    let user = st
+        .db
+        .create_user(&body.username, &role, hash.as_deref(), st.now_ms())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => {
+                ApiError::conflict(format!("username `{}` is taken", body.username))
+            }
+            e => e.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(user_json(&st, user).await?)))
+}
+
+fn status_in_role(role: &str) -> Result<String, ApiError> {
+    if role == "admin" || role == "user" {
+        Ok(role.to_string())
+    } else {
+        Err(ApiError::invalid("role", "must be `admin` or `user`"))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    q: Option<String>,
+}
+
+/// The user object with the four balances (SPEC §6), for one user.
+async fn user_json(st: &AppState, user: User) -> Result<Value, ApiError> {
+    let now = st.clock.now();
+    let grants = st
+        .db
+        .active_user_packages(&[user.id], now.timestamp_millis())
+        .await?;
+    Ok(with_balances(&user, &balances(&grants, now, st.tz)))
+}
+
+fn with_balances(user: &User, b: &crate::billing::balance::Balances) -> Value {
+    let mut v = serde_json::to_value(user).unwrap_or_default();
+    if let (Some(o), Ok(Value::Object(bal))) = (v.as_object_mut(), serde_json::to_value(b)) {
+        o.extend(bal);
+    }
+    v
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(crate::error::query_rejection)?;
+    let page = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let limit = page.limit()?;
+    let search = q.q.as_deref().filter(|s| !s.is_empty());
+    let users = st.db.list_users(search, page.id_cursor()?, limit).await?;
+    let now = st.clock.now();
+    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    let grants = st
+        .db
+        .active_user_packages(&ids, now.timestamp_millis())
+        .await?;
+    let mut by_user: HashMap<i64, Vec<_>> = HashMap::new();
+    for g in grants {
+        by_user.entry(g.user_id).or_default().push(g);
+    }
+    let rows: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            let b = balances(by_user.get(&u.id).into_iter().flatten(), now, st.tz);
+            with_balances(u, &b)
+        })
+        .collect();
+    Ok(Json(id_page(rows, limit, |v| {
+        v["id"].as_i64().unwrap_or(0)
+    })))
+}
+
+pub async fn get(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id("user", &id)?;
+    let user = st
+        .db
+        .get_user(id)
+        .await
+        .map_err(|_| ApiError::not_found("user"))?;
+    let now = st.clock.now();
+    let packages: Vec<_> = st
+        .db
+        .list_user_packages(id)
+        .await?
+        .iter()
+        .map(|g| package_status(g, now, st.tz))
+        .collect();
+    let keys = st.db.list_keys(Some(id), None, 1000).await?;
+    let mut v = user_json(&st, user).await?;
+    v["packages"] = json!(packages);
+    v["keys"] = json!(keys);
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    status: Option<String>,
+    password: Option<String>,
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<UpdateUser>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id("user", &id)?;
+    let status = body
+        .status
+        .as_deref()
+        .map(|s| status_in(s, &["active", "disabled"]))
+        .transpose()?;
+    if let Some(p) = &body.password {
+        validate_password(p)?;
+    }
+    st.db
+        .get_user(id)
+        .await
+        .map_err(|_| ApiError::not_found("user"))?;
+    let now = st.now_ms();
+    if let Some(s) = status {
+        st.db.set_user_status(id, &s, now).await?;
+    }
+    if let Some(p) = &body.password {
+        st.db.set_password_hash(id, &hash_password(p), now).await?;
+    }
+    let user = st.db.get_user(id).await?;
+    Ok(Json(user_json(&st, user).await?))
+}

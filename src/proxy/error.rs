@@ -1,0 +1,132 @@
+//! Errors on the proxy routes, in each provider's own shape so the SDKs raise the right
+//! exception: OpenAI `{"error":{"message","type","code","param"}}`, Anthropic
+//! `{"type":"error","error":{"type","message"}}`.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+/// The gateway's own failure cases (SPEC §3 table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    InvalidKey(String),
+    ModelNotAllowed(String),
+    ModelNotFound(String),
+    NoQuota(String),
+    RateLimited { message: String, retry_after: u64 },
+    InvalidRequest(String),
+    TooLarge(usize),
+    NoAccount(String),
+    Unreachable(String),
+    Timeout(String),
+}
+
+#[derive(Debug)]
+pub struct ProxyError {
+    pub protocol: Protocol,
+    pub failure: Failure,
+}
+
+impl ProxyError {
+    pub fn new(protocol: Protocol, failure: Failure) -> Self {
+        ProxyError { protocol, failure }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match (&self.failure, self.protocol) {
+            (Failure::InvalidKey(_), _) => StatusCode::UNAUTHORIZED,
+            (Failure::ModelNotAllowed(_), _) => StatusCode::FORBIDDEN,
+            (Failure::ModelNotFound(_), _) => StatusCode::NOT_FOUND,
+            (Failure::NoQuota(_), Protocol::OpenAi) => StatusCode::TOO_MANY_REQUESTS,
+            (Failure::NoQuota(_), Protocol::Anthropic) => StatusCode::PAYMENT_REQUIRED,
+            (Failure::RateLimited { .. }, _) => StatusCode::TOO_MANY_REQUESTS,
+            (Failure::InvalidRequest(_), _) => StatusCode::BAD_REQUEST,
+            (Failure::TooLarge(_), _) => StatusCode::PAYLOAD_TOO_LARGE,
+            (Failure::NoAccount(_), _) => StatusCode::SERVICE_UNAVAILABLE,
+            (Failure::Unreachable(_), _) => StatusCode::BAD_GATEWAY,
+            (Failure::Timeout(_), _) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match &self.failure {
+            Failure::InvalidKey(m)
+            | Failure::ModelNotAllowed(m)
+            | Failure::ModelNotFound(m)
+            | Failure::NoQuota(m)
+            | Failure::InvalidRequest(m)
+            | Failure::NoAccount(m)
+            | Failure::Unreachable(m)
+            | Failure::Timeout(m) => m.clone(),
+            Failure::RateLimited { message, .. } => message.clone(),
+            Failure::TooLarge(limit) => format!(
+                "request body is larger than this gateway accepts ({limit} bytes); send a smaller request"
+            ),
+        }
+    }
+
+    /// (type, code) in the OpenAI vocabulary.
+    fn openai_kind(&self) -> (&'static str, &'static str) {
+        match &self.failure {
+            Failure::InvalidKey(_) => ("invalid_request_error", "invalid_api_key"),
+            Failure::ModelNotAllowed(_) => ("invalid_request_error", "model_not_allowed"),
+            Failure::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
+            Failure::NoQuota(_) => ("insufficient_quota", "insufficient_quota"),
+            Failure::RateLimited { .. } => ("rate_limit_exceeded", "rate_limit_exceeded"),
+            Failure::InvalidRequest(_) => ("invalid_request_error", "invalid_request_error"),
+            Failure::TooLarge(_) => ("invalid_request_error", "request_too_large"),
+            Failure::NoAccount(_) => ("server_error", "no_available_account"),
+            Failure::Unreachable(_) => ("server_error", "upstream_unreachable"),
+            Failure::Timeout(_) => ("server_error", "upstream_timeout"),
+        }
+    }
+
+    fn anthropic_type(&self) -> &'static str {
+        match &self.failure {
+            Failure::InvalidKey(_) => "authentication_error",
+            Failure::ModelNotAllowed(_) => "permission_error",
+            Failure::ModelNotFound(_) => "not_found_error",
+            Failure::NoQuota(_) => "billing_error",
+            Failure::RateLimited { .. } => "rate_limit_error",
+            Failure::InvalidRequest(_) => "invalid_request_error",
+            Failure::TooLarge(_) => "request_too_large",
+            Failure::NoAccount(_) => "overloaded_error",
+            Failure::Unreachable(_) | Failure::Timeout(_) => "api_error",
+        }
+    }
+
+    /// Short name for logs and metrics.
+    pub fn code(&self) -> &'static str {
+        self.openai_kind().1
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = self.message();
+        let body = match self.protocol {
+            Protocol::OpenAi => {
+                let (kind, code) = self.openai_kind();
+                json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
+            }
+            Protocol::Anthropic => {
+                json!({"type": "error", "error": {"type": self.anthropic_type(), "message": message}})
+            }
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let Failure::RateLimited { retry_after, .. } = self.failure {
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        resp
+    }
+}

@@ -1,0 +1,113 @@
+//! Upstream choice: active accounts of the right provider that serve the model, highest
+//! priority first, weighted random inside a priority, accounts cooling down after a failure
+//! left out until their cooldown ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::store::accounts::Account;
+
+/// In-process health: which accounts are cooling down, until when.
+#[derive(Default)]
+pub struct Health {
+    until: Mutex<HashMap<i64, Instant>>,
+}
+
+impl Health {
+    pub fn cooling(&self, id: i64) -> bool {
+        let m = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id).is_some_and(|t| *t > Instant::now())
+    }
+
+    pub fn cool_down(&self, id: i64, d: Duration) {
+        let mut m = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(id, Instant::now() + d);
+    }
+
+    pub fn recovered(&self, id: i64) {
+        let mut m = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(&id);
+    }
+
+    /// Seconds of cooldown left, for display.
+    pub fn cooldown_left(&self, id: i64) -> Option<u64> {
+        let m = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id)
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .map(|d| d.as_secs() + 1)
+    }
+}
+
+/// Order candidates: by priority (larger first); inside one priority, a weighted random
+/// permutation (Efraimidis–Spirakis: sort by u^(1/w) descending), so the first pick of a
+/// priority follows the weights and later picks are the fallbacks.
+pub fn order(mut accounts: Vec<Account>, rng: &mut impl Rng) -> Vec<Account> {
+    let mut keyed: Vec<(i64, f64, Account)> = accounts
+        .drain(..)
+        .map(|a| {
+            let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+            let k = u.powf(1.0 / a.weight.max(1) as f64);
+            (a.priority, k, a)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    keyed.into_iter().map(|(_, _, a)| a).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn acc(id: i64, priority: i64, weight: i64) -> Account {
+        Account {
+            id,
+            name: format!("a{id}"),
+            provider: "openai".into(),
+            base_url: "http://x".into(),
+            secret: String::new(),
+            models: None,
+            priority,
+            weight,
+            status: "active".into(),
+            total_cost: 0,
+            request_count: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            last_error: None,
+            last_error_at: None,
+            last_used_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn higher_priority_always_first_and_weights_hold() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut first = HashMap::new();
+        for _ in 0..10_000 {
+            let o = order(vec![acc(1, 0, 1), acc(2, 0, 3), acc(3, 5, 1)], &mut rng);
+            assert_eq!(o[0].id, 3);
+            *first.entry(o[1].id).or_insert(0) += 1;
+        }
+        // weight 3 vs 1 → 75 % ± 2 %
+        let share = first[&2] as f64 / 10_000.0;
+        assert!((0.73..0.77).contains(&share), "share {share}");
+    }
+
+    #[test]
+    fn cooldown_expires() {
+        let h = Health::default();
+        h.cool_down(1, Duration::from_millis(30));
+        assert!(h.cooling(1));
+        assert!(!h.cooling(2));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!h.cooling(1));
+    }
+}

@@ -1,0 +1,232 @@
+//! Upstream accounts and model prices.
+
+use serde::Serialize;
+
+use super::{column_to_list, execute, insert_id, list_to_column, on_db, ser, Db, Result};
+use crate::config::DbKind;
+
+#[derive(Clone, Debug, sqlx::FromRow, Serialize)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    pub provider: String,
+    pub base_url: String,
+    /// The upstream credential: never serialised, never shown.
+    #[serde(skip)]
+    pub secret: String,
+    #[serde(serialize_with = "ser::list")]
+    pub models: Option<String>,
+    pub priority: i64,
+    pub weight: i64,
+    pub status: String,
+    #[serde(serialize_with = "ser::usd")]
+    pub total_cost: i64,
+    pub request_count: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "ser::opt_ms")]
+    pub last_error_at: Option<i64>,
+    #[serde(serialize_with = "ser::opt_ms")]
+    pub last_used_at: Option<i64>,
+    #[serde(serialize_with = "ser::ms")]
+    pub created_at: i64,
+    #[serde(serialize_with = "ser::ms")]
+    pub updated_at: i64,
+}
+
+impl Account {
+    /// Models this account serves; an empty list means every model.
+    pub fn models(&self) -> Vec<String> {
+        column_to_list(&self.models)
+    }
+    pub fn serves(&self, model: &str) -> bool {
+        let m = self.models();
+        m.is_empty() || m.iter().any(|x| x == model)
+    }
+}
+
+/// Fields of an account; on update, `None` keeps the stored value.
+#[derive(Default)]
+pub struct AccountFields {
+    pub name: Option<String>,
+    pub provider: Option<String>,
+    pub base_url: Option<String>,
+    pub secret: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub priority: Option<i64>,
+    pub weight: Option<i64>,
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow, Serialize)]
+pub struct ModelPrice {
+    pub model: String,
+    #[serde(rename = "input", serialize_with = "ser::usd")]
+    pub input_price: i64,
+    #[serde(rename = "output", serialize_with = "ser::usd")]
+    pub output_price: i64,
+    #[serde(rename = "cache_read", serialize_with = "ser::opt_usd")]
+    pub cache_read_price: Option<i64>,
+    #[serde(rename = "cache_write", serialize_with = "ser::opt_usd")]
+    pub cache_write_price: Option<i64>,
+    #[serde(serialize_with = "ser::ms")]
+    pub updated_at: i64,
+}
+
+impl ModelPrice {
+    pub fn price(&self) -> crate::billing::cost::Price {
+        crate::billing::cost::Price {
+            input: self.input_price,
+            output: self.output_price,
+            cache_read: self.cache_read_price,
+            cache_write: self.cache_write_price,
+        }
+    }
+}
+
+const ACC_COLS: &str = "id, name, provider, base_url, secret, models, priority, weight, status, \
+    total_cost, request_count, input_tokens, output_tokens, cache_read_tokens, \
+    cache_write_tokens, last_error, last_error_at, last_used_at, created_at, updated_at";
+const PRICE_COLS: &str =
+    "model, input_price, output_price, cache_read_price, cache_write_price, updated_at";
+
+impl Db {
+    /// Insert an account; `f` must carry name, provider, base_url and secret.
+    pub async fn create_account(&self, f: &AccountFields, now: i64) -> Result<Account> {
+        let id = insert_id!(
+            self,
+            sqlx::query(
+                "INSERT INTO accounts (name, provider, base_url, secret, models, priority, weight, \
+                 status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )
+            .bind(f.name.as_deref().unwrap_or_default())
+            .bind(f.provider.as_deref().unwrap_or_default())
+            .bind(f.base_url.as_deref().unwrap_or_default())
+            .bind(f.secret.as_deref().unwrap_or_default())
+            .bind(f.models.as_deref().and_then(list_to_column))
+            .bind(f.priority.unwrap_or(0))
+            .bind(f.weight.unwrap_or(1))
+            .bind(f.status.as_deref().unwrap_or("active"))
+            .bind(now)
+            .bind(now)
+        );
+        self.get_account(id).await
+    }
+
+    pub async fn get_account(&self, id: i64) -> Result<Account> {
+        let sql = format!("SELECT {ACC_COLS} FROM accounts WHERE id = ?");
+        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_one(p)
+            .await)?)
+    }
+
+    pub async fn list_accounts(&self, cursor: Option<i64>, limit: i64) -> Result<Vec<Account>> {
+        let sql = format!("SELECT {ACC_COLS} FROM accounts WHERE id > ? ORDER BY id LIMIT ?");
+        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+            .bind(cursor.unwrap_or(0))
+            .bind(limit)
+            .fetch_all(p)
+            .await)?)
+    }
+
+    /// Active accounts of a provider, highest priority first.
+    pub async fn active_accounts(&self, provider: &str) -> Result<Vec<Account>> {
+        let sql = format!(
+            "SELECT {ACC_COLS} FROM accounts WHERE provider = ? AND status = 'active' \
+             ORDER BY priority DESC, id"
+        );
+        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+            .bind(provider)
+            .fetch_all(p)
+            .await)?)
+    }
+
+    pub async fn update_account(&self, id: i64, f: &AccountFields, now: i64) -> Result<Account> {
+        let cur = self.get_account(id).await?;
+        let models = match &f.models {
+            Some(m) => list_to_column(m),
+            None => cur.models.clone(),
+        };
+        execute!(self, sqlx::query(
+            "UPDATE accounts SET name = ?, provider = ?, base_url = ?, secret = ?, models = ?, \
+             priority = ?, weight = ?, status = ?, updated_at = ? WHERE id = ?"
+        )
+        .bind(f.name.as_deref().unwrap_or(&cur.name))
+        .bind(f.provider.as_deref().unwrap_or(&cur.provider))
+        .bind(f.base_url.as_deref().unwrap_or(&cur.base_url))
+        .bind(f.secret.as_deref().unwrap_or(&cur.secret))
+        .bind(models)
+        .bind(f.priority.unwrap_or(cur.priority))
+        .bind(f.weight.unwrap_or(cur.weight))
+        .bind(f.status.as_deref().unwrap_or(&cur.status))
+        .bind(now)
+        .bind(id))?;
+        self.get_account(id).await
+    }
+
+    /// Remember an upstream failure for display (health is kept in memory by the router).
+    pub async fn set_account_error(&self, id: i64, error: &str, now: i64) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query("UPDATE accounts SET last_error = ?, last_error_at = ? WHERE id = ?")
+                .bind(error)
+                .bind(now)
+                .bind(id)
+        )?;
+        Ok(())
+    }
+
+    pub async fn upsert_price(
+        &self,
+        model: &str,
+        price: &crate::billing::cost::Price,
+        now: i64,
+    ) -> Result<ModelPrice> {
+        let sql = match self.kind() {
+            DbKind::Sqlite => {
+                "INSERT INTO model_prices (model, input_price, output_price, cache_read_price, \
+                 cache_write_price, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(model) DO UPDATE SET input_price = excluded.input_price, \
+                 output_price = excluded.output_price, cache_read_price = excluded.cache_read_price, \
+                 cache_write_price = excluded.cache_write_price, updated_at = excluded.updated_at"
+            }
+            DbKind::MySql => {
+                "INSERT INTO model_prices (model, input_price, output_price, cache_read_price, \
+                 cache_write_price, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE input_price = VALUES(input_price), \
+                 output_price = VALUES(output_price), cache_read_price = VALUES(cache_read_price), \
+                 cache_write_price = VALUES(cache_write_price), updated_at = VALUES(updated_at)"
+            }
+        };
+        execute!(
+            self,
+            sqlx::query(sql)
+                .bind(model)
+                .bind(price.input)
+                .bind(price.output)
+                .bind(price.cache_read)
+                .bind(price.cache_write)
+                .bind(now)
+        )?;
+        self.get_price(model)
+            .await?
+            .ok_or(super::StoreError::NotFound)
+    }
+
+    pub async fn get_price(&self, model: &str) -> Result<Option<ModelPrice>> {
+        let sql = format!("SELECT {PRICE_COLS} FROM model_prices WHERE model = ?");
+        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+            .bind(model)
+            .fetch_optional(p)
+            .await)?)
+    }
+
+    pub async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
+        let sql = format!("SELECT {PRICE_COLS} FROM model_prices ORDER BY model");
+        Ok(on_db!(self, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
+    }
+}

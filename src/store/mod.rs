@@ -1,0 +1,241 @@
+//! The store: the only place SQL lives. One façade over a SQLite or a MySQL pool, chosen by the
+//! URL scheme. Queries are runtime `query`/`query_as` with `?` placeholders shared by both
+//! dialects; only upserts, insert ids and DDL differ.
+//!
+//! Money columns are integer nano-dollars; time columns are Unix milliseconds (UTC), so
+//! comparisons and sums are exact and identical on both databases.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::config::{db_kind_of, DbKind};
+
+pub mod accounts;
+pub mod keys;
+pub mod packages;
+pub mod sessions;
+pub mod settle;
+pub mod usage;
+pub mod users;
+
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    MySql(MySqlPool),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::Sqlite(_) => "Db::Sqlite",
+            Db::MySql(_) => "Db::MySql",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Conflict,
+    #[error("database error: {0}")]
+    Db(sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+            _ => StoreError::Db(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Run the same expression against whichever pool backs the store; inside, `$p` is the typed
+/// pool, so the query's database type is inferred per arm.
+macro_rules! on_db {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($p) => $body,
+            $crate::store::Db::MySql($p) => $body,
+        }
+    };
+}
+pub(crate) use on_db;
+
+/// Execute a statement on either database; evaluates to the number of rows affected.
+macro_rules! execute {
+    ($db:expr, $q:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite(p) => $q.execute(p).await.map(|r| r.rows_affected()),
+            $crate::store::Db::MySql(p) => $q.execute(p).await.map(|r| r.rows_affected()),
+        }
+    };
+}
+pub(crate) use execute;
+
+/// Execute an INSERT and return the new row's id on either database.
+macro_rules! insert_id {
+    ($db:expr, $q:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite(p) => $q.execute(p).await?.last_insert_rowid(),
+            $crate::store::Db::MySql(p) => $q.execute(p).await?.last_insert_id() as i64,
+        }
+    };
+}
+pub(crate) use insert_id;
+
+impl Db {
+    /// Connect by URL scheme (`sqlite:` or `mysql://`). SQLite: the file and its folder are
+    /// created if missing; WAL, foreign keys on, a busy timeout.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db> {
+        match db_kind_of(url).map_err(|e| StoreError::Config(e.to_string()))? {
+            DbKind::Sqlite => {
+                let opts = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                if let Some(dir) = Path::new(opts.get_filename()).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            StoreError::Config(format!(
+                                "`database.url`: cannot create folder {}: {e}",
+                                dir.display()
+                            ))
+                        })?;
+                    }
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db::Sqlite(pool))
+            }
+            DbKind::MySql => {
+                let url = url.replacen("mariadb://", "mysql://", 1);
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(&url)
+                    .await?;
+                Ok(Db::MySql(pool))
+            }
+        }
+    }
+
+    pub fn kind(&self) -> DbKind {
+        match self {
+            Db::Sqlite(_) => DbKind::Sqlite,
+            Db::MySql(_) => DbKind::MySql,
+        }
+    }
+
+    /// Apply the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<()> {
+        match self {
+            Db::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Db::MySql(p) => sqlx::migrate!("migrations/mysql").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// The database answers a trivial query.
+    pub async fn ping(&self) -> Result<()> {
+        execute!(self, sqlx::query("SELECT 1"))?;
+        Ok(())
+    }
+
+    /// (connections in the pool, idle connections)
+    pub fn pool_usage(&self) -> (u32, usize) {
+        on_db!(self, |p| (p.size(), p.num_idle()))
+    }
+
+    pub async fn close(&self) {
+        on_db!(self, |p| p.close().await)
+    }
+}
+
+/// `?, ?, ?` for an IN list of `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push('?');
+    }
+    s
+}
+
+/// Serialise a list column (allowed models, served models) as a JSON array; empty = NULL.
+pub(crate) fn list_to_column(v: &[String]) -> Option<String> {
+    if v.is_empty() {
+        None
+    } else {
+        serde_json::to_string(v).ok()
+    }
+}
+
+pub(crate) fn column_to_list(v: &Option<String>) -> Vec<String> {
+    v.as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
+/// Serde helpers for row structs: Unix ms → RFC 3339 in JSON.
+pub mod ser {
+    use serde::Serializer;
+
+    pub fn ms<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::clock::from_ms(*v).to_rfc3339())
+    }
+
+    pub fn opt_ms<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => ms(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn usd<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&crate::billing::money::Usd(*v))
+    }
+
+    pub fn opt_usd<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => usd(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn list<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        use serde::Serialize;
+        super::column_to_list(v).serialize(s)
+    }
+
+    pub fn boolean<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(*v != 0)
+    }
+}
+
+/// A LIKE pattern matching `s` anywhere, with `!` as the escape character (portable: MySQL
+/// treats a backslash in a string literal as an escape of its own).
+pub(crate) fn like_pattern(s: &str) -> String {
+    let escaped = s.replace('!', "!!").replace('%', "!%").replace('_', "!_");
+    format!("%{escaped}%")
+}

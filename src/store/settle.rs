@@ -1,0 +1,257 @@
+//! The settlement transaction: a batch of usage events applied to every database sink in one
+//! transaction, so the sinks can never disagree. Idempotent on `request_id`: an event whose
+//! request log already exists is skipped entirely.
+//!
+//! Within a batch, counters are aggregated first (one statement per key, account, daily row and
+//! package window instead of one per event).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{on_db, placeholders, Db, Result};
+use crate::billing::cost::Tokens;
+use crate::config::DbKind;
+use crate::usage::UsageEvent;
+
+/// How many events of a batch were applied, and how many had been applied before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SettleOutcome {
+    pub applied: usize,
+    pub duplicates: usize,
+    /// Indexes (into the batch) of the events applied by this call.
+    pub fresh: Vec<usize>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Agg {
+    requests: i64,
+    tokens: Tokens,
+    cost: i64,
+    last_ms: i64,
+}
+
+impl Agg {
+    fn add(&mut self, e: &UsageEvent) {
+        self.requests += 1;
+        self.tokens.input += e.tokens.input;
+        self.tokens.output += e.tokens.output;
+        self.tokens.cache_read += e.tokens.cache_read;
+        self.tokens.cache_write += e.tokens.cache_write;
+        self.cost += e.cost_nanos;
+        self.last_ms = self.last_ms.max(e.created_at_ms);
+    }
+}
+
+const LOG_COLS: &str = "request_id, created_at, user_id, api_key_id, account_id, user_package_id, \
+    model, endpoint, stream, status, input_tokens, output_tokens, cache_read_tokens, \
+    cache_write_tokens, cost, billing_status, latency_ms, ttfb_ms, error";
+const LOG_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const CHUNK: usize = 200;
+
+const DAILY_SQLITE: &str = "INSERT INTO usage_daily (day, user_id, api_key_id, account_id, model, \
+    requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON CONFLICT(day, user_id, api_key_id, account_id, model) DO UPDATE SET \
+    requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, \
+    output_tokens = output_tokens + excluded.output_tokens, \
+    cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, \
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, \
+    cost = cost + excluded.cost";
+const DAILY_MYSQL: &str = "INSERT INTO usage_daily (day, user_id, api_key_id, account_id, model, \
+    requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    ON DUPLICATE KEY UPDATE requests = requests + VALUES(requests), \
+    input_tokens = input_tokens + VALUES(input_tokens), \
+    output_tokens = output_tokens + VALUES(output_tokens), \
+    cache_read_tokens = cache_read_tokens + VALUES(cache_read_tokens), \
+    cache_write_tokens = cache_write_tokens + VALUES(cache_write_tokens), \
+    cost = cost + VALUES(cost)";
+
+const KEY_UPDATE: &str = "UPDATE api_keys SET used_cost = used_cost + ?, \
+    request_count = request_count + ?, input_tokens = input_tokens + ?, \
+    output_tokens = output_tokens + ?, cache_read_tokens = cache_read_tokens + ?, \
+    cache_write_tokens = cache_write_tokens + ?, \
+    last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ? THEN ? ELSE last_used_at END \
+    WHERE id = ?";
+const ACCOUNT_UPDATE: &str = "UPDATE accounts SET total_cost = total_cost + ?, \
+    request_count = request_count + ?, input_tokens = input_tokens + ?, \
+    output_tokens = output_tokens + ?, cache_read_tokens = cache_read_tokens + ?, \
+    cache_write_tokens = cache_write_tokens + ?, \
+    last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ? THEN ? ELSE last_used_at END \
+    WHERE id = ?";
+
+/// The package charge: one statement that rolls stale windows and adds the cost atomically.
+/// For each window: same start → add; the stored start is older (or none) → the window rolled,
+/// so used = cost and the start moves on; the stored start is newer (a late event of a past
+/// window) → the current window is left alone. Every `*_used` assignment comes before its
+/// `*_window_start` assignment because MySQL evaluates SET left to right with earlier results
+/// visible; SQLite evaluates them all against the old row. Both then agree.
+/// Binds: for each of daily, weekly, monthly: (start, cost, start, cost, start, start);
+/// then cost (quota_used), now, id.
+const PACKAGE_CHARGE: &str = "UPDATE user_packages SET \
+    daily_used = CASE WHEN daily_window_start = ? THEN daily_used + ? \
+        WHEN daily_window_start IS NULL OR daily_window_start < ? THEN ? ELSE daily_used END, \
+    daily_window_start = CASE WHEN daily_window_start IS NULL OR daily_window_start < ? \
+        THEN ? ELSE daily_window_start END, \
+    weekly_used = CASE WHEN weekly_window_start = ? THEN weekly_used + ? \
+        WHEN weekly_window_start IS NULL OR weekly_window_start < ? THEN ? ELSE weekly_used END, \
+    weekly_window_start = CASE WHEN weekly_window_start IS NULL OR weekly_window_start < ? \
+        THEN ? ELSE weekly_window_start END, \
+    monthly_used = CASE WHEN monthly_window_start = ? THEN monthly_used + ? \
+        WHEN monthly_window_start IS NULL OR monthly_window_start < ? THEN ? ELSE monthly_used END, \
+    monthly_window_start = CASE WHEN monthly_window_start IS NULL OR monthly_window_start < ? \
+        THEN ? ELSE monthly_window_start END, \
+    quota_used = quota_used + ?, updated_at = ? \
+    WHERE id = ?";
+
+type DailyKey = (String, i64, i64, i64, String);
+
+impl Db {
+    /// Apply a batch of events to request_logs, usage_daily, api_keys, accounts and
+    /// user_packages in one transaction.
+    pub async fn settle(&self, events: &[UsageEvent], now: i64) -> Result<SettleOutcome> {
+        let daily_sql = match self.kind() {
+            DbKind::Sqlite => DAILY_SQLITE,
+            DbKind::MySql => DAILY_MYSQL,
+        };
+        let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
+        on_db!(self, |p| {
+            let mut tx = p.begin().await?;
+
+            let mut seen: HashSet<String> = HashSet::new();
+            for chunk in ids.chunks(CHUNK) {
+                let sql = format!(
+                    "SELECT request_id FROM request_logs WHERE request_id IN ({})",
+                    placeholders(chunk.len())
+                );
+                let mut q = sqlx::query_scalar::<_, String>(&sql);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                seen.extend(q.fetch_all(&mut *tx).await?);
+            }
+            let mut fresh: Vec<&UsageEvent> = Vec::with_capacity(events.len());
+            let mut fresh_idx = Vec::with_capacity(events.len());
+            for (i, e) in events.iter().enumerate() {
+                if seen.insert(e.request_id.clone()) {
+                    fresh.push(e);
+                    fresh_idx.push(i);
+                }
+            }
+            let outcome = SettleOutcome {
+                applied: fresh.len(),
+                duplicates: events.len() - fresh.len(),
+                fresh: fresh_idx,
+            };
+
+            for chunk in fresh.chunks(CHUNK) {
+                let rows = vec![LOG_ROW; chunk.len()].join(", ");
+                let sql = format!("INSERT INTO request_logs ({LOG_COLS}) VALUES {rows}");
+                let mut q = sqlx::query(&sql);
+                for e in chunk {
+                    q = q
+                        .bind(&e.request_id)
+                        .bind(e.created_at_ms)
+                        .bind(e.user_id)
+                        .bind(e.api_key_id)
+                        .bind(e.account_id)
+                        .bind(e.user_package_id)
+                        .bind(&e.model)
+                        .bind(&e.endpoint)
+                        .bind(e.stream as i64)
+                        .bind(e.status as i64)
+                        .bind(e.tokens.input)
+                        .bind(e.tokens.output)
+                        .bind(e.tokens.cache_read)
+                        .bind(e.tokens.cache_write)
+                        .bind(e.cost_nanos)
+                        .bind(e.billing_status.as_str())
+                        .bind(e.latency_ms)
+                        .bind(e.ttfb_ms)
+                        .bind(e.error.as_deref());
+                }
+                q.execute(&mut *tx).await?;
+            }
+
+            let mut daily: HashMap<DailyKey, Agg> = HashMap::new();
+            let mut keys: BTreeMap<i64, Agg> = BTreeMap::new();
+            let mut accounts: BTreeMap<i64, Agg> = BTreeMap::new();
+            let mut packages: BTreeMap<(i64, i64, i64, i64), i64> = BTreeMap::new();
+            for e in &fresh {
+                let Some(account_id) = e.account_id else {
+                    continue;
+                };
+                daily
+                    .entry((
+                        e.day.clone(),
+                        e.user_id,
+                        e.api_key_id,
+                        account_id,
+                        e.model.clone(),
+                    ))
+                    .or_default()
+                    .add(e);
+                keys.entry(e.api_key_id).or_default().add(e);
+                accounts.entry(account_id).or_default().add(e);
+                if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
+                    if e.cost_nanos != 0 {
+                        *packages
+                            .entry((up, w.daily, w.weekly, w.monthly))
+                            .or_default() += e.cost_nanos;
+                    }
+                }
+            }
+
+            let mut daily: Vec<(DailyKey, Agg)> = daily.into_iter().collect();
+            // A stable order keeps lock acquisition consistent between concurrent batches.
+            daily.sort_by(|a, b| a.0.cmp(&b.0));
+            for ((day, user_id, key_id, account_id, model), a) in &daily {
+                sqlx::query(daily_sql)
+                    .bind(day)
+                    .bind(user_id)
+                    .bind(key_id)
+                    .bind(account_id)
+                    .bind(model)
+                    .bind(a.requests)
+                    .bind(a.tokens.input)
+                    .bind(a.tokens.output)
+                    .bind(a.tokens.cache_read)
+                    .bind(a.tokens.cache_write)
+                    .bind(a.cost)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for (sql, map) in [(KEY_UPDATE, &keys), (ACCOUNT_UPDATE, &accounts)] {
+                for (id, a) in map {
+                    sqlx::query(sql)
+                        .bind(a.cost)
+                        .bind(a.requests)
+                        .bind(a.tokens.input)
+                        .bind(a.tokens.output)
+                        .bind(a.tokens.cache_read)
+                        .bind(a.tokens.cache_write)
+                        .bind(a.last_ms)
+                        .bind(a.last_ms)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            for ((id, d, w, m), cost) in &packages {
+                let mut q = sqlx::query(PACKAGE_CHARGE);
+                for start in [d, w, m] {
+                    q = q
+                        .bind(start)
+                        .bind(cost)
+                        .bind(start)
+                        .bind(cost)
+                        .bind(start)
+                        .bind(start);
+                }
+                q.bind(cost).bind(now).bind(id).execute(&mut *tx).await?;
+            }
+
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+}

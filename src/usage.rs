@@ -1,0 +1,67 @@
+//! The usage event: what one proxied request cost, produced by the proxy and applied to every
+//! sink by the recorder.
+
+use serde::{Deserialize, Serialize};
+
+use crate::billing::cost::Tokens;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BillingStatus {
+    /// Usage as reported by upstream for the whole response.
+    Complete,
+    /// The client went away; usage reported so far.
+    Partial,
+    /// No usage reported; an estimate from what passed through.
+    Estimated,
+    /// Nothing billable reached upstream (or upstream failed without usage).
+    Void,
+}
+
+impl BillingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillingStatus::Complete => "complete",
+            BillingStatus::Partial => "partial",
+            BillingStatus::Estimated => "estimated",
+            BillingStatus::Void => "void",
+        }
+    }
+}
+
+/// Window starts (Unix ms) of the charged package at the time of the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowStarts {
+    pub daily: i64,
+    pub weekly: i64,
+    pub monthly: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageEvent {
+    /// Idempotency key: an event is applied once, however often it is delivered.
+    pub request_id: String,
+    pub created_at_ms: i64,
+    /// The day (YYYY-MM-DD) in the billing timezone this event is summarised under.
+    pub day: String,
+    pub user_id: i64,
+    pub api_key_id: i64,
+    /// None when nothing reached upstream.
+    pub account_id: Option<i64>,
+    pub user_package_id: Option<i64>,
+    pub windows: Option<WindowStarts>,
+    pub model: String,
+    pub endpoint: String,
+    pub stream: bool,
+    pub status: u16,
+    pub tokens: Tokens,
+    pub cost_nanos: i64,
+    pub billing_status: BillingStatus,
+    pub latency_ms: i64,
+    pub ttfb_ms: Option<i64>,
+    pub error: Option<String>,
+    /// What this event holds reserved against its package in this process until it is
+    /// settled (never persisted: a replayed event reserves nothing).
+    #[serde(skip)]
+    pub reserved: i64,
+}
