@@ -130,6 +130,7 @@ impl App {
             stats,
             redis,
             proxy,
+            metrics: crate::metrics::Metrics::default(),
         }));
         Ok(App {
             state,
@@ -149,7 +150,9 @@ impl App {
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let router = crate::http::router(state.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        // The peer address is kept for the admin login throttle (per client address).
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(());
         });

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod fake_upstream;
 pub mod http;
+pub mod metrics;
 pub mod proxy;
 pub mod recorder;
 pub mod secrets;

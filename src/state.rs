@@ -22,6 +22,7 @@ pub struct Inner {
     pub stats: Arc<Stats>,
     pub redis: Option<redis::aio::ConnectionManager>,
     pub proxy: crate::proxy::ProxyState,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::ops::Deref for AppState {

@@ -29,6 +29,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router(state.clone()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req
@@ -42,6 +44,96 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Count every response by its route template (not the raw path) and status.
+async fn count_requests(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    st.metrics.count_request(&route, resp.status().as_u16());
+    resp
+}
+
+/// Prometheus text format.
+async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = st.recorder.metrics();
+    let (size, idle) = st.db.pool_usage();
+    let batches = r.batches.load(Relaxed);
+    let text = st.metrics.render(&[
+        (
+            "tollgate_recorder_queue_depth",
+            "gauge",
+            "Usage events waiting to be settled.",
+            r.queue_depth.load(Relaxed) as f64,
+        ),
+        (
+            "tollgate_recorder_events_applied_total",
+            "counter",
+            "Usage events settled in the database.",
+            r.applied.load(Relaxed) as f64,
+        ),
+        (
+            "tollgate_recorder_duplicates_total",
+            "counter",
+            "Usage events skipped as already applied.",
+            r.duplicates.load(Relaxed) as f64,
+        ),
+        (
+            "tollgate_recorder_batches_total",
+            "counter",
+            "Settlement transactions committed.",
+            batches as f64,
+        ),
+        (
+            "tollgate_recorder_batch_seconds_sum",
+            "counter",
+            "Total time spent in settlement transactions.",
+            r.batch_micros_total.load(Relaxed) as f64 / 1e6,
+        ),
+        (
+            "tollgate_settlement_failures_total",
+            "counter",
+            "Settlement transactions that failed (and were retried).",
+            r.settle_failures.load(Relaxed) as f64,
+        ),
+        (
+            "tollgate_recorder_spilled_total",
+            "counter",
+            "Usage events written to the on-disk journal.",
+            r.spilled.load(Relaxed) as f64,
+        ),
+        (
+            "tollgate_stats_failures_total",
+            "counter",
+            "Real-time stats updates that failed.",
+            r.stats_failures.load(Relaxed) as f64,
+        ),
+        (
+            "tollgate_db_pool_connections",
+            "gauge",
+            "Connections open in the database pool.",
+            size as f64,
+        ),
+        (
+            "tollgate_db_pool_idle",
+            "gauge",
+            "Idle connections in the database pool.",
+            idle as f64,
+        ),
+    ]);
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
 }
 
 /// The process is up.

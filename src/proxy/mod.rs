@@ -594,6 +594,8 @@ async fn forward(
     let first_byte = Duration::from_secs(cfg.first_byte_timeout_secs);
     let cooldown = Duration::from_secs(cfg.cooldown_secs);
     let mut last: Option<(AttemptError, i64)> = None;
+    // Time spent in tollgate before the request went upstream (auth, admission, body).
+    let admitted_in = ticket.started.elapsed();
 
     for (n, account) in ordered.into_iter().take(attempts).enumerate() {
         let url = ticket.endpoint.upstream_url(&account.base_url);
@@ -603,6 +605,7 @@ async fn forward(
             .post(&url)
             .headers(upstream_headers(client_hdrs, &account))
             .body(body.clone());
+        let sent_at = Instant::now();
         let outcome = match tokio::time::timeout(first_byte, req.send()).await {
             Err(_) => Err(AttemptError::Timeout(format!(
                 "no response from upstream within {} s",
@@ -621,9 +624,10 @@ async fn forward(
         };
         match outcome {
             Ok(resp) => {
+                st.metrics.upstream_latency.observe(sent_at.elapsed());
                 st.proxy.health.recovered(account.id);
                 ticket.account_id = Some(account.id);
-                return Ok(respond(st, ticket, resp, strip_usage).await);
+                return Ok(respond(st, ticket, resp, strip_usage, admitted_in).await);
             }
             Err(e) => {
                 let what = match &e {
@@ -637,6 +641,9 @@ async fn forward(
                     error = %what,
                     "upstream attempt failed"
                 );
+                st.metrics
+                    .upstream_attempt_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 st.proxy.health.cool_down(account.id, cooldown);
                 let (db, id, now) = (st.db.clone(), account.id, st.now_ms());
                 tokio::spawn(async move {
@@ -708,6 +715,7 @@ async fn respond(
     mut ticket: Ticket,
     resp: reqwest::Response,
     strip_usage: bool,
+    admitted_in: Duration,
 ) -> Response {
     let status = resp.status();
     let headers = client_headers(resp.headers(), &ticket.request_id);
@@ -735,6 +743,7 @@ async fn respond(
                 return ProxyError::new(protocol, Failure::Timeout(m)).into_response();
             }
         };
+        let post = Instant::now();
         let tokens = tap::usage_from_body(ticket.endpoint, &body);
         let (tokens, billing) = match tokens {
             Some(t) => (Some(t), BillingStatus::Complete),
@@ -748,8 +757,13 @@ async fn respond(
         let mut r = Response::new(Body::from(body));
         *r.status_mut() = status;
         *r.headers_mut() = headers;
+        st.metrics
+            .gateway_overhead
+            .observe(admitted_in + post.elapsed());
         return r;
     }
+    // Streams: the admission part (per-event tap work is not timed, to keep it cheap).
+    st.metrics.gateway_overhead.observe(admitted_in);
     let stream = TapStream {
         inner: Box::pin(resp.bytes_stream()),
         tap: SseTap::new(ticket.endpoint, strip_usage),

@@ -71,6 +71,10 @@ impl Drop for DbGuard {
                 rt.block_on(async {
                     use sqlx::Connection;
                     if let Ok(mut c) = sqlx::MySqlConnection::connect(&admin_url).await {
+                        // Never hang a test on another pool's metadata lock.
+                        let _ = sqlx::query("SET SESSION lock_wait_timeout = 5")
+                            .execute(&mut c)
+                            .await;
                         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
                             .execute(&mut c)
                             .await;
@@ -141,6 +145,10 @@ pub struct Options {
     pub clock: Option<Clock>,
     pub timezone: String,
     pub redis: bool,
+    /// Share an existing database (e.g. a second instance) instead of a fresh one.
+    pub database: Option<String>,
+    /// Share a Redis key prefix with another instance.
+    pub redis_prefix: Option<String>,
     pub tweak: Option<Tweak>,
 }
 
@@ -152,6 +160,8 @@ impl Default for Options {
             timezone: "UTC".into(),
             // MySQL runs go with Redis (the production shape); SQLite runs in process.
             redis: backend() == Backend::MySql,
+            database: None,
+            redis_prefix: None,
             tweak: None,
         }
     }
@@ -162,7 +172,16 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(opts: Options) -> TestApp {
-    let (url, guard) = fresh_database(opts.backend).await;
+    let (url, guard) = match opts.database.clone() {
+        Some(u) => (
+            u,
+            DbGuard {
+                _dir: None,
+                mysql_drop: None,
+            },
+        ),
+        None => fresh_database(opts.backend).await,
+    };
     let journal = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.server.listen = "127.0.0.1:0".into();
@@ -178,7 +197,10 @@ pub async fn spawn_with(opts: Options) -> TestApp {
         let url = redis_url()
             .unwrap_or_else(|| panic!("this test runs with Redis: set TOLLGATE_TEST_REDIS_URL"));
         cfg.redis.url = Secret::new(url);
-        let p = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+        let p = opts
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| format!("tgtest:{}:", uuid::Uuid::new_v4().simple()));
         cfg.redis.key_prefix = p.clone();
         redis_prefix = Some(p);
     }
