@@ -102,6 +102,7 @@ impl App {
         };
         let stats = Arc::new(stats);
         let reservations = Arc::new(Reservations::default());
+        let grants = Arc::new(crate::cache::TtlCache::new(crate::cache::TTL));
         let (recorder, worker) = Recorder::start(
             db.clone(),
             stats.clone(),
@@ -112,6 +113,7 @@ impl App {
                 flush_interval: Duration::from_millis(config.recorder.flush_interval_ms),
                 journal_dir: config.journal_path(),
                 reservations: reservations.clone(),
+                grants: grants.clone(),
             },
             Arc::new(RecorderMetrics::default()),
         );
@@ -119,7 +121,7 @@ impl App {
         if let Err(e) = recorder.replay_journal().await {
             tracing::warn!(error = %e, "could not apply the recorder journal yet; it will be retried");
         }
-        let proxy = ProxyState::new(&config.upstream, limiter, reservations)?;
+        let proxy = ProxyState::new(&config.upstream, limiter, reservations, grants)?;
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {
             config,

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod billing;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -102,36 +102,110 @@ pub fn choose(
     Err(Denial { message })
 }
 
-/// What in-flight requests of this process are expected to cost, per grant (nano-dollars).
-/// A reservation lives from admission until the request's usage is settled in the database.
+/// What requests of this process are expected to cost but the usage a request was admitted
+/// on may not show yet, per grant (nano-dollars).
+///
+/// A reservation is *pending* from admission until its request's cost is settled in the
+/// database. Settlement bumps a sequence number and keeps the amount as *settled at seq S* for
+/// a while: an admission that read the grant's usage before commit S (its `since` < S) still
+/// counts it; one that read it after does not (the database figure has it). So no admission
+/// misses a charge, whatever the interleaving of loads, caches and commits.
 #[derive(Default)]
 pub struct Reservations {
-    map: Mutex<HashMap<i64, i64>>,
+    inner: Mutex<ResInner>,
 }
 
+#[derive(Default)]
+struct ResInner {
+    pending: HashMap<i64, i64>,
+    /// (seq, when, grant, amount), in seq order.
+    settled: std::collections::VecDeque<(u64, std::time::Instant, i64, i64)>,
+    seq: u64,
+}
+
+/// Settled amounts older than this are visible to every load still in use (grant caches live
+/// seconds, loads milliseconds).
+const SETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Reservations {
-    pub fn get(&self, grant: i64) -> i64 {
-        self.lock().get(&grant).copied().unwrap_or(0)
+    fn lock(&self) -> std::sync::MutexGuard<'_, ResInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The settlement sequence number now; read it *before* reading grants' usage.
+    pub fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Reserved against `grant` as seen by usage read at `since`.
+    fn reserved(inner: &ResInner, grant: i64, since: u64) -> i64 {
+        let pending = inner.pending.get(&grant).copied().unwrap_or(0);
+        let settled: i64 = inner
+            .settled
+            .iter()
+            .filter(|(s, _, g, _)| *s > since && *g == grant)
+            .map(|(_, _, _, a)| a)
+            .sum();
+        pending + settled
+    }
+
+    /// Choose and reserve atomically: `choose` sees what is reserved per grant (for usage read
+    /// at `since`) and returns the chosen grant and the amount to reserve for it.
+    pub fn admit<T, E>(
+        &self,
+        since: u64,
+        choose: impl FnOnce(&dyn Fn(i64) -> i64) -> Result<(i64, i64, T), E>,
+    ) -> Result<T, E> {
+        let mut inner = self.lock();
+        let (grant, amount, out) = {
+            let view = |g: i64| Self::reserved(&inner, g, since);
+            choose(&view)?
+        };
+        *inner.pending.entry(grant).or_default() += amount;
+        Ok(out)
+    }
+
+    /// Change a pending reservation (e.g. from the estimate to the actual cost).
     pub fn add(&self, grant: i64, nanos: i64) {
         if nanos == 0 {
             return;
         }
-        let mut m = self.lock();
-        let v = m.entry(grant).or_default();
+        let mut inner = self.lock();
+        let v = inner.pending.entry(grant).or_default();
         *v += nanos;
-        if *v <= 0 {
-            m.remove(&grant);
+        if *v == 0 {
+            inner.pending.remove(&grant);
         }
     }
 
-    pub fn total(&self) -> i64 {
-        self.lock().values().sum()
+    /// These (grant, amount) reservations were just committed to the database.
+    pub fn settled(&self, items: impl IntoIterator<Item = (i64, i64)>) {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        let (seq, now) = (inner.seq, std::time::Instant::now());
+        for (grant, amount) in items {
+            if amount == 0 {
+                continue;
+            }
+            let v = inner.pending.entry(grant).or_default();
+            *v -= amount;
+            if *v == 0 {
+                inner.pending.remove(&grant);
+            }
+            inner.settled.push_back((seq, now, grant, amount));
+        }
+        while inner
+            .settled
+            .front()
+            .is_some_and(|(_, at, _, _)| at.elapsed() > SETTLED_KEEP)
+        {
+            inner.settled.pop_front();
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    /// Pending reservations of every grant (settled ones not counted).
+    pub fn total(&self) -> i64 {
+        self.lock().pending.values().sum()
     }
 }
 
@@ -232,13 +306,37 @@ mod tests {
     }
 
     #[test]
-    fn reservations_add_and_release() {
+    fn reservations_count_what_a_load_cannot_see() {
         let r = Reservations::default();
-        r.add(1, 50);
+        let before = r.seq();
+        let seen = |since: u64| r.admit(since, |v| Ok::<_, ()>((1, 0, v(1)))).unwrap();
+        r.admit(before, |_| Ok::<_, ()>((1, 50, ()))).unwrap();
         r.add(1, 20);
-        assert_eq!(r.get(1), 70);
-        r.add(1, -70);
-        assert_eq!(r.get(1), 0);
+        assert_eq!(seen(before), 70, "pending");
+        r.settled([(1, 70)]);
         assert_eq!(r.total(), 0);
+        assert_eq!(
+            seen(before),
+            70,
+            "settled after this usage was read: still counted"
+        );
+        assert_eq!(seen(r.seq()), 0, "usage read after the commit has it");
+        // Choosing and reserving happen under one lock.
+        let err = r.admit(r.seq(), |v| {
+            if v(1) > 0 {
+                Err("full")
+            } else {
+                Ok((1, 5, ()))
+            }
+        });
+        assert!(err.is_ok());
+        let err = r.admit(r.seq(), |v| {
+            if v(1) > 0 {
+                Err("full")
+            } else {
+                Ok((1, 5, ()))
+            }
+        });
+        assert_eq!(err, Err("full"));
     }
 }

@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), forget_cached_after_admin_writes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -59,6 +60,22 @@ async fn count_requests(
         .unwrap_or_else(|| "unmatched".to_string());
     let resp = next.run(req).await;
     st.metrics.count_request(&route, resp.status().as_u16());
+    resp
+}
+
+/// An admin change (API or form) applies to the proxy at once on this instance.
+async fn forget_cached_after_admin_writes(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let admin_write = req.method() != axum::http::Method::GET
+        && req.method() != axum::http::Method::HEAD
+        && (req.uri().path().starts_with("/api/admin/") || req.uri().path().starts_with("/admin/"));
+    let resp = next.run(req).await;
+    if admin_write {
+        st.proxy.forget_cached();
+    }
     resp
 }
 

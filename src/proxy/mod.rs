@@ -22,10 +22,12 @@ use crate::billing::admission::{self, Reservations};
 use crate::billing::balance::window_starts;
 use crate::billing::cost::{cost, Price, Tokens};
 use crate::billing::windows::day_string;
+use crate::cache::{self, TtlCache};
 use crate::secrets::sha256_hex;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
+use crate::store::packages::UserPackage;
 use crate::usage::{BillingStatus, UsageEvent, WindowStarts};
 
 pub mod error;
@@ -84,12 +86,20 @@ impl Endpoint {
     }
 }
 
+/// Each user's active grants, dropped by the recorder when it settles a charge for the user.
+/// The value is (the settlement sequence number before the load, the grants).
+pub type GrantCache = TtlCache<i64, (u64, Vec<UserPackage>)>;
+
 /// Proxy-only state, built once at startup.
 pub struct ProxyState {
     pub http: reqwest::Client,
     pub health: upstream::Health,
     pub limiter: limits::Limiter,
     pub reservations: Arc<Reservations>,
+    pub grants: Arc<GrantCache>,
+    keys: TtlCache<String, Option<KeyAuth>>,
+    prices: TtlCache<String, Option<Price>>,
+    accounts: TtlCache<&'static str, Vec<Account>>,
 }
 
 impl ProxyState {
@@ -97,6 +107,7 @@ impl ProxyState {
         cfg: &crate::config::UpstreamConfig,
         limiter: limits::Limiter,
         reservations: Arc<Reservations>,
+        grants: Arc<GrantCache>,
     ) -> anyhow::Result<ProxyState> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
@@ -110,7 +121,22 @@ impl ProxyState {
             health: upstream::Health::default(),
             limiter,
             reservations,
+            grants,
+            keys: TtlCache::new(cache::TTL),
+            prices: TtlCache::new(cache::TTL),
+            accounts: TtlCache::new(cache::TTL),
         })
+    }
+}
+
+impl ProxyState {
+    /// Drop every cached key, price, account list and grant list (after an admin change, so it
+    /// takes effect at once on this instance; other instances follow within `cache::TTL`).
+    pub fn forget_cached(&self) {
+        self.keys.clear();
+        self.prices.clear();
+        self.accounts.clear();
+        self.grants.clear();
     }
 }
 
@@ -155,14 +181,18 @@ pub async fn authenticate(
     let secret = client_key(headers).ok_or_else(|| {
         fail("missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
     })?;
+    let hash = sha256_hex(secret);
     let key = st
-        .db
-        .find_key_auth(&sha256_hex(secret))
+        .proxy
+        .keys
+        .get_or_load(&hash, || st.db.find_key_auth(&hash))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "key lookup failed");
             fail("the gateway cannot check API keys right now; try again")
         })?
+        .as_ref()
+        .clone()
         .ok_or_else(|| fail("invalid API key: check the key you were given"))?;
     if key.status != "active" || key.user_status != "active" {
         return Err(fail("this API key has been revoked or its user disabled"));
@@ -433,23 +463,28 @@ async fn admit_and_forward(
         ))
     };
     let price = st
-        .db
-        .get_price(&model)
+        .proxy
+        .prices
+        .get_or_load(&model, || async {
+            Ok(st.db.get_price(&model).await?.map(|p| p.price()))
+        })
         .await
         .map_err(db_err)?
         .ok_or_else(|| {
             fail(Failure::ModelNotFound(format!(
                 "model `{model}` is not available on this gateway (it has no price)"
             )))
-        })?
-        .price();
+        })?;
+    let provider = endpoint.provider();
     let serving: Vec<Account> = st
-        .db
-        .active_accounts(endpoint.provider())
+        .proxy
+        .accounts
+        .get_or_load(&provider, || st.db.active_accounts(provider))
         .await
         .map_err(db_err)?
-        .into_iter()
+        .iter()
         .filter(|a| a.serves(&model))
+        .cloned()
         .collect();
     if serving.is_empty() {
         return Err(fail(Failure::ModelNotFound(format!(
@@ -498,16 +533,24 @@ async fn admit_and_forward(
     }
 
     let (user_package_id, windows, reserved) = if endpoint.charged() {
-        let grants = st
-            .db
-            .active_user_packages(&[key.user_id], now_ms)
+        let res = &st.proxy.reservations;
+        let user = [key.user_id];
+        let cached = st
+            .proxy
+            .grants
+            .get_or_load(&key.user_id, || async {
+                let since = res.seq();
+                Ok((since, st.db.active_user_packages(&user, now_ms).await?))
+            })
             .await
             .map_err(db_err)?;
-        let res = &st.proxy.reservations;
-        let g = admission::choose(&grants, now, st.tz, |id| res.get(id))
-            .map_err(|d| fail(Failure::NoQuota(d.message)))?;
+        let (since, grants) = (cached.0, &cached.1);
         let est = estimate_cost(&json, bytes.len(), &price);
-        res.add(g.id, est);
+        let g = res
+            .admit(since, |reserved| {
+                admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))
+            })
+            .map_err(|d| fail(Failure::NoQuota(d.message)))?;
         (Some(g.id), window_starts(g, now, st.tz), est)
     } else {
         (None, None, 0)

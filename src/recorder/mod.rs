@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::billing::admission::Reservations;
 use crate::clock::Clock;
+use crate::proxy::GrantCache;
 use crate::store::Db;
 use crate::usage::UsageEvent;
 
@@ -41,6 +42,7 @@ pub struct RecorderMetrics {
 struct Shared {
     db: Db,
     reservations: Arc<Reservations>,
+    grants: Arc<GrantCache>,
     stats: Arc<Stats>,
     clock: Clock,
     journal_dir: PathBuf,
@@ -75,6 +77,8 @@ pub struct RecorderOptions {
     pub journal_dir: PathBuf,
     /// Released as events are settled (or spilled).
     pub reservations: Arc<Reservations>,
+    /// Users' cached grants, dropped when a charge for them is settled.
+    pub grants: Arc<GrantCache>,
 }
 
 impl Recorder {
@@ -89,6 +93,7 @@ impl Recorder {
         let shared = Arc::new(Shared {
             db,
             reservations: opts.reservations,
+            grants: opts.grants,
             stats,
             clock,
             journal_dir: opts.journal_dir,
@@ -113,7 +118,7 @@ impl Recorder {
     pub fn record(&self, event: UsageEvent) {
         if self.shared.closed.load(Ordering::SeqCst) {
             let one = std::slice::from_ref(&event);
-            self.shared.release(one);
+            self.shared.release_spilled(one);
             self.shared.spill(one);
             return;
         }
@@ -126,7 +131,7 @@ impl Recorder {
             }
             Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => {
                 let one = std::slice::from_ref(&e);
-                self.shared.release(one);
+                self.shared.release_spilled(one);
                 self.shared.spill(one);
             }
         }
@@ -217,6 +222,7 @@ impl Shared {
                         .fetch_add(outcome.applied as u64, Ordering::Relaxed);
                     m.duplicates
                         .fetch_add(outcome.duplicates as u64, Ordering::Relaxed);
+                    self.forget_grants(batch);
                     self.release(batch);
                     self.add_stats(batch, &outcome.fresh).await;
                     return;
@@ -226,7 +232,7 @@ impl Shared {
                     self.metrics.settle_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, attempts, events = batch.len(), "settlement failed; retrying");
                     if closing && attempts >= 3 {
-                        self.release(batch);
+                        self.release_spilled(batch);
                         self.spill(batch);
                         return;
                     }
@@ -255,8 +261,30 @@ impl Shared {
         }
     }
 
-    /// The events' package reservations end: their cost is in the database (or the journal).
+    /// The users charged by these events have new usage: admission must read it afresh. (Done
+    /// before releasing their reservations, so no admission can miss both.)
+    fn forget_grants(&self, batch: &[UsageEvent]) {
+        let mut last = None;
+        for e in batch {
+            if e.user_package_id.is_some() && last != Some(e.user_id) {
+                self.grants.remove(&e.user_id);
+                last = Some(e.user_id);
+            }
+        }
+    }
+
+    /// The events' package reservations are settled: their cost is in the database.
     fn release(&self, batch: &[UsageEvent]) {
+        self.reservations.settled(
+            batch
+                .iter()
+                .filter_map(|e| e.user_package_id.map(|up| (up, e.reserved))),
+        );
+    }
+
+    /// Spilled events are not in the database yet; their reservations end anyway (the journal
+    /// is applied later), which is the one case admission may under-count.
+    fn release_spilled(&self, batch: &[UsageEvent]) {
         for e in batch {
             if let Some(up) = e.user_package_id {
                 self.reservations.add(up, -e.reserved);
@@ -323,6 +351,7 @@ impl Shared {
             let events = read_journal(&f)?;
             for chunk in events.chunks(self.batch_size.max(1)) {
                 let outcome = self.db.settle(chunk, self.clock.now_ms()).await?;
+                self.forget_grants(chunk);
                 total += outcome.applied;
                 self.add_stats(chunk, &outcome.fresh).await;
             }

@@ -688,3 +688,42 @@ async fn metrics_expose_requests_latency_overhead_and_the_recorder() {
     assert_eq!(value("tollgate_settlement_failures_total"), 0.0);
     assert!(value("tollgate_db_pool_connections") >= 1.0);
 }
+
+/// A revocation takes effect at once on the instance that made it, and on every other
+/// instance within 5 seconds (their key cache lives 2 s).
+#[tokio::test]
+async fn revocation_reaches_every_instance_within_five_seconds() {
+    let one = spawn_app().await;
+    let two = spawn_with(Options {
+        database: Some(one.db_url.clone()),
+        redis_prefix: one.redis_prefix.clone(),
+        ..Default::default()
+    })
+    .await;
+    let fake = FakeUpstream::start().await.unwrap();
+    one.wire_upstream(&fake).await;
+    let (_, kid, key) = funded_key(&one, "revoke").await;
+    assert_eq!(chat(&one, &key).await.status(), 200);
+    assert_eq!(chat(&two, &key).await.status(), 200);
+    let (s, _) = one
+        .patch(&format!("/keys/{kid}"), json!({"status": "revoked"}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        chat(&one, &key).await.status(),
+        401,
+        "at once where it was revoked"
+    );
+    let t0 = Instant::now();
+    loop {
+        if chat(&two, &key).await.status() == 401 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the other instance still accepts the key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = two.shutdown().await;
+}
