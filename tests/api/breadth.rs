@@ -268,6 +268,8 @@ async fn a_failing_account_is_skipped_cooled_down_and_recovers() {
     );
     let (_, acc) = app.get(&format!("/accounts/{a_id}")).await;
     assert!(acc["last_error"].as_str().unwrap().contains("500"), "{acc}");
+    assert_eq!(acc["health"], "cooling_down", "{acc}");
+    assert!(acc["cooldown_remaining_secs"].as_u64().unwrap() >= 1);
     // Recovery: A answers again after its cooldown.
     a.set_fail_status(None);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -276,6 +278,8 @@ async fn a_failing_account_is_skipped_cooled_down_and_recovers() {
         assert_eq!(chat(&app, &key).await.status(), 200);
     }
     assert!(a.request_count() > before, "A serves again");
+    let (_, acc) = app.get(&format!("/accounts/{a_id}")).await;
+    assert_eq!(acc["health"], "ok", "{acc}");
     app.wait_for_logs(60).await;
     let rows = logs_of(&app, kid).await;
     assert!(rows.iter().all(|r| r["status"] == 200));
@@ -726,4 +730,49 @@ async fn revocation_reaches_every_instance_within_five_seconds() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = two.shutdown().await;
+}
+
+/// Connecting to an upstream that never completes the TCP handshake (its accept queue is
+/// full) hits `upstream.connect_timeout_secs`: 504 upstream_timeout.
+#[tokio::test]
+async fn connect_timeout_answers_504() {
+    let app = spawn_with(Options {
+        tweak: Some(Box::new(|c| {
+            c.upstream.connect_timeout_secs = 1;
+            c.upstream.max_attempts = 1;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = sock.local_addr().unwrap();
+    let _listener = sock.listen(1).unwrap();
+    // Fill the accept queue so further handshakes are left unanswered.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    app.post("/accounts", json!({"name": "blackhole", "provider": "openai", "base_url": format!("http://{addr}/v1"), "api_key": "k"}))
+        .await;
+    app.put("/models/gpt-test", json!({"input": "1", "output": "1"}))
+        .await;
+    let (_, _, key) = funded_key(&app, "connect").await;
+    let t0 = Instant::now();
+    let r = chat(&app, &key).await;
+    let took = t0.elapsed();
+    assert_eq!(r.status(), 504, "after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
 }

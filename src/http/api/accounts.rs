@@ -87,13 +87,22 @@ fn fields(b: AccountBody, creating: bool) -> Result<AccountFields, ApiError> {
     })
 }
 
+/// The account with its live health: `ok`, or `cooling_down` with the seconds left.
+fn with_health(st: &AppState, a: &Account) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    let left = st.proxy.health.cooldown_left(a.id);
+    v["health"] = Value::from(if left.is_some() { "cooling_down" } else { "ok" });
+    v["cooldown_remaining_secs"] = left.map(Value::from).unwrap_or(Value::Null);
+    v
+}
+
 pub async fn create(
     State(st): State<AppState>,
     AppJson(b): AppJson<AccountBody>,
-) -> Result<(StatusCode, Json<Account>), ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let f = fields(b, true)?;
     let a = st.db.create_account(&f, st.now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(a)))
+    Ok((StatusCode::CREATED, Json(with_health(&st, &a))))
 }
 
 pub async fn list(
@@ -103,32 +112,36 @@ pub async fn list(
     let Query(q) = q.map_err(crate::error::query_rejection)?;
     let limit = q.limit()?;
     let rows = st.db.list_accounts(q.id_cursor()?, limit).await?;
-    Ok(Json(id_page(rows, limit, |a| a.id)))
+    let rows: Vec<Value> = rows.iter().map(|a| with_health(&st, a)).collect();
+    Ok(Json(id_page(rows, limit, |a| {
+        a["id"].as_i64().unwrap_or(0)
+    })))
 }
 
 pub async fn get(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Account>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id("account", &id)?;
-    Ok(Json(
-        st.db
-            .get_account(id)
-            .await
-            .map_err(|_| ApiError::not_found("account"))?,
-    ))
+    let a = st
+        .db
+        .get_account(id)
+        .await
+        .map_err(|_| ApiError::not_found("account"))?;
+    Ok(Json(with_health(&st, &a)))
 }
 
 pub async fn update(
     State(st): State<AppState>,
     Path(id): Path<String>,
     AppJson(b): AppJson<AccountBody>,
-) -> Result<Json<Account>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id("account", &id)?;
     let f = fields(b, false)?;
     st.db
         .get_account(id)
         .await
         .map_err(|_| ApiError::not_found("account"))?;
-    Ok(Json(st.db.update_account(id, &f, st.now_ms()).await?))
+    let a = st.db.update_account(id, &f, st.now_ms()).await?;
+    Ok(Json(with_health(&st, &a)))
 }
