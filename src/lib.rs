@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod fake_upstream;
 pub mod http;
+pub mod i18n;
 pub mod metrics;
 pub mod proxy;
 pub mod recorder;

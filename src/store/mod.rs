@@ -21,6 +21,7 @@ pub mod sessions;
 pub mod settle;
 pub mod usage;
 pub mod users;
+pub mod views;
 
 #[derive(Clone)]
 pub enum Db {

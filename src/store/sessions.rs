@@ -54,4 +54,15 @@ impl Db {
         )?;
         Ok(())
     }
+
+    /// Delete sessions past their absolute expiry (`expires_at <= now`) or idle since before
+    /// `idle_before`.
+    pub async fn delete_stale_sessions(&self, now: i64, idle_before: i64) -> Result<u64> {
+        Ok(execute!(
+            self,
+            sqlx::query("DELETE FROM admin_sessions WHERE expires_at <= ? OR last_seen_at < ?")
+                .bind(now)
+                .bind(idle_before)
+        )?)
+    }
 }

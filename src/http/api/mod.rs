@@ -42,7 +42,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
-/// Admin token (`Authorization: Bearer …`) or an admin session cookie.
+/// Admin token (`Authorization: Bearer …`) or an admin session cookie. A cookie is sent by
+/// the browser on its own, so with a session a state-changing call must also carry the
+/// session's CSRF token in `x-csrf-token` (the pages put it in `<meta name="csrf-token">`).
 async fn require_admin(
     State(state): State<AppState>,
     req: Request,
@@ -60,11 +62,27 @@ async fn require_admin(
         }
         return Err(ApiError::unauthorized());
     }
-    if crate::http::admin::session_user(&state, req.headers())
-        .await
-        .is_some()
-    {
-        return Ok(next.run(req).await);
+    if let Some((_, session)) = crate::http::admin::session_user(&state, req.headers()).await {
+        let safe = matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        );
+        let sent = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
+        if safe || sent.is_some_and(|t| constant_time_eq(t, &session.csrf_token)) {
+            return Ok(next.run(req).await);
+        }
+        return Err(ApiError {
+            status: axum::http::StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            code: "csrf_token_invalid",
+            message: "with a session cookie, send the session's CSRF token in `x-csrf-token` \
+                      (from the page's <meta name=\"csrf-token\">)"
+                .into(),
+            param: None,
+        });
     }
     Err(ApiError::unauthorized())
 }

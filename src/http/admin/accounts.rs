@@ -1,0 +1,276 @@
+//! Upstream accounts: add, edit, disable. The account's secret never leaves the server: the
+//! page shows a fixed mask, and the edit form's secret field starts blank and, left blank,
+//! keeps the stored secret.
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::Form;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::view::{self, form_int, model_list, FormValues, Money, StatusForm};
+use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use crate::state::AppState;
+use crate::store::accounts::Account;
+
+struct Row {
+    id: i64,
+    name: String,
+    provider: String,
+    base_url: String,
+    models: String,
+    priority: i64,
+    weight: i64,
+    active: bool,
+    status_label: &'static str,
+    /// Seconds of cooldown left after a failure, if any.
+    cooling: Option<u64>,
+    cost: Money,
+    requests: String,
+    tokens: String,
+    last_error: String,
+    last_error_at: String,
+    last_used: String,
+}
+
+impl Row {
+    fn new(st: &AppState, ctx: &Ctx, a: Account) -> Row {
+        let models = a.models();
+        Row {
+            id: a.id,
+            provider: a.provider,
+            base_url: a.base_url,
+            models: if models.is_empty() {
+                ctx.t("keys.all_models").to_string()
+            } else {
+                models.join(", ")
+            },
+            priority: a.priority,
+            weight: a.weight,
+            active: a.status == "active",
+            status_label: view::status_label(ctx.tr, &a.status),
+            cooling: st.proxy.health.cooldown_left(a.id),
+            cost: Money::nanos(a.total_cost),
+            requests: format::count(a.request_count),
+            tokens: format::count(
+                a.input_tokens + a.output_tokens + a.cache_read_tokens + a.cache_write_tokens,
+            ),
+            last_error: a.last_error.unwrap_or_default(),
+            last_error_at: format::opt_time(a.last_error_at, st.tz),
+            last_used: format::opt_time(a.last_used_at, st.tz),
+            name: a.name,
+        }
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "admin/accounts.html")]
+struct AccountsPage {
+    ctx: Ctx,
+    rows: Vec<Row>,
+    form: FormValues,
+}
+
+pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
+    let lang = ctx.tr.lang;
+    respond(
+        &st,
+        lang,
+        list_page(&st, ctx, FormValues::default(), StatusCode::OK).await,
+    )
+}
+
+async fn list_page(
+    st: &AppState,
+    mut ctx: Ctx,
+    form: FormValues,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let rows = st
+        .db
+        .list_accounts(None, 1000)
+        .await?
+        .into_iter()
+        .map(|a| Row::new(st, &ctx, a))
+        .collect();
+    ctx.section = "accounts";
+    ctx.here = "/admin/accounts".into();
+    Ok(render(status, &AccountsPage { ctx, rows, form }))
+}
+
+#[derive(Deserialize)]
+pub struct AccountForm {
+    name: Option<String>,
+    provider: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    models: Option<String>,
+    priority: Option<String>,
+    weight: Option<String>,
+}
+
+impl AccountForm {
+    fn values(&self) -> FormValues {
+        FormValues::from_pairs([
+            ("name", self.name.as_ref()),
+            ("provider", self.provider.as_ref()),
+            ("base_url", self.base_url.as_ref()),
+            ("models", self.models.as_ref()),
+            ("priority", self.priority.as_ref()),
+            ("weight", self.weight.as_ref()),
+        ])
+    }
+
+    /// The API body; a blank secret is left out (on edit: keep the stored one).
+    fn body(&self, ctx: &Ctx) -> Result<Value, String> {
+        let mut b = Map::new();
+        for (field, v) in [
+            ("name", &self.name),
+            ("provider", &self.provider),
+            ("base_url", &self.base_url),
+        ] {
+            b.insert(field.into(), json!(v.as_deref().unwrap_or("").trim()));
+        }
+        if let Some(k) = self.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            b.insert("api_key".into(), json!(k.trim()));
+        }
+        b.insert("models".into(), json!(model_list(self.models.as_deref())));
+        for (field, v) in [("priority", &self.priority), ("weight", &self.weight)] {
+            if let Some(n) = form_int(ctx.tr, field, v.as_deref())? {
+                b.insert(field.into(), json!(n));
+            }
+        }
+        Ok(Value::Object(b))
+    }
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    api: Api,
+    mut ctx: Ctx,
+    Form(f): Form<AccountForm>,
+) -> Response {
+    let lang = ctx.tr.lang;
+    let result = match f.body(&ctx) {
+        Ok(mut body) => {
+            if body.get("api_key").is_none() {
+                // Creating needs a secret: let the API say so in its words.
+                body["api_key"] = json!("");
+            }
+            api.call(Method::POST, "/accounts", body)
+                .await
+                .map_err(|e| (e.text(ctx.tr), e.status()))
+        }
+        Err(msg) => Err((msg, StatusCode::UNPROCESSABLE_ENTITY)),
+    };
+    match result {
+        Ok(_) => see_other("/admin/accounts", "account_created"),
+        Err((msg, status)) => {
+            ctx.set_error(msg);
+            respond(&st, lang, list_page(&st, ctx, f.values(), status).await)
+        }
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "admin/account_edit.html")]
+struct EditPage {
+    ctx: Ctx,
+    row: Row,
+    form: FormValues,
+}
+
+pub async fn edit(State(st): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Response {
+    let lang = ctx.tr.lang;
+    let Ok(id) = id.parse::<i64>() else {
+        return respond(&st, lang, Err(PageError::NotFound));
+    };
+    respond(
+        &st,
+        lang,
+        edit_page(&st, ctx, id, None, StatusCode::OK).await,
+    )
+}
+
+async fn edit_page(
+    st: &AppState,
+    mut ctx: Ctx,
+    id: i64,
+    sent: Option<FormValues>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let a = st.db.get_account(id).await.map_err(|e| match e {
+        crate::store::StoreError::NotFound => PageError::NotFound,
+        e => e.into(),
+    })?;
+    // The form starts with the stored values (never the secret).
+    let form = sent.unwrap_or_else(|| {
+        let (priority, weight) = (a.priority.to_string(), a.weight.to_string());
+        let models = a.models().join(", ");
+        FormValues::from_pairs([
+            ("name", Some(&a.name)),
+            ("provider", Some(&a.provider)),
+            ("base_url", Some(&a.base_url)),
+            ("models", Some(&models)),
+            ("priority", Some(&priority)),
+            ("weight", Some(&weight)),
+        ])
+    });
+    let row = Row::new(st, &ctx, a);
+    ctx.section = "accounts";
+    ctx.here = format!("/admin/accounts/{id}");
+    Ok(render(status, &EditPage { ctx, row, form }))
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    api: Api,
+    mut ctx: Ctx,
+    Path(id): Path<i64>,
+    Form(f): Form<AccountForm>,
+) -> Response {
+    let lang = ctx.tr.lang;
+    let result = match f.body(&ctx) {
+        Ok(body) => api
+            .call(Method::PATCH, &format!("/accounts/{id}"), body)
+            .await
+            .map_err(|e| (e.text(ctx.tr), e.status())),
+        Err(msg) => Err((msg, StatusCode::UNPROCESSABLE_ENTITY)),
+    };
+    match result {
+        Ok(_) => see_other("/admin/accounts", "account_updated"),
+        Err((msg, status)) => {
+            ctx.set_error(msg);
+            respond(
+                &st,
+                lang,
+                edit_page(&st, ctx, id, Some(f.values()), status).await,
+            )
+        }
+    }
+}
+
+pub async fn set_status(
+    State(st): State<AppState>,
+    api: Api,
+    mut ctx: Ctx,
+    Path(id): Path<i64>,
+    Form(f): Form<StatusForm>,
+) -> Response {
+    let body = json!({"status": f.status.unwrap_or_default()});
+    match api
+        .call(Method::PATCH, &format!("/accounts/{id}"), body)
+        .await
+    {
+        Ok(_) => see_other("/admin/accounts", "account_updated"),
+        Err(e) => {
+            let (lang, status) = ctx.fail(&e);
+            respond(
+                &st,
+                lang,
+                list_page(&st, ctx, FormValues::default(), status).await,
+            )
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Model prices (USD per 1M tokens): every model's four prices, editable in place.
+
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::Form;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::view::{form_error, form_money, FormValues};
+use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use crate::billing::money::Usd;
+use crate::state::AppState;
+
+/// Prices as typed in the form: plain decimals, exact, without the `$`.
+struct Row {
+    model: String,
+    input: String,
+    output: String,
+    cache_read: String,
+    cache_write: String,
+    updated: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "admin/models.html")]
+struct ModelsPage {
+    ctx: Ctx,
+    rows: Vec<Row>,
+    form: FormValues,
+}
+
+pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
+    let lang = ctx.tr.lang;
+    respond(
+        &st,
+        lang,
+        page(&st, ctx, FormValues::default(), StatusCode::OK).await,
+    )
+}
+
+/// A price for an input field: the decimal without trailing zeros (`2.5`, `0`).
+fn plain(nanos: i64) -> String {
+    let d = Usd(nanos).to_decimal().normalize();
+    d.to_string()
+}
+
+async fn page(
+    st: &AppState,
+    mut ctx: Ctx,
+    form: FormValues,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let rows = st
+        .db
+        .list_prices()
+        .await?
+        .into_iter()
+        .map(|p| Row {
+            input: plain(p.input_price),
+            output: plain(p.output_price),
+            cache_read: p.cache_read_price.map(plain).unwrap_or_default(),
+            cache_write: p.cache_write_price.map(plain).unwrap_or_default(),
+            updated: format::time(p.updated_at, st.tz),
+            model: p.model,
+        })
+        .collect();
+    ctx.section = "models";
+    ctx.here = "/admin/models".into();
+    Ok(render(status, &ModelsPage { ctx, rows, form }))
+}
+
+#[derive(Deserialize)]
+pub struct PriceForm {
+    model: Option<String>,
+    input: Option<String>,
+    output: Option<String>,
+    cache_read: Option<String>,
+    cache_write: Option<String>,
+}
+
+pub async fn save(
+    State(st): State<AppState>,
+    api: Api,
+    mut ctx: Ctx,
+    Form(f): Form<PriceForm>,
+) -> Response {
+    let values = FormValues::from_pairs([
+        ("model", f.model.as_ref()),
+        ("input", f.input.as_ref()),
+        ("output", f.output.as_ref()),
+        ("cache_read", f.cache_read.as_ref()),
+        ("cache_write", f.cache_write.as_ref()),
+    ]);
+    let tr = ctx.tr;
+    let lang = tr.lang;
+    let model = f.model.as_deref().unwrap_or("").trim().to_string();
+    let checked = (|| -> Result<Value, String> {
+        if model.is_empty() {
+            return Err(form_error(tr, "model", "form.required"));
+        }
+        let mut b = Map::new();
+        for (field, v, required) in [
+            ("input", &f.input, true),
+            ("output", &f.output, true),
+            ("cache_read", &f.cache_read, false),
+            ("cache_write", &f.cache_write, false),
+        ] {
+            match form_money(tr, field, v.as_deref())? {
+                Some(m) => {
+                    b.insert(field.into(), json!(m));
+                }
+                None if required => return Err(form_error(tr, field, "form.required")),
+                None => {}
+            }
+        }
+        Ok(Value::Object(b))
+    })();
+    let result = match checked {
+        Ok(body) => {
+            let path = format!("/models/{}", format::path_escape(&model));
+            api.call(Method::PUT, &path, body)
+                .await
+                .map_err(|e| (e.text(tr), e.status()))
+        }
+        Err(msg) => Err((msg, StatusCode::UNPROCESSABLE_ENTITY)),
+    };
+    match result {
+        Ok(_) => see_other("/admin/models", "price_saved"),
+        Err((msg, status)) => {
+            ctx.set_error(msg);
+            respond(&st, lang, page(&st, ctx, values, status).await)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The package catalogue: create, disable, enable.
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::Form;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::view::{self, form_int, form_money, FormValues, Money, StatusForm};
+use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use crate::state::AppState;
+
+struct Row {
+    id: i64,
+    name: String,
+    kind: &'static str,
+    daily: Money,
+    weekly: Money,
+    monthly: Money,
+    total: Money,
+    duration_days: i64,
+    active: bool,
+    status_label: &'static str,
+    created: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "admin/packages.html")]
+struct PackagesPage {
+    ctx: Ctx,
+    rows: Vec<Row>,
+    form: FormValues,
+}
+
+pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
+    let lang = ctx.tr.lang;
+    respond(
+        &st,
+        lang,
+        page(&st, ctx, FormValues::default(), StatusCode::OK).await,
+    )
+}
+
+async fn page(
+    st: &AppState,
+    mut ctx: Ctx,
+    form: FormValues,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let tr = ctx.tr;
+    let opt = |v: Option<i64>| Money::opt(v.map(crate::billing::money::Usd));
+    let rows = st
+        .db
+        .list_packages(None, 1000)
+        .await?
+        .into_iter()
+        .map(|p| Row {
+            id: p.id,
+            kind: view::kind_label(tr, &p.kind),
+            daily: opt(p.daily_quota),
+            weekly: opt(p.weekly_quota),
+            monthly: opt(p.monthly_quota),
+            total: opt(p.quota_total),
+            duration_days: p.duration_days,
+            active: p.status == "active",
+            status_label: view::status_label(tr, &p.status),
+            created: format::time(p.created_at, st.tz),
+            name: p.name,
+        })
+        .collect();
+    ctx.section = "packages";
+    ctx.here = "/admin/packages".into();
+    Ok(render(status, &PackagesPage { ctx, rows, form }))
+}
+
+#[derive(Deserialize)]
+pub struct NewPackage {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    daily_quota: Option<String>,
+    weekly_quota: Option<String>,
+    monthly_quota: Option<String>,
+    quota_total: Option<String>,
+    duration_days: Option<String>,
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    api: Api,
+    mut ctx: Ctx,
+    Form(f): Form<NewPackage>,
+) -> Response {
+    let values = FormValues::from_pairs([
+        ("name", f.name.as_ref()),
+        ("type", f.kind.as_ref()),
+        ("daily_quota", f.daily_quota.as_ref()),
+        ("weekly_quota", f.weekly_quota.as_ref()),
+        ("monthly_quota", f.monthly_quota.as_ref()),
+        ("quota_total", f.quota_total.as_ref()),
+        ("duration_days", f.duration_days.as_ref()),
+    ]);
+    let tr = ctx.tr;
+    let lang = tr.lang;
+    let mut body = Map::new();
+    body.insert("name".into(), json!(f.name.clone().unwrap_or_default()));
+    body.insert("type".into(), json!(f.kind.clone().unwrap_or_default()));
+    let checked = (|| -> Result<(), String> {
+        for (field, v) in [
+            ("daily_quota", &f.daily_quota),
+            ("weekly_quota", &f.weekly_quota),
+            ("monthly_quota", &f.monthly_quota),
+            ("quota_total", &f.quota_total),
+        ] {
+            if let Some(m) = form_money(tr, field, v.as_deref())? {
+                body.insert(field.into(), json!(m));
+            }
+        }
+        let days = form_int(tr, "duration_days", f.duration_days.as_deref())?;
+        body.insert("duration_days".into(), json!(days.unwrap_or(0)));
+        Ok(())
+    })();
+    if let Err(msg) = checked {
+        ctx.set_error(msg);
+        return respond(
+            &st,
+            lang,
+            page(&st, ctx, values, StatusCode::UNPROCESSABLE_ENTITY).await,
+        );
+    }
+    match api
+        .call(Method::POST, "/packages", Value::Object(body))
+        .await
+    {
+        Ok(_) => see_other("/admin/packages", "package_created"),
+        Err(e) => {
+            let (lang, status) = ctx.fail(&e);
+            respond(&st, lang, page(&st, ctx, values, status).await)
+        }
+    }
+}
+
+pub async fn set_status(
+    State(st): State<AppState>,
+    api: Api,
+    mut ctx: Ctx,
+    Path(id): Path<i64>,
+    Form(f): Form<StatusForm>,
+) -> Response {
+    let body = json!({"status": f.status.unwrap_or_default()});
+    match api
+        .call(Method::PATCH, &format!("/packages/{id}"), body)
+        .await
+    {
+        Ok(_) => see_other("/admin/packages", "package_updated"),
+        Err(e) => {
+            let (lang, status) = ctx.fail(&e);
+            respond(
+                &st,
+                lang,
+                page(&st, ctx, FormValues::default(), status).await,
+            )
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! Usage (daily cost and requests, charted, by user, key, model and account) and the request
+//! logs (filters, cursor pagination).
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{Days, NaiveDate};
+use serde::Deserialize;
+
+use super::view::{self, Chart, Log, Money, Names};
+use super::{format, render, respond, Ctx, PageError};
+use crate::billing::money::Usd;
+use crate::state::AppState;
+use crate::store::usage::{LogFilter, UsageFilter};
+use crate::store::views::{UsageGroup, UsageTotal};
+
+/// The longest range the usage page draws, in days.
+const MAX_DAYS: u64 = 366;
+const DEFAULT_DAYS: u64 = 30;
+
+#[derive(Default, Deserialize)]
+pub struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+    user_id: Option<String>,
+    api_key_id: Option<String>,
+    account_id: Option<String>,
+    model: Option<String>,
+}
+
+/// The filter choices: ids and names for the `<select>`s.
+pub struct Choices {
+    pub users: Vec<(i64, String)>,
+    pub keys: Vec<(i64, String)>,
+    pub accounts: Vec<(i64, String)>,
+    pub models: Vec<String>,
+}
+
+impl Choices {
+    pub async fn load(st: &AppState) -> crate::store::Result<Choices> {
+        let users = st.db.user_options(1000).await?;
+        let by_id: HashMap<i64, &str> = users.iter().map(|(i, n)| (*i, n.as_str())).collect();
+        let keys = st
+            .db
+            .key_labels(None, 1000)
+            .await?
+            .into_iter()
+            .map(|k| {
+                let user = by_id.get(&k.user_id).copied().unwrap_or("?");
+                (k.id, format!("{} ({}…) · {user}", k.name, k.key_prefix))
+            })
+            .collect();
+        let accounts = st
+            .db
+            .list_accounts(None, 1000)
+            .await?
+            .into_iter()
+            .map(|a| (a.id, a.name))
+            .collect();
+        let models = st
+            .db
+            .list_prices()
+            .await?
+            .into_iter()
+            .map(|p| p.model)
+            .collect();
+        Ok(Choices {
+            users,
+            keys,
+            accounts,
+            models,
+        })
+    }
+}
+
+/// The filter as sent (strings, for the form and the links).
+pub struct Filter {
+    pub user_id: String,
+    pub api_key_id: String,
+    pub account_id: String,
+    pub model: String,
+}
+
+fn id(v: &Option<String>) -> Option<i64> {
+    v.as_deref().and_then(|s| s.trim().parse::<i64>().ok())
+}
+
+fn text(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// One group in a breakdown table.
+struct Group {
+    name: String,
+    link: String,
+    requests: String,
+    tokens: String,
+    cost: Money,
+}
+
+struct Breakdown {
+    title: &'static str,
+    rows: Vec<Group>,
+}
+
+#[derive(askama::Template)]
+#[template(path = "admin/usage.html")]
+struct UsagePage {
+    ctx: Ctx,
+    from: String,
+    to: String,
+    filter: Filter,
+    choices: Choices,
+    charts: Vec<Chart>,
+    days: Vec<DayRow>,
+    total_requests: String,
+    total_tokens: String,
+    total_cost: Money,
+    breakdowns: Vec<Breakdown>,
+}
+
+struct DayRow {
+    day: String,
+    requests: String,
+    tokens: String,
+    cost: Money,
+}
+
+fn tokens(t: &UsageTotal) -> i64 {
+    t.input_tokens + t.output_tokens + t.cache_read_tokens + t.cache_write_tokens
+}
+
+pub async fn daily(State(st): State<AppState>, ctx: Ctx, Query(q): Query<UsageQuery>) -> Response {
+    let lang = ctx.tr.lang;
+    respond(&st, lang, usage_page(&st, ctx, q).await)
+}
+
+fn parse_day(v: &Option<String>) -> Option<NaiveDate> {
+    v.as_deref()
+        .and_then(|d| NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok())
+}
+
+async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Response, PageError> {
+    let today = st.clock.now().with_timezone(&st.tz).date_naive();
+    let to = parse_day(&q.to).unwrap_or(today);
+    let mut from = parse_day(&q.from)
+        .unwrap_or_else(|| to - Days::new(DEFAULT_DAYS - 1))
+        .min(to);
+    if (to - from).num_days() as u64 >= MAX_DAYS {
+        from = to - Days::new(MAX_DAYS - 1);
+    }
+    let (from_s, to_s) = (from.to_string(), to.to_string());
+    let f = UsageFilter {
+        from: Some(from_s.clone()),
+        to: Some(to_s.clone()),
+        user_id: id(&q.user_id),
+        api_key_id: id(&q.api_key_id),
+        account_id: id(&q.account_id),
+        model: text(&q.model),
+    };
+    let tr = ctx.tr;
+    let by_day: HashMap<String, UsageTotal> = st
+        .db
+        .usage_totals(&f, UsageGroup::Day, MAX_DAYS as i64)
+        .await?
+        .into_iter()
+        .map(|t| (t.label.clone(), t))
+        .collect();
+    let empty = UsageTotal::default();
+    let mut days = Vec::new();
+    let mut d = from;
+    while d <= to {
+        let key = d.to_string();
+        days.push((
+            key.clone(),
+            by_day.get(&key).cloned().unwrap_or_else(|| empty.clone()),
+        ));
+        d = d + Days::new(1);
+    }
+    let short = |day: &str| day.get(5..).unwrap_or(day).to_string();
+    let cost_points: Vec<(String, f64, String)> = days
+        .iter()
+        .map(|(day, t)| (short(day), t.cost as f64 / 1e9, format::usd(Usd(t.cost))))
+        .collect();
+    let req_points: Vec<(String, f64, String)> = days
+        .iter()
+        .map(|(day, t)| (short(day), t.requests as f64, format::count(t.requests)))
+        .collect();
+    let cost_chart = Chart::bars(
+        tr.t("usage.cost_per_day").into(),
+        720,
+        &cost_points,
+        0.0,
+        |v| format::usd(Usd((v * 1e9).round() as i64)),
+    );
+    let requests_chart = Chart::bars(
+        tr.t("usage.requests_per_day").into(),
+        720,
+        &req_points,
+        1.0,
+        |v| format::count(v.round() as i64),
+    );
+    let total_requests: i64 = days.iter().map(|(_, t)| t.requests).sum();
+    let total_tokens: i64 = days.iter().map(|(_, t)| tokens(t)).sum();
+    let total_cost: i64 = days.iter().map(|(_, t)| t.cost).sum();
+
+    let groups = [
+        (UsageGroup::User, tr.t("usage.by_user")),
+        (UsageGroup::Model, tr.t("usage.by_model")),
+        (UsageGroup::Account, tr.t("usage.by_account")),
+        (UsageGroup::Key, tr.t("usage.by_key")),
+    ];
+    let mut totals = Vec::new();
+    for (g, title) in groups {
+        totals.push((g, title, st.db.usage_totals(&f, g, 20).await?));
+    }
+    let user_ids: Vec<i64> = totals
+        .iter()
+        .filter(|(g, _, _)| *g == UsageGroup::User)
+        .flat_map(|(_, _, rows)| rows.iter().map(|r| r.id))
+        .collect();
+    let key_ids: Vec<i64> = totals
+        .iter()
+        .filter(|(g, _, _)| *g == UsageGroup::Key)
+        .flat_map(|(_, _, rows)| rows.iter().map(|r| r.id))
+        .collect();
+    let names = view::names(st, &user_ids, &key_ids).await?;
+    let filter = Filter {
+        user_id: f.user_id.map(|v| v.to_string()).unwrap_or_default(),
+        api_key_id: f.api_key_id.map(|v| v.to_string()).unwrap_or_default(),
+        account_id: f.account_id.map(|v| v.to_string()).unwrap_or_default(),
+        model: f.model.clone().unwrap_or_default(),
+    };
+    let base = [
+        ("from", from_s.clone()),
+        ("to", to_s.clone()),
+        ("user_id", filter.user_id.clone()),
+        ("api_key_id", filter.api_key_id.clone()),
+        ("account_id", filter.account_id.clone()),
+        ("model", filter.model.clone()),
+    ];
+    // A group's link narrows the current filter to that group.
+    let narrowed = |name: &str, value: String| {
+        let pairs: Vec<(&str, String)> = base
+            .iter()
+            .map(|(k, v)| (*k, if *k == name { value.clone() } else { v.clone() }))
+            .collect();
+        format!("/admin/usage{}", format::query(&pairs))
+    };
+    let breakdowns = totals
+        .into_iter()
+        .map(|(g, title, rows)| Breakdown {
+            title,
+            rows: rows
+                .iter()
+                .map(|r| {
+                    let (name, link) = group_name(&names, g, r, &narrowed);
+                    Group {
+                        name,
+                        link,
+                        requests: format::count(r.requests),
+                        tokens: format::count(tokens(r)),
+                        cost: Money::nanos(r.cost),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let day_rows = days
+        .iter()
+        .rev()
+        .filter(|(_, t)| t.requests > 0)
+        .map(|(day, t)| DayRow {
+            day: day.clone(),
+            requests: format::count(t.requests),
+            tokens: format::count(tokens(t)),
+            cost: Money::nanos(t.cost),
+        })
+        .collect();
+    ctx.section = "usage";
+    ctx.here = format!("/admin/usage{}", format::query(&base));
+    Ok(render(
+        StatusCode::OK,
+        &UsagePage {
+            ctx,
+            from: from_s,
+            to: to_s,
+            filter,
+            choices: Choices::load(st).await?,
+            charts: vec![cost_chart, requests_chart],
+            days: day_rows,
+            total_requests: format::count(total_requests),
+            total_tokens: format::count(total_tokens),
+            total_cost: Money::nanos(total_cost),
+            breakdowns,
+        },
+    ))
+}
+
+fn group_name(
+    names: &Names,
+    g: UsageGroup,
+    r: &UsageTotal,
+    narrowed: &impl Fn(&str, String) -> String,
+) -> (String, String) {
+    match g {
+        UsageGroup::User => (names.user(r.id), narrowed("user_id", r.id.to_string())),
+        UsageGroup::Key => (names.key(r.id), narrowed("api_key_id", r.id.to_string())),
+        UsageGroup::Account => (
+            names.account(r.id),
+            narrowed("account_id", r.id.to_string()),
+        ),
+        UsageGroup::Model => (r.label.clone(), narrowed("model", r.label.clone())),
+        UsageGroup::Day => (r.label.clone(), String::new()),
+    }
+}
+
+#[derive(Default, Deserialize)]
+pub struct LogsQuery {
+    user_id: Option<String>,
+    api_key_id: Option<String>,
+    account_id: Option<String>,
+    model: Option<String>,
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(askama::Template)]
+#[template(path = "admin/logs.html")]
+struct LogsPage {
+    ctx: Ctx,
+    filter: Filter,
+    status: String,
+    choices: Choices,
+    logs: Vec<Log>,
+    first_url: String,
+    next_url: String,
+}
+
+pub async fn logs(State(st): State<AppState>, ctx: Ctx, Query(q): Query<LogsQuery>) -> Response {
+    let lang = ctx.tr.lang;
+    respond(&st, lang, logs_page(&st, ctx, q).await)
+}
+
+async fn logs_page(st: &AppState, mut ctx: Ctx, q: LogsQuery) -> Result<Response, PageError> {
+    let limit = q
+        .limit
+        .as_deref()
+        .and_then(|l| l.parse::<i64>().ok())
+        .filter(|l| (1..=500).contains(l))
+        .unwrap_or(50);
+    let before = q.cursor.as_deref().and_then(|c| {
+        let (a, b) = c.split_once('_')?;
+        Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?))
+    });
+    let f = LogFilter {
+        user_id: id(&q.user_id),
+        api_key_id: id(&q.api_key_id),
+        account_id: id(&q.account_id),
+        model: text(&q.model),
+        status: id(&q.status),
+        before,
+    };
+    let rows = st.db.request_logs(&f, limit).await?;
+    let names = view::names_for_logs(st, &rows).await?;
+    let filter = Filter {
+        user_id: f.user_id.map(|v| v.to_string()).unwrap_or_default(),
+        api_key_id: f.api_key_id.map(|v| v.to_string()).unwrap_or_default(),
+        account_id: f.account_id.map(|v| v.to_string()).unwrap_or_default(),
+        model: f.model.clone().unwrap_or_default(),
+    };
+    let status = f.status.map(|s| s.to_string()).unwrap_or_default();
+    let limit_s = if limit == 50 {
+        String::new()
+    } else {
+        limit.to_string()
+    };
+    let url = |cursor: String| {
+        format!(
+            "/admin/logs{}",
+            format::query(&[
+                ("user_id", filter.user_id.clone()),
+                ("api_key_id", filter.api_key_id.clone()),
+                ("account_id", filter.account_id.clone()),
+                ("model", filter.model.clone()),
+                ("status", status.clone()),
+                ("limit", limit_s.clone()),
+                ("cursor", cursor),
+            ])
+        )
+    };
+    let next_url = if rows.len() as i64 == limit {
+        rows.last()
+            .map(|r| url(format!("{}_{}", r.created_at, r.id)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let first_url = if before.is_some() {
+        url(String::new())
+    } else {
+        String::new()
+    };
+    ctx.section = "logs";
+    ctx.here = url(q.cursor.clone().unwrap_or_default());
+    let logs = rows.iter().map(|l| Log::new(l, &names, st.tz)).collect();
+    Ok(render(
+        StatusCode::OK,
+        &LogsPage {
+            ctx,
+            choices: Choices::load(st).await?,
+            filter,
+            status,
+            logs,
+            first_url,
+            next_url,
+        },
+    ))
+}

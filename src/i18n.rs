@@ -1,0 +1,828 @@
+//! The admin UI's two languages: English and Simplified Chinese.
+//!
+//! A page's language comes from `?lang=en` / `?lang=zh-CN` (then remembered in the
+//! `tollgate_lang` cookie), else that cookie, else `Accept-Language`, else English. Every label
+//! is a key looked up in both catalogues below; a test checks that they have the same keys and
+//! that every key the templates and the UI code use exists.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+pub const LANG_COOKIE: &str = "tollgate_lang";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lang {
+    #[default]
+    En,
+    ZhCn,
+}
+
+impl Lang {
+    /// The code used in `?lang=`, the cookie and `<html lang>`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::ZhCn => "zh-CN",
+        }
+    }
+
+    /// `en`, `zh-CN` and their usual spellings (case-insensitive; `zh`, `zh-Hans`, `zh_CN`).
+    pub fn parse(s: &str) -> Option<Lang> {
+        let s = s.trim().to_ascii_lowercase().replace('_', "-");
+        let primary = s.split('-').next().unwrap_or("");
+        match primary {
+            "en" => Some(Lang::En),
+            "zh" => Some(Lang::ZhCn),
+            _ => None,
+        }
+    }
+
+    /// The supported language the client prefers most (by `q`, then by order); English when
+    /// none is supported.
+    pub fn from_accept_language(header: &str) -> Lang {
+        let mut best: Option<(f32, Lang)> = None;
+        for part in header.split(',') {
+            let mut it = part.split(';');
+            let tag = it.next().unwrap_or("").trim();
+            let q = it
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if q <= 0.0 {
+                continue;
+            }
+            let lang = if tag == "*" {
+                Some(Lang::En)
+            } else {
+                Lang::parse(tag)
+            };
+            if let Some(l) = lang {
+                if best.is_none_or(|(bq, _)| q > bq) {
+                    best = Some((q, l));
+                }
+            }
+        }
+        best.map_or(Lang::En, |(_, l)| l)
+    }
+
+    fn catalogue(self) -> &'static HashMap<&'static str, &'static str> {
+        static EN_MAP: LazyLock<HashMap<&str, &str>> =
+            LazyLock::new(|| EN.iter().copied().collect());
+        static ZH_MAP: LazyLock<HashMap<&str, &str>> =
+            LazyLock::new(|| ZH.iter().copied().collect());
+        match self {
+            Lang::En => &EN_MAP,
+            Lang::ZhCn => &ZH_MAP,
+        }
+    }
+}
+
+/// A translator for one language; templates call `ctx.t("key")`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tr {
+    pub lang: Lang,
+}
+
+impl Tr {
+    pub fn new(lang: Lang) -> Tr {
+        Tr { lang }
+    }
+
+    /// The text of `key`. A missing key (which the catalogue test rules out) shows the key
+    /// itself rather than failing the page.
+    pub fn t(&self, key: &str) -> &'static str {
+        match self.lang.catalogue().get(key) {
+            Some(v) => v,
+            None => {
+                tracing::warn!(key, lang = self.lang.code(), "missing translation");
+                Lang::En.catalogue().get(key).copied().unwrap_or("?")
+            }
+        }
+    }
+
+    /// The label of a form or API field (`field.{name}`), or the name itself.
+    pub fn field<'a>(&self, name: &'a str) -> &'a str {
+        self.lang
+            .catalogue()
+            .get(format!("field.{name}").as_str())
+            .copied()
+            .unwrap_or(name)
+    }
+
+    /// A message of the admin API's validation in this language (the API speaks English).
+    pub fn api_message<'a>(&self, message: &'a str) -> &'a str {
+        match self.lang {
+            Lang::En => message,
+            Lang::ZhCn => API_MESSAGES_ZH
+                .iter()
+                .find(|(en, _)| *en == message)
+                .map_or(message, |(_, zh)| zh),
+        }
+    }
+}
+
+/// The admin API's validation messages in Simplified Chinese.
+const API_MESSAGES_ZH: &[(&str, &str)] = &[
+    ("must be 1 to 64 characters", "长度须为 1 到 64 个字符"),
+    ("must be 1 to 128 characters", "长度须为 1 到 128 个字符"),
+    ("must be 1 to 191 characters", "长度须为 1 到 191 个字符"),
+    (
+        "must not contain control characters or leading/trailing spaces",
+        "不能包含控制字符，首尾不能有空格",
+    ),
+    ("must be at least 8 characters", "至少 8 个字符"),
+    ("must be `admin` or `user`", "须为 admin 或 user"),
+    ("must be greater than 0", "须大于 0"),
+    (
+        "a subscription needs at least one of daily_quota, weekly_quota, monthly_quota",
+        "订阅套餐至少需要日、周、月额度之一",
+    ),
+    (
+        "is for `quota` packages; a subscription has daily/weekly/monthly quotas",
+        "仅用于额度套餐；订阅套餐使用日/周/月额度",
+    ),
+    ("is required for a `quota` package", "额度套餐必须填写"),
+    (
+        "a `quota` package has only quota_total; use `subscription` for windowed limits",
+        "额度套餐只有总额度；按日/周/月限额请使用订阅套餐",
+    ),
+    ("must be `subscription` or `quota`", "须为订阅或额度"),
+    ("must be between 1 and 36500", "须在 1 到 36500 之间"),
+    ("this package is disabled", "该套餐已停用"),
+    (
+        "must be an RFC 3339 time such as 2026-01-31T10:00:00Z",
+        "须为时间，例如 2026-01-31T10:00:00Z",
+    ),
+    ("must be a positive whole number", "须为正整数"),
+    ("model names must not be empty", "模型名不能为空"),
+    ("is required", "必填"),
+    (
+        "must be `openai` or `anthropic`",
+        "须为 openai 或 anthropic",
+    ),
+    (
+        "must be an http(s) URL such as https://api.openai.com/v1",
+        "须为 http(s) 地址，例如 https://api.openai.com/v1",
+    ),
+    ("must not be empty", "不能为空"),
+    ("must be between 1 and 1000", "须在 1 到 1000 之间"),
+    ("must not be negative", "不能为负数"),
+    (
+        "must be one of: active, disabled",
+        "须为 active 或 disabled",
+    ),
+    ("must be one of: active, revoked", "须为 active 或 revoked"),
+    (
+        "must be one of: active, cancelled",
+        "须为 active 或 cancelled",
+    ),
+    ("must be a day as YYYY-MM-DD", "须为日期，格式 YYYY-MM-DD"),
+    (
+        "is not a cursor this API returned",
+        "不是本接口返回的分页游标",
+    ),
+];
+
+const EN: &[(&str, &str)] = &[
+    ("nav.label", "Main"),
+    ("nav.dashboard", "Dashboard"),
+    ("nav.users", "Users"),
+    ("nav.packages", "Packages"),
+    ("nav.keys", "Keys"),
+    ("nav.accounts", "Upstream accounts"),
+    ("nav.models", "Model prices"),
+    ("nav.usage", "Usage"),
+    ("nav.logs", "Request logs"),
+    ("nav.logout", "Sign out"),
+    ("nav.signed_in_as", "Signed in as"),
+    ("footer.times_in", "Times are shown in"),
+    ("action.search", "Search"),
+    ("action.clear", "Clear"),
+    ("action.filter", "Apply"),
+    ("action.save", "Save"),
+    ("action.cancel", "Cancel"),
+    ("action.edit", "Edit"),
+    ("action.enable", "Enable"),
+    ("action.disable", "Disable"),
+    ("pager.label", "Pages"),
+    ("pager.prev", "Previous"),
+    ("pager.next", "Next"),
+    ("pager.first", "First page"),
+    ("pager.page", "Page"),
+    ("pager.newest", "Newest"),
+    ("pager.older", "Older"),
+    ("status.active", "Active"),
+    ("status.disabled", "Disabled"),
+    ("status.revoked", "Revoked"),
+    ("status.cancelled", "Cancelled"),
+    ("status.expired", "Expired"),
+    ("status.pending", "Not started"),
+    ("status.unknown", "Unknown"),
+    ("type.subscription", "Subscription"),
+    ("type.quota", "Quota"),
+    ("role.admin", "Admin"),
+    ("role.user", "User"),
+    ("window.daily", "Daily"),
+    ("window.weekly", "Weekly"),
+    ("window.monthly", "Monthly"),
+    ("window.total", "Total quota"),
+    ("field.username", "Username"),
+    ("field.password", "Password"),
+    ("field.role", "Role"),
+    ("field.status", "Status"),
+    ("field.created", "Created"),
+    ("field.name", "Name"),
+    ("field.type", "Type"),
+    ("field.daily_quota", "Daily limit"),
+    ("field.weekly_quota", "Weekly limit"),
+    ("field.monthly_quota", "Monthly limit"),
+    ("field.quota_total", "Total quota"),
+    ("field.duration_days", "Duration (days)"),
+    ("field.package_id", "Package"),
+    ("field.starts_at", "Starts at"),
+    ("field.allowed_models", "Allowed models"),
+    ("field.rpm_limit", "Requests per minute"),
+    ("field.tpm_limit", "Tokens per minute"),
+    ("field.expires_at", "Expires at"),
+    ("field.provider", "Provider"),
+    ("field.base_url", "Base URL"),
+    ("field.api_key", "Secret key"),
+    ("field.models", "Models"),
+    ("field.priority", "Priority"),
+    ("field.weight", "Weight"),
+    ("field.model", "Model"),
+    ("field.input", "Input / 1M"),
+    ("field.output", "Output / 1M"),
+    ("field.cache_read", "Cache read / 1M"),
+    ("field.cache_write", "Cache write / 1M"),
+    ("field.cost", "Cost"),
+    ("field.requests", "Requests"),
+    ("field.tokens", "Tokens"),
+    ("form.separator", ": "),
+    ("form.choose", "choose one"),
+    ("form.choose_option", "Choose…"),
+    ("form.not_a_time", "is not a date and time"),
+    ("form.not_a_number", "must be a whole number"),
+    ("form.not_money", "must be an amount in USD, such as 12.5"),
+    ("form.required", "is required"),
+    ("notice.logged_out", "You are signed out."),
+    ("notice.user_created", "User created."),
+    ("notice.user_updated", "User updated."),
+    ("notice.package_created", "Package created."),
+    ("notice.package_updated", "Package updated."),
+    ("notice.granted", "Package granted."),
+    ("notice.grant_updated", "Grant updated."),
+    ("notice.key_created", "Key created."),
+    ("notice.key_updated", "Key updated."),
+    ("notice.account_created", "Upstream account added."),
+    ("notice.account_updated", "Upstream account updated."),
+    ("notice.price_saved", "Prices saved."),
+    ("error.unauthorized", "The admin token is wrong. Sign in, or send the token configured as admin.api_token."),
+    ("error.too_large", "The form is too large."),
+    ("error.csrf", "This form has expired or was not sent from this site, so nothing was changed. Go back, reload the page and try again."),
+    ("error.not_found", "There is nothing here. It may have been removed, or the link is wrong."),
+    ("error.internal", "Something went wrong on the server. The details are in the server log."),
+    ("error.conflict", "That name is already taken. Choose another."),
+    ("error.back", "Back to the dashboard"),
+    ("login.title", "Sign in to tollgate"),
+    ("login.submit", "Sign in"),
+    ("login.failed", "Wrong username or password."),
+    ("login.expired", "The sign-in form expired. Please try again."),
+    ("login.throttled", "Too many failed sign-ins. Try again in {minutes} minutes."),
+    ("dashboard.title", "Dashboard"),
+    ("dashboard.today", "Today,"),
+    ("dashboard.cost_today", "Cost today"),
+    ("dashboard.requests_today", "Requests today"),
+    ("dashboard.active_keys", "Active keys"),
+    ("dashboard.active_accounts", "Active upstream accounts"),
+    ("dashboard.active_grants", "Active packages"),
+    ("dashboard.top_users", "Top users today"),
+    ("dashboard.top_models", "Top models today"),
+    ("dashboard.top_accounts", "Top upstream accounts today"),
+    ("dashboard.nothing_today", "No requests yet today."),
+    ("dashboard.cost_14_days", "Cost per day, last 14 days (USD)"),
+    ("dashboard.stats_unavailable", "Today's real-time counters cannot be read right now (is Redis reachable?)."),
+    ("balance.quota", "Quota balance"),
+    ("balance.daily", "Subscription daily balance"),
+    ("balance.weekly", "Weekly balance"),
+    ("balance.monthly", "Monthly balance"),
+    ("users.title", "Users"),
+    ("users.search_placeholder", "Search by username"),
+    ("users.keys", "Keys (active / all)"),
+    ("users.today_cost", "Cost today"),
+    ("users.none", "No users found."),
+    ("users.balance_hint", "Balances are limit minus what was used in the current window, summed over the user's active packages; — means no active package limits that window."),
+    ("users.new", "New user"),
+    ("users.create", "Create user"),
+    ("users.password_hint", "admins only, at least 8 characters"),
+    ("users.disable", "Disable user"),
+    ("users.disable_confirm", "Disable this user? Their keys stop working."),
+    ("users.recent_requests", "Recent requests"),
+    ("users.all_requests", "All requests of this user"),
+    ("grants.title", "Packages"),
+    ("grants.none", "No packages granted yet."),
+    ("grants.remaining", "Remaining"),
+    ("grants.resets", "Resets"),
+    ("grants.total_used", "Used in total:"),
+    ("grants.cancel", "Cancel grant"),
+    ("grants.cancel_confirm", "Cancel this package for the user?"),
+    ("grants.reactivate", "Re-activate"),
+    ("grants.new", "Grant a package"),
+    ("grants.grant", "Grant"),
+    ("grants.starts_hint", "empty = now"),
+    ("keys.title", "API keys"),
+    ("keys.prefix", "Key"),
+    ("keys.user", "User"),
+    ("keys.models", "Models"),
+    ("keys.all_models", "all models"),
+    ("keys.limits", "Rate limits"),
+    ("keys.last_used", "Last used"),
+    ("keys.expires", "Expires"),
+    ("keys.revoke", "Revoke"),
+    ("keys.revoke_confirm", "Revoke this key? Requests with it will be refused."),
+    ("keys.none", "No keys."),
+    ("keys.new", "Create a key"),
+    ("keys.create", "Create key"),
+    ("keys.models_hint", "comma-separated; empty = all"),
+    ("keys.created_once", "Copy this key now: it is shown only once."),
+    ("keys.copy", "Copy"),
+    ("keys.copied", "Copied"),
+    ("keys.hint", "Create keys on a user's page. A key's secret is shown once, when it is created."),
+    ("packages.title", "Packages"),
+    ("packages.none", "No packages yet."),
+    ("packages.new", "New package"),
+    ("packages.create", "Create package"),
+    ("packages.no_limit", "no limit"),
+    ("packages.quota_only", "quota packages only"),
+    ("packages.hint", "A subscription has daily, weekly and monthly limits; a quota package has one total that never resets. Granting copies the limits, so changing the catalogue never changes existing grants."),
+    ("accounts.title", "Upstream accounts"),
+    ("accounts.none", "No upstream accounts yet."),
+    ("accounts.new", "Add an upstream account"),
+    ("accounts.create", "Add account"),
+    ("accounts.edit", "Edit account"),
+    ("accounts.health", "Health"),
+    ("accounts.healthy", "OK"),
+    ("accounts.cooling", "Cooling down"),
+    ("accounts.last_error", "Last error"),
+    ("accounts.last_used", "Last used"),
+    ("accounts.secret_masked", "Stored on the server; never shown"),
+    ("accounts.secret_hint", "the provider's API key"),
+    ("accounts.secret_keep", "leave blank to keep the stored key"),
+    ("accounts.base_url_hint", "OpenAI: https://api.openai.com/v1 · Anthropic: https://api.anthropic.com"),
+    ("accounts.models_hint", "comma-separated; empty = all models"),
+    ("models.title", "Model prices"),
+    ("models.hint", "Prices are USD per 1M tokens. An empty cache price charges cache tokens at the input price."),
+    ("models.none", "No prices yet. A model without a price cannot be used."),
+    ("models.new", "Add or change a model"),
+    ("models.updated", "Updated"),
+    ("models.same_as_input", "= input"),
+    ("usage.title", "Usage"),
+    ("usage.from", "From"),
+    ("usage.to", "To"),
+    ("usage.cost_per_day", "Cost per day (USD)"),
+    ("usage.requests_per_day", "Requests per day"),
+    ("usage.by_user", "By user"),
+    ("usage.by_model", "By model"),
+    ("usage.by_account", "By upstream account"),
+    ("usage.by_key", "By key"),
+    ("usage.by_day", "By day"),
+    ("usage.day", "Day"),
+    ("filter.all_users", "All users"),
+    ("filter.all_keys", "All keys"),
+    ("filter.all_models", "All models"),
+    ("filter.all_accounts", "All accounts"),
+    ("chart.no_data", "No usage in this range."),
+    ("logs.title", "Request logs"),
+    ("logs.time", "Time"),
+    ("logs.user", "User"),
+    ("logs.key", "Key"),
+    ("logs.account", "Upstream account"),
+    ("logs.endpoint", "Endpoint"),
+    ("logs.stream", "stream"),
+    ("logs.status", "Status"),
+    ("logs.input", "Input tokens"),
+    ("logs.output", "Output tokens"),
+    ("logs.cache", "Cache read / write"),
+    ("logs.tokens", "Tokens in / out / cache r / w"),
+    ("logs.tokens_title", "input / output / cache read / cache write"),
+    ("logs.billing", "Billing"),
+    ("logs.latency", "Latency (first byte)"),
+    ("logs.error", "Error"),
+    ("logs.none", "No requests."),
+];
+
+const ZH: &[(&str, &str)] = &[
+    ("nav.label", "主导航"),
+    ("nav.dashboard", "概览"),
+    ("nav.users", "用户"),
+    ("nav.packages", "套餐"),
+    ("nav.keys", "密钥"),
+    ("nav.accounts", "上游账号"),
+    ("nav.models", "模型价格"),
+    ("nav.usage", "用量"),
+    ("nav.logs", "请求日志"),
+    ("nav.logout", "退出登录"),
+    ("nav.signed_in_as", "当前登录"),
+    ("footer.times_in", "时间均按此时区显示："),
+    ("action.search", "搜索"),
+    ("action.clear", "清除"),
+    ("action.filter", "筛选"),
+    ("action.save", "保存"),
+    ("action.cancel", "取消"),
+    ("action.edit", "编辑"),
+    ("action.enable", "启用"),
+    ("action.disable", "停用"),
+    ("pager.label", "分页"),
+    ("pager.prev", "上一页"),
+    ("pager.next", "下一页"),
+    ("pager.first", "第一页"),
+    ("pager.page", "第"),
+    ("pager.newest", "最新"),
+    ("pager.older", "更早"),
+    ("status.active", "正常"),
+    ("status.disabled", "已停用"),
+    ("status.revoked", "已吊销"),
+    ("status.cancelled", "已取消"),
+    ("status.expired", "已过期"),
+    ("status.pending", "未开始"),
+    ("status.unknown", "未知"),
+    ("type.subscription", "订阅"),
+    ("type.quota", "额度"),
+    ("role.admin", "管理员"),
+    ("role.user", "普通用户"),
+    ("window.daily", "每日"),
+    ("window.weekly", "每周"),
+    ("window.monthly", "每月"),
+    ("window.total", "总额度"),
+    ("field.username", "用户名"),
+    ("field.password", "密码"),
+    ("field.role", "角色"),
+    ("field.status", "状态"),
+    ("field.created", "创建时间"),
+    ("field.name", "名称"),
+    ("field.type", "类型"),
+    ("field.daily_quota", "每日限额"),
+    ("field.weekly_quota", "每周限额"),
+    ("field.monthly_quota", "每月限额"),
+    ("field.quota_total", "总额度"),
+    ("field.duration_days", "有效期（天）"),
+    ("field.package_id", "套餐"),
+    ("field.starts_at", "开始时间"),
+    ("field.allowed_models", "允许的模型"),
+    ("field.rpm_limit", "每分钟请求数"),
+    ("field.tpm_limit", "每分钟 Token 数"),
+    ("field.expires_at", "过期时间"),
+    ("field.provider", "服务商"),
+    ("field.base_url", "接口地址"),
+    ("field.api_key", "密钥"),
+    ("field.models", "模型"),
+    ("field.priority", "优先级"),
+    ("field.weight", "权重"),
+    ("field.model", "模型"),
+    ("field.input", "输入 / 百万"),
+    ("field.output", "输出 / 百万"),
+    ("field.cache_read", "缓存读取 / 百万"),
+    ("field.cache_write", "缓存写入 / 百万"),
+    ("field.cost", "费用"),
+    ("field.requests", "请求数"),
+    ("field.tokens", "Token 数"),
+    ("form.separator", "："),
+    ("form.choose", "请选择"),
+    ("form.choose_option", "请选择…"),
+    ("form.not_a_time", "不是有效的日期时间"),
+    ("form.not_a_number", "须为整数"),
+    ("form.not_money", "须为美元金额，例如 12.5"),
+    ("form.required", "必填"),
+    ("notice.logged_out", "已退出登录。"),
+    ("notice.user_created", "用户已创建。"),
+    ("notice.user_updated", "用户已更新。"),
+    ("notice.package_created", "套餐已创建。"),
+    ("notice.package_updated", "套餐已更新。"),
+    ("notice.granted", "套餐已发放。"),
+    ("notice.grant_updated", "已更新发放的套餐。"),
+    ("notice.key_created", "密钥已创建。"),
+    ("notice.key_updated", "密钥已更新。"),
+    ("notice.account_created", "上游账号已添加。"),
+    ("notice.account_updated", "上游账号已更新。"),
+    ("notice.price_saved", "价格已保存。"),
+    ("error.unauthorized", "管理令牌不正确。请登录，或使用 admin.api_token 中配置的令牌。"),
+    ("error.too_large", "表单内容过大。"),
+    ("error.csrf", "表单已过期或并非从本站提交，未做任何更改。请返回、刷新页面后重试。"),
+    ("error.not_found", "这里什么都没有。它可能已被删除，或链接有误。"),
+    ("error.internal", "服务器出错了，详情见服务器日志。"),
+    ("error.conflict", "该名称已被占用，请换一个。"),
+    ("error.back", "返回概览"),
+    ("login.title", "登录 tollgate"),
+    ("login.submit", "登录"),
+    ("login.failed", "用户名或密码错误。"),
+    ("login.expired", "登录表单已过期，请重试。"),
+    ("login.throttled", "登录失败次数过多，请 {minutes} 分钟后再试。"),
+    ("dashboard.title", "概览"),
+    ("dashboard.today", "今天"),
+    ("dashboard.cost_today", "今日费用"),
+    ("dashboard.requests_today", "今日请求数"),
+    ("dashboard.active_keys", "有效密钥"),
+    ("dashboard.active_accounts", "可用上游账号"),
+    ("dashboard.active_grants", "生效中的套餐"),
+    ("dashboard.top_users", "今日用量最多的用户"),
+    ("dashboard.top_models", "今日用量最多的模型"),
+    ("dashboard.top_accounts", "今日用量最多的上游账号"),
+    ("dashboard.nothing_today", "今天还没有请求。"),
+    ("dashboard.cost_14_days", "近 14 天每日费用（美元）"),
+    ("dashboard.stats_unavailable", "暂时无法读取今日实时统计（Redis 是否可达？）。"),
+    ("balance.quota", "额度余额"),
+    ("balance.daily", "订阅日余额"),
+    ("balance.weekly", "订阅周余额"),
+    ("balance.monthly", "订阅月余额"),
+    ("users.title", "用户"),
+    ("users.search_placeholder", "按用户名搜索"),
+    ("users.keys", "密钥（有效 / 全部）"),
+    ("users.today_cost", "今日费用"),
+    ("users.none", "没有找到用户。"),
+    ("users.balance_hint", "余额 = 限额 − 当前周期已用，按用户生效中的套餐合计；“—”表示没有生效的套餐限制该周期。"),
+    ("users.new", "新建用户"),
+    ("users.create", "创建用户"),
+    ("users.password_hint", "仅管理员需要，至少 8 个字符"),
+    ("users.disable", "停用用户"),
+    ("users.disable_confirm", "确定停用该用户？其密钥将无法使用。"),
+    ("users.recent_requests", "最近请求"),
+    ("users.all_requests", "该用户的全部请求"),
+    ("grants.title", "套餐"),
+    ("grants.none", "尚未发放套餐。"),
+    ("grants.remaining", "剩余"),
+    ("grants.resets", "重置于"),
+    ("grants.total_used", "累计已用："),
+    ("grants.cancel", "取消套餐"),
+    ("grants.cancel_confirm", "确定为该用户取消此套餐？"),
+    ("grants.reactivate", "重新启用"),
+    ("grants.new", "发放套餐"),
+    ("grants.grant", "发放"),
+    ("grants.starts_hint", "留空 = 立即"),
+    ("keys.title", "API 密钥"),
+    ("keys.prefix", "密钥"),
+    ("keys.user", "用户"),
+    ("keys.models", "模型"),
+    ("keys.all_models", "全部模型"),
+    ("keys.limits", "速率限制"),
+    ("keys.last_used", "最近使用"),
+    ("keys.expires", "过期时间"),
+    ("keys.revoke", "吊销"),
+    ("keys.revoke_confirm", "确定吊销该密钥？使用它的请求将被拒绝。"),
+    ("keys.none", "没有密钥。"),
+    ("keys.new", "创建密钥"),
+    ("keys.create", "创建密钥"),
+    ("keys.models_hint", "用逗号分隔；留空 = 全部"),
+    ("keys.created_once", "请立即复制此密钥：它只显示这一次。"),
+    ("keys.copy", "复制"),
+    ("keys.copied", "已复制"),
+    ("keys.hint", "在用户页面创建密钥。密钥只在创建时显示一次。"),
+    ("packages.title", "套餐"),
+    ("packages.none", "还没有套餐。"),
+    ("packages.new", "新建套餐"),
+    ("packages.create", "创建套餐"),
+    ("packages.no_limit", "不限"),
+    ("packages.quota_only", "仅额度套餐"),
+    ("packages.hint", "订阅套餐有每日、每周、每月限额；额度套餐只有一个永不重置的总额度。发放时会复制限额，修改套餐目录不会影响已发放的套餐。"),
+    ("accounts.title", "上游账号"),
+    ("accounts.none", "还没有上游账号。"),
+    ("accounts.new", "添加上游账号"),
+    ("accounts.create", "添加账号"),
+    ("accounts.edit", "编辑账号"),
+    ("accounts.health", "健康状况"),
+    ("accounts.healthy", "正常"),
+    ("accounts.cooling", "冷却中"),
+    ("accounts.last_error", "最近错误"),
+    ("accounts.last_used", "最近使用"),
+    ("accounts.secret_masked", "保存在服务器上，从不显示"),
+    ("accounts.secret_hint", "服务商的 API 密钥"),
+    ("accounts.secret_keep", "留空则保留已保存的密钥"),
+    ("accounts.base_url_hint", "OpenAI：https://api.openai.com/v1 · Anthropic：https://api.anthropic.com"),
+    ("accounts.models_hint", "用逗号分隔；留空 = 全部模型"),
+    ("models.title", "模型价格"),
+    ("models.hint", "价格单位为美元 / 百万 Token。缓存价格留空时，缓存 Token 按输入价格计费。"),
+    ("models.none", "还没有价格。没有价格的模型无法使用。"),
+    ("models.new", "添加或修改模型"),
+    ("models.updated", "更新时间"),
+    ("models.same_as_input", "= 输入价"),
+    ("usage.title", "用量"),
+    ("usage.from", "开始日期"),
+    ("usage.to", "结束日期"),
+    ("usage.cost_per_day", "每日费用（美元）"),
+    ("usage.requests_per_day", "每日请求数"),
+    ("usage.by_user", "按用户"),
+    ("usage.by_model", "按模型"),
+    ("usage.by_account", "按上游账号"),
+    ("usage.by_key", "按密钥"),
+    ("usage.by_day", "按日"),
+    ("usage.day", "日期"),
+    ("filter.all_users", "全部用户"),
+    ("filter.all_keys", "全部密钥"),
+    ("filter.all_models", "全部模型"),
+    ("filter.all_accounts", "全部账号"),
+    ("chart.no_data", "该时间范围内没有用量。"),
+    ("logs.title", "请求日志"),
+    ("logs.time", "时间"),
+    ("logs.user", "用户"),
+    ("logs.key", "密钥"),
+    ("logs.account", "上游账号"),
+    ("logs.endpoint", "接口"),
+    ("logs.stream", "流式"),
+    ("logs.status", "状态码"),
+    ("logs.input", "输入 Token"),
+    ("logs.output", "输出 Token"),
+    ("logs.cache", "缓存读 / 写"),
+    ("logs.tokens", "Token 输入 / 输出 / 缓存读 / 写"),
+    ("logs.tokens_title", "输入 / 输出 / 缓存读 / 缓存写"),
+    ("logs.billing", "计费"),
+    ("logs.latency", "耗时（首字节）"),
+    ("logs.error", "错误"),
+    ("logs.none", "没有请求。"),
+];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    fn keys(c: &[(&'static str, &str)]) -> BTreeSet<&'static str> {
+        c.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn catalogues_have_the_same_keys_once_each_and_no_empty_text() {
+        for (name, c) in [("en", EN), ("zh-CN", ZH)] {
+            assert_eq!(keys(c).len(), c.len(), "a key appears twice in {name}");
+            for (k, v) in c {
+                assert!(!v.trim().is_empty(), "{name}: `{k}` is empty");
+            }
+        }
+        let (en, zh) = (keys(EN), keys(ZH));
+        let only_en: Vec<_> = en.difference(&zh).collect();
+        let only_zh: Vec<_> = zh.difference(&en).collect();
+        assert!(only_en.is_empty(), "missing in zh-CN: {only_en:?}");
+        assert!(only_zh.is_empty(), "missing in en: {only_zh:?}");
+        // Placeholders survive translation.
+        for (k, v) in EN {
+            if v.contains("{minutes}") {
+                assert!(Tr::new(Lang::ZhCn).t(k).contains("{minutes}"), "{k}");
+            }
+        }
+    }
+
+    fn files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(&p, ext, out);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+
+    /// Every string literal of a file (no escapes inside the keys we look for).
+    fn literals(text: &str) -> Vec<&str> {
+        text.split('"').skip(1).step_by(2).collect()
+    }
+
+    #[test]
+    fn every_key_the_templates_and_the_ui_use_exists() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let en = keys(EN);
+        let sections: BTreeSet<&str> = en
+            .iter()
+            .filter_map(|k| k.split_once('.'))
+            .map(|s| s.0)
+            .collect();
+        let mut sources = Vec::new();
+        files(&root.join("templates"), "html", &mut sources);
+        let templates = sources.len();
+        files(&root.join("src/http/admin"), "rs", &mut sources);
+        assert!(
+            templates >= 10,
+            "templates not found under {}",
+            root.display()
+        );
+        let mut used = BTreeSet::new();
+        for path in &sources {
+            let text = std::fs::read_to_string(path).unwrap();
+            for lit in literals(&text) {
+                let looks_like_key = lit.split_once('.').is_some_and(|(s, rest)| {
+                    sections.contains(s)
+                        && !rest.is_empty()
+                        && rest
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                });
+                if looks_like_key {
+                    used.insert(lit.to_string());
+                }
+            }
+            // Keys in `t("…")` whatever their section, so a new section cannot slip through.
+            for part in text.split(".t(\"").skip(1) {
+                if let Some(k) = part.split('"').next() {
+                    used.insert(k.to_string());
+                }
+            }
+        }
+        assert!(used.len() > 150, "found only {} keys in use", used.len());
+        let missing: Vec<_> = used.iter().filter(|k| !en.contains(k.as_str())).collect();
+        assert!(
+            missing.is_empty(),
+            "keys used but not in the catalogues: {missing:?}"
+        );
+    }
+
+    /// The arguments of the call that starts at `text` (just after its `(`), split at
+    /// top-level commas.
+    fn call_args(text: &str) -> Vec<String> {
+        let (mut args, mut cur, mut depth, mut in_str, mut escaped) =
+            (Vec::new(), String::new(), 0, false, false);
+        for c in text.chars() {
+            if in_str {
+                in_str = c != '"' || escaped;
+                escaped = c == '\\' && !escaped;
+            } else {
+                match c {
+                    '"' => in_str = true,
+                    '(' | '[' | '{' => depth += 1,
+                    ')' | ']' | '}' if depth == 0 => break,
+                    ')' | ']' | '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        args.push(std::mem::take(&mut cur).trim().to_string());
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            cur.push(c);
+        }
+        args.push(cur.trim().to_string());
+        args
+    }
+
+    #[test]
+    fn api_validation_messages_have_a_chinese_text() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut sources = Vec::new();
+        files(&root.join("src/http/api"), "rs", &mut sources);
+        let mut checked = 0;
+        for path in sources {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for call in text.split("ApiError::invalid(").skip(1) {
+                let args = call_args(call);
+                // Messages built with format! carry values and stay in English.
+                let Some(msg) = args
+                    .get(1)
+                    .and_then(|a| a.strip_prefix('"'))
+                    .and_then(|a| a.strip_suffix('"'))
+                else {
+                    continue;
+                };
+                assert_ne!(
+                    Tr::new(Lang::ZhCn).api_message(msg),
+                    msg,
+                    "{}: no Chinese text for the API message `{msg}`: add one to \
+                     API_MESSAGES_ZH in src/i18n.rs",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "only {checked} messages found");
+    }
+
+    #[test]
+    fn language_negotiation() {
+        assert_eq!(Lang::from_accept_language(""), Lang::En);
+        assert_eq!(
+            Lang::from_accept_language("zh-CN,zh;q=0.9,en;q=0.8"),
+            Lang::ZhCn
+        );
+        assert_eq!(
+            Lang::from_accept_language("en-US,en;q=0.9,zh;q=0.8"),
+            Lang::En
+        );
+        assert_eq!(
+            Lang::from_accept_language("fr-FR,zh;q=0.5,en;q=0.4"),
+            Lang::ZhCn
+        );
+        assert_eq!(
+            Lang::from_accept_language("de;q=0.9,en;q=0.1,zh;q=0.3"),
+            Lang::ZhCn
+        );
+        assert_eq!(Lang::from_accept_language("fr, de"), Lang::En);
+        assert_eq!(Lang::from_accept_language("zh;q=0, en"), Lang::En);
+        assert_eq!(Lang::from_accept_language("zh-Hans-CN"), Lang::ZhCn);
+        assert_eq!(Lang::parse("zh_CN"), Some(Lang::ZhCn));
+        assert_eq!(Lang::parse("EN"), Some(Lang::En));
+        assert_eq!(Lang::parse("ja"), None);
+        let zh = Tr::new(Lang::ZhCn);
+        assert_eq!(zh.t("balance.quota"), "额度余额");
+        assert_eq!(zh.t("balance.daily"), "订阅日余额");
+        assert_eq!(zh.field("username"), "用户名");
+        assert_eq!(zh.field("no_such_field"), "no_such_field");
+    }
+}

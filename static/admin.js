@@ -1,0 +1,37 @@
+// tollgate admin UI: small progressive enhancements. Every form works without this file.
+(function () {
+  "use strict";
+
+  // Copy buttons: <button data-copy="#input-id" data-copied="Copied" hidden>.
+  document.querySelectorAll("button[data-copy]").forEach(function (button) {
+    var target = document.querySelector(button.getAttribute("data-copy"));
+    if (!target) return;
+    button.hidden = false;
+    var label = button.textContent;
+    button.addEventListener("click", function () {
+      var text = target.value || target.textContent;
+      var done = function () {
+        button.textContent = button.getAttribute("data-copied") || label;
+        setTimeout(function () { button.textContent = label; }, 2000);
+      };
+      if (navigator.clipboard && window.isSecureContext) {
+        navigator.clipboard.writeText(text).then(done, function () { target.select(); });
+      } else {
+        target.select();
+        try { document.execCommand("copy"); done(); } catch (e) { /* selected for a manual copy */ }
+      }
+    });
+  });
+
+  // Select a secret when it gets focus, so it is easy to copy by hand too.
+  document.querySelectorAll("input[readonly]").forEach(function (input) {
+    input.addEventListener("focus", function () { input.select(); });
+  });
+
+  // Ask before destructive actions: <form data-confirm="Revoke this key?">.
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+    });
+  });
+})();
