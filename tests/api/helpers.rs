@@ -371,3 +371,55 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// The real `tollgate serve` binary in a child process (killed on drop).
+pub struct Binary {
+    pub child: std::process::Child,
+    pub base: String,
+    _journal: tempfile::TempDir,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `tollgate serve` on a free port against `db_url`, with extra `TOLLGATE_*` settings;
+/// returns once it answers `/readyz`.
+pub async fn start_binary(db_url: &str, env: &[(&str, String)]) -> Binary {
+    let journal = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.arg("serve")
+        .env("TOLLGATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TOLLGATE_DATABASE__URL", db_url)
+        .env("TOLLGATE_ADMIN__API_TOKEN", ADMIN_TOKEN)
+        .env("TOLLGATE_ADMIN__INITIAL_PASSWORD", "initial-admin-pass")
+        .env("TOLLGATE_RECORDER__JOURNAL_PATH", journal.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let b = Binary {
+        child: cmd.spawn().unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+        _journal: journal,
+    };
+    let http = reqwest::Client::new();
+    let t0 = std::time::Instant::now();
+    while http.get(format!("{}/readyz", b.base)).send().await.is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "tollgate did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b
+}
