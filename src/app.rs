@@ -154,6 +154,13 @@ impl App {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // The peer address is kept for the admin login throttle (per client address).
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // Streams are written event by event: without TCP_NODELAY, Nagle's algorithm meets the
+        // client's delayed ACK and holds small writes back ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(());

@@ -118,14 +118,15 @@ pub struct Reservations {
 #[derive(Default)]
 struct ResInner {
     pending: HashMap<i64, i64>,
-    /// (seq, when, grant, amount), in seq order.
-    settled: std::collections::VecDeque<(u64, std::time::Instant, i64, i64)>,
+    /// Per grant, (seq, when, amount settled by that commit), in seq order: one entry per
+    /// grant per settled batch, kept `SETTLED_KEEP`.
+    settled: HashMap<i64, std::collections::VecDeque<(u64, std::time::Instant, i64)>>,
     seq: u64,
 }
 
 /// Settled amounts older than this are visible to every load still in use (grant caches live
 /// seconds, loads milliseconds).
-const SETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+const SETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Reservations {
     fn lock(&self) -> std::sync::MutexGuard<'_, ResInner> {
@@ -140,12 +141,13 @@ impl Reservations {
     /// Reserved against `grant` as seen by usage read at `since`.
     fn reserved(inner: &ResInner, grant: i64, since: u64) -> i64 {
         let pending = inner.pending.get(&grant).copied().unwrap_or(0);
-        let settled: i64 = inner
-            .settled
-            .iter()
-            .filter(|(s, _, g, _)| *s > since && *g == grant)
-            .map(|(_, _, _, a)| a)
-            .sum();
+        let settled: i64 = inner.settled.get(&grant).map_or(0, |q| {
+            q.iter()
+                .rev()
+                .take_while(|(s, _, _)| *s > since)
+                .map(|(_, _, a)| a)
+                .sum()
+        });
         pending + settled
     }
 
@@ -180,27 +182,36 @@ impl Reservations {
 
     /// These (grant, amount) reservations were just committed to the database.
     pub fn settled(&self, items: impl IntoIterator<Item = (i64, i64)>) {
+        let mut by_grant: HashMap<i64, i64> = HashMap::new();
+        for (grant, amount) in items {
+            if amount != 0 {
+                *by_grant.entry(grant).or_default() += amount;
+            }
+        }
         let mut inner = self.lock();
         inner.seq += 1;
         let (seq, now) = (inner.seq, std::time::Instant::now());
-        for (grant, amount) in items {
-            if amount == 0 {
-                continue;
-            }
+        for (grant, amount) in by_grant {
             let v = inner.pending.entry(grant).or_default();
             *v -= amount;
             if *v == 0 {
                 inner.pending.remove(&grant);
             }
-            inner.settled.push_back((seq, now, grant, amount));
+            inner
+                .settled
+                .entry(grant)
+                .or_default()
+                .push_back((seq, now, amount));
         }
-        while inner
-            .settled
-            .front()
-            .is_some_and(|(_, at, _, _)| at.elapsed() > SETTLED_KEEP)
-        {
-            inner.settled.pop_front();
-        }
+        inner.settled.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|(_, at, _)| at.elapsed() > SETTLED_KEEP)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
     }
 
     /// Pending reservations of every grant (settled ones not counted).

@@ -395,13 +395,34 @@ fn invalid(protocol: Protocol, m: impl Into<String>) -> ProxyError {
     ProxyError::new(protocol, Failure::InvalidRequest(m.into()))
 }
 
+/// The request fields the gateway reads (borrowed, unparsed until needed).
+#[derive(serde::Deserialize)]
+struct RequestHead<'a> {
+    #[serde(borrow)]
+    model: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    stream: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    stream_options: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    max_tokens: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    max_completion_tokens: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    max_output_tokens: Option<&'a serde_json::value::RawValue>,
+}
+
 /// An estimate of what a request will cost, reserved against its package at admission.
-fn estimate_cost(body: &Value, bytes: usize, price: &Price) -> i64 {
-    let max_out = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_i64))
-        .unwrap_or(256)
-        .clamp(0, 1_000_000);
+fn estimate_cost(head: &RequestHead, bytes: usize, price: &Price) -> i64 {
+    let max_out = [
+        head.max_tokens,
+        head.max_completion_tokens,
+        head.max_output_tokens,
+    ]
+    .into_iter()
+    .find_map(|r| r.and_then(|r| serde_json::from_str::<i64>(r.get()).ok()))
+    .unwrap_or(256)
+    .clamp(0, 1_000_000);
     let t = Tokens {
         input: (bytes / 4) as i64,
         output: max_out,
@@ -433,20 +454,26 @@ async fn admit_and_forward(
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| fail(Failure::TooLarge(limit)))?;
-    let mut json: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(protocol, format!("the request body is not valid JSON: {e}")))?;
-    let Some(obj) = json.as_object_mut() else {
-        return Err(invalid(protocol, "the request body must be a JSON object"));
-    };
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+    // Only the fields the gateway needs are read; the rest is checked to be JSON and skipped.
+    let head: RequestHead = serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => invalid(protocol, "the request body must be a JSON object"),
+            _ => invalid(protocol, format!("the request body is not valid JSON: {e}")),
+        }
+    })?;
+    let model = match head.model.map(|r| serde_json::from_str::<String>(r.get())) {
+        Some(Ok(m)) if !m.is_empty() => m,
         Some(_) => return Err(invalid(protocol, "`model` must be a non-empty string")),
         None => return Err(invalid(protocol, "`model` is required")),
     };
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid(protocol, "`stream` must be true or false")),
+    let stream = match head
+        .stream
+        .map(|r| serde_json::from_str::<Option<bool>>(r.get()))
+    {
+        None => false,
+        Some(Ok(b)) => b.unwrap_or(false),
+        Some(Err(_)) => return Err(invalid(protocol, "`stream` must be true or false")),
     };
 
     let allowed = crate::store::column_to_list(&key.allowed_models);
@@ -545,7 +572,7 @@ async fn admit_and_forward(
             .await
             .map_err(db_err)?;
         let (since, grants) = (cached.0, &cached.1);
-        let est = estimate_cost(&json, bytes.len(), &price);
+        let est = estimate_cost(&head, bytes.len(), &price);
         let g = res
             .admit(since, |reserved| {
                 admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))
@@ -557,31 +584,30 @@ async fn admit_and_forward(
     };
 
     // OpenAI streams always ask upstream for usage; remember whether the client did.
+    let mut upstream_body = bytes.clone();
     let mut strip_usage = false;
     if stream && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions) {
-        let obj = json.as_object_mut().expect("checked above");
-        let asked = obj
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
+        let asked = head
+            .stream_options
+            .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+            .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
             == Some(true);
         if !asked {
             strip_usage = true;
-            let so = obj
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if let Some(so) = so.as_object_mut() {
-                so.insert("include_usage".into(), Value::Bool(true));
-            } else {
-                *so = serde_json::json!({"include_usage": true});
+            let mut json: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if let Some(obj) = json.as_object_mut() {
+                let so = obj
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Default::default()));
+                if let Some(so) = so.as_object_mut() {
+                    so.insert("include_usage".into(), Value::Bool(true));
+                } else {
+                    *so = serde_json::json!({"include_usage": true});
+                }
             }
+            upstream_body = Bytes::from(serde_json::to_vec(&json).unwrap_or_default());
         }
     }
-    let upstream_body: Bytes = if strip_usage {
-        Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
-    } else {
-        bytes.clone()
-    };
 
     let ticket = Ticket {
         st: st.clone(),

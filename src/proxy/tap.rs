@@ -86,8 +86,13 @@ fn responses_usage(u: &Value) -> Tokens {
 
 /// Usage of a whole (non-streaming) JSON response; None when it reports none.
 pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Tokens> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let u = v.get("usage").filter(|u| u.is_object())?;
+    // Only `usage` is built; everything else in the body is skipped without allocating.
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Value>,
+    }
+    let v: WithUsage = serde_json::from_slice(body).ok()?;
+    let u = v.usage.as_ref().filter(|u| u.is_object())?;
     Some(match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => openai_usage(u),
         Endpoint::Responses => responses_usage(u),
