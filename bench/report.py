@@ -600,8 +600,15 @@ def main():
         json.dump({"meta": meta, "targets": targets, "ledger": ledger,
                    "constant_rate": rates, "slow_streams": slows}, f, indent=1)
         f.write("\n")
+    # The hand-kept history of profiling fixes (before/after) follows the generated report.
+    history_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "HISTORY.md")
+    history = ""
+    if os.path.exists(history_path):
+        with open(history_path) as f:
+            history = "\n" + f.read()
     with open(args.markdown, "w") as f:
         f.write(markdown(meta, cells, rates, slows, targets, ledger, os.path.basename(extra_path)))
+        f.write(history)
 
     for t in targets:
         print(f"    {t['result']}: {t['target']}: {t['detail']}")
