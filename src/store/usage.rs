@@ -96,40 +96,54 @@ const LOG_COLS: &str = "id, request_id, created_at, user_id, api_key_id, account
     user_package_id, model, endpoint, stream, status, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, cost, billing_status, latency_ms, ttfb_ms, error";
 
+/// The WHERE conditions of a [`UsageFilter`] over `usage_daily`; bind with
+/// [`bind_usage_filter!`].
+pub(crate) const USAGE_FILTER_SQL: &str = "(? IS NULL OR day >= ?) AND (? IS NULL OR day <= ?) \
+    AND (? IS NULL OR user_id = ?) AND (? IS NULL OR api_key_id = ?) \
+    AND (? IS NULL OR account_id = ?) AND (? IS NULL OR model = ?)";
+
+/// Bind a [`UsageFilter`]'s values in the order of [`USAGE_FILTER_SQL`].
+macro_rules! bind_usage_filter {
+    ($q:expr, $f:expr) => {
+        $q.bind($f.from.as_deref())
+            .bind($f.from.as_deref())
+            .bind($f.to.as_deref())
+            .bind($f.to.as_deref())
+            .bind($f.user_id)
+            .bind($f.user_id)
+            .bind($f.api_key_id)
+            .bind($f.api_key_id)
+            .bind($f.account_id)
+            .bind($f.account_id)
+            .bind($f.model.as_deref())
+            .bind($f.model.as_deref())
+    };
+}
+pub(crate) use bind_usage_filter;
+
 /// `SUM` is DECIMAL on MySQL; cast it back to a 64-bit integer on both databases.
 fn sum(col: &str) -> String {
     format!("CAST(COALESCE(SUM({col}), 0) AS SIGNED)")
 }
 
-fn sum_as(col: &str) -> String {
+/// `sum(col) AS col`.
+pub(crate) fn sum_as(col: &str) -> String {
     format!("{} AS {col}", sum(col))
 }
 
 impl Db {
     pub async fn usage_daily(&self, f: &UsageFilter, limit: i64) -> Result<Vec<UsageDailyRow>> {
         let sql = format!(
-            "SELECT {DAILY_COLS} FROM usage_daily WHERE (? IS NULL OR day >= ?) \
-             AND (? IS NULL OR day <= ?) AND (? IS NULL OR user_id = ?) \
-             AND (? IS NULL OR api_key_id = ?) AND (? IS NULL OR account_id = ?) \
-             AND (? IS NULL OR model = ?) \
+            "SELECT {DAILY_COLS} FROM usage_daily WHERE {USAGE_FILTER_SQL} \
              ORDER BY day, user_id, api_key_id, account_id, model LIMIT ?"
         );
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(f.from.as_deref())
-            .bind(f.from.as_deref())
-            .bind(f.to.as_deref())
-            .bind(f.to.as_deref())
-            .bind(f.user_id)
-            .bind(f.user_id)
-            .bind(f.api_key_id)
-            .bind(f.api_key_id)
-            .bind(f.account_id)
-            .bind(f.account_id)
-            .bind(f.model.as_deref())
-            .bind(f.model.as_deref())
-            .bind(limit)
-            .fetch_all(p)
-            .await)?)
+        Ok(on_db!(self, |p| bind_usage_filter!(
+            sqlx::query_as(&sql),
+            f
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// Request logs, newest first by (created_at, id).

@@ -1,7 +1,7 @@
 //! Read-only queries behind the admin pages: pages of users, key counts, names for filters and
 //! links, usage totals per day and per dimension, dashboard counts.
 
-use super::usage::UsageFilter;
+use super::usage::{bind_usage_filter, sum_as as sum, UsageFilter, USAGE_FILTER_SQL};
 use super::users::User;
 use super::{on_db, placeholders, Db, Result};
 
@@ -53,11 +53,6 @@ pub struct Counts {
     pub active_keys: i64,
     pub active_accounts: i64,
     pub active_packages: i64,
-}
-
-/// `SUM` is DECIMAL on MySQL; cast it back to a 64-bit integer on both databases.
-fn sum(col: &str) -> String {
-    format!("CAST(COALESCE(SUM({col}), 0) AS SIGNED) AS {col}")
 }
 
 impl Db {
@@ -173,10 +168,7 @@ impl Db {
         };
         let sql = format!(
             "SELECT {label} AS label, {id} AS id, {}, {}, {}, {}, {}, {} FROM usage_daily \
-             WHERE (? IS NULL OR day >= ?) AND (? IS NULL OR day <= ?) \
-             AND (? IS NULL OR user_id = ?) AND (? IS NULL OR api_key_id = ?) \
-             AND (? IS NULL OR account_id = ?) AND (? IS NULL OR model = ?) \
-             GROUP BY {by} ORDER BY {order} LIMIT ?",
+             WHERE {USAGE_FILTER_SQL} GROUP BY {by} ORDER BY {order} LIMIT ?",
             sum("requests"),
             sum("cost"),
             sum("input_tokens"),
@@ -184,22 +176,13 @@ impl Db {
             sum("cache_read_tokens"),
             sum("cache_write_tokens"),
         );
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(f.from.as_deref())
-            .bind(f.from.as_deref())
-            .bind(f.to.as_deref())
-            .bind(f.to.as_deref())
-            .bind(f.user_id)
-            .bind(f.user_id)
-            .bind(f.api_key_id)
-            .bind(f.api_key_id)
-            .bind(f.account_id)
-            .bind(f.account_id)
-            .bind(f.model.as_deref())
-            .bind(f.model.as_deref())
-            .bind(limit)
-            .fetch_all(p)
-            .await)?)
+        Ok(on_db!(self, |p| bind_usage_filter!(
+            sqlx::query_as(&sql),
+            f
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
     }
 
     /// Counts for the dashboard; `now` decides which grants are active.
