@@ -20,6 +20,7 @@ use crate::billing::money::Usd;
 use crate::proxy::authenticate;
 use crate::proxy::error::Protocol;
 use crate::state::AppState;
+use crate::store::packages::UserPackage;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,14 +29,19 @@ pub fn router() -> Router<AppState> {
         .route("/v1/dashboard/billing/usage", get(usage))
 }
 
-async fn grants(st: &AppState, user_id: i64) -> Result<Vec<PackageStatus>, Response> {
+/// Every grant of the user, raw (for balances) and as of now (for display).
+async fn grants(
+    st: &AppState,
+    user_id: i64,
+) -> Result<(Vec<UserPackage>, Vec<PackageStatus>), Response> {
     let now = st.clock.now();
     let all = st
         .db
         .list_user_packages(user_id)
         .await
         .map_err(|e| crate::error::ApiError::internal(e).into_response())?;
-    Ok(all.iter().map(|g| package_status(g, now, st.tz)).collect())
+    let status = all.iter().map(|g| package_status(g, now, st.tz)).collect();
+    Ok((all, status))
 }
 
 async fn me(State(st): State<AppState>, headers: HeaderMap) -> Response {
@@ -50,20 +56,15 @@ async fn me(State(st): State<AppState>, headers: HeaderMap) -> Response {
         (Ok(u), Ok(k)) => (u, k),
         (Err(e), _) | (_, Err(e)) => return crate::error::ApiError::internal(e).into_response(),
     };
-    let packages = match grants(&st, key.user_id).await {
+    let (all, packages) = match grants(&st, key.user_id).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let now = st.clock.now();
-    let active = st
-        .db
-        .active_user_packages(&[key.user_id], now.timestamp_millis())
-        .await
-        .unwrap_or_default();
     Json(json!({
         "user": {"id": user.id, "username": user.username},
         "key": api_key,
-        "balances": balances(&active, now, st.tz),
+        // `balances` counts only the grants active now.
+        "balances": balances(&all, st.clock.now(), st.tz),
         "packages": packages,
     }))
     .into_response()
@@ -89,7 +90,7 @@ async fn subscription(State(st): State<AppState>, headers: HeaderMap) -> Respons
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let packages = match grants(&st, key.user_id).await {
+    let (_, packages) = match grants(&st, key.user_id).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -117,7 +118,7 @@ async fn usage(State(st): State<AppState>, headers: HeaderMap) -> Response {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let packages = match grants(&st, key.user_id).await {
+    let (_, packages) = match grants(&st, key.user_id).await {
         Ok(p) => p,
         Err(r) => return r,
     };

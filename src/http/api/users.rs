@@ -149,15 +149,14 @@ pub async fn get(
         .await
         .map_err(|_| ApiError::not_found("user"))?;
     let now = st.clock.now();
-    let packages: Vec<_> = st
-        .db
-        .list_user_packages(id)
-        .await?
+    let grants = st.db.list_user_packages(id).await?;
+    let packages: Vec<_> = grants
         .iter()
         .map(|g| package_status(g, now, st.tz))
         .collect();
     let keys = st.db.list_keys(Some(id), None, 1000).await?;
-    let mut v = user_json(&st, user).await?;
+    // `balances` counts only the grants active now.
+    let mut v = with_balances(&user, &balances(&grants, now, st.tz));
     v["packages"] = json!(packages);
     v["keys"] = json!(keys);
     Ok(Json(v))
