@@ -789,63 +789,11 @@ async fn rate_limits_hold_across_two_gateway_processes() {
             format!("tgtest:{}:", uuid::Uuid::new_v4().simple()),
         ),
     ];
-    let one = start_binary(&url, &env).await;
-    let two = start_binary(&url, &env).await;
+    let one = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let two = start_binary(&url, &env, std::process::Stdio::null()).await;
     let fake = FakeUpstream::start().await.unwrap();
     let http = reqwest::Client::new();
-    let admin = |m: reqwest::Method, p: String, b: Value| {
-        http.request(m, format!("{}/api/admin{p}", one.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&b)
-            .send()
-    };
-    admin(reqwest::Method::POST, "/accounts".into(), json!({"name": "o", "provider": "openai", "base_url": fake.openai_base_url(), "api_key": "k"})).await.unwrap();
-    admin(
-        reqwest::Method::PUT,
-        "/models/gpt-test".into(),
-        json!({"input": 1, "output": 1}),
-    )
-    .await
-    .unwrap();
-    let u: Value = admin(
-        reqwest::Method::POST,
-        "/users".into(),
-        json!({"username": "procs"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let uid = u["id"].as_i64().unwrap();
-    let p: Value = admin(
-        reqwest::Method::POST,
-        "/packages".into(),
-        json!({"name": "p", "type": "quota", "quota_total": 5, "duration_days": 1}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    admin(
-        reqwest::Method::POST,
-        format!("/users/{uid}/packages"),
-        json!({"package_id": p["id"]}),
-    )
-    .await
-    .unwrap();
-    let k: Value = admin(
-        reqwest::Method::POST,
-        format!("/users/{uid}/keys"),
-        json!({"name": "k", "rpm_limit": 4}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let key = k["key"].as_str().unwrap().to_string();
+    let key = seed_over_http(&one.base, &fake, "k", json!({"name": "k", "rpm_limit": 4})).await;
     let call = |base: &str| {
         http.post(format!("{base}/v1/chat/completions"))
             .bearer_auth(&key)

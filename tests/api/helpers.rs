@@ -376,7 +376,8 @@ impl Drop for TestApp {
 pub struct Binary {
     pub child: std::process::Child,
     pub base: String,
-    _journal: tempfile::TempDir,
+    /// Its recorder journal folder.
+    pub journal: tempfile::TempDir,
 }
 
 impl Drop for Binary {
@@ -386,9 +387,40 @@ impl Drop for Binary {
     }
 }
 
-/// Start `tollgate serve` on a free port against `db_url`, with extra `TOLLGATE_*` settings;
-/// returns once it answers `/readyz`.
-pub async fn start_binary(db_url: &str, env: &[(&str, String)]) -> Binary {
+impl Binary {
+    /// SIGTERM, then wait for the exit status.
+    pub async fn sigterm(&mut self) -> std::process::ExitStatus {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.wait_exit().await
+    }
+
+    /// Wait (up to 30 s) for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let t0 = std::time::Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "tollgate did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Start `tollgate serve` with the shipped `config.toml` on a free port against `db_url`,
+/// with extra `TOLLGATE_*` settings and stderr sent to `stderr`; returns once it answers
+/// `/readyz`.
+pub async fn start_binary(
+    db_url: &str,
+    env: &[(&str, String)],
+    stderr: std::process::Stdio,
+) -> Binary {
     let journal = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -397,20 +429,22 @@ pub async fn start_binary(db_url: &str, env: &[(&str, String)]) -> Binary {
         .port();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.arg("serve")
+        .arg("--config")
+        .arg(format!("{}/config.toml", env!("CARGO_MANIFEST_DIR")))
         .env("TOLLGATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("TOLLGATE_DATABASE__URL", db_url)
         .env("TOLLGATE_ADMIN__API_TOKEN", ADMIN_TOKEN)
         .env("TOLLGATE_ADMIN__INITIAL_PASSWORD", "initial-admin-pass")
         .env("TOLLGATE_RECORDER__JOURNAL_PATH", journal.path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(stderr);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let b = Binary {
         child: cmd.spawn().unwrap(),
         base: format!("http://127.0.0.1:{port}"),
-        _journal: journal,
+        journal,
     };
     let http = reqwest::Client::new();
     let t0 = std::time::Instant::now();
@@ -422,4 +456,69 @@ pub async fn start_binary(db_url: &str, env: &[(&str, String)]) -> Binary {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     b
+}
+
+/// Seed a running gateway over its admin API, as an operator would: both fake upstream
+/// accounts (with `account_secret`), prices for `gpt-test` and `claude-test`, a user with a
+/// 1000 USD quota package, and a key created with `key_body`. Returns the key's secret.
+pub async fn seed_over_http(
+    base: &str,
+    fake: &FakeUpstream,
+    account_secret: &str,
+    key_body: Value,
+) -> String {
+    let http = reqwest::Client::new();
+    let call = |m: reqwest::Method, path: String, body: Value| {
+        let req = http
+            .request(m, format!("{base}/api/admin{path}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{path}: {v}");
+            v
+        }
+    };
+    use reqwest::Method;
+    for (name, provider, url) in [
+        ("oa", "openai", fake.openai_base_url()),
+        ("an", "anthropic", fake.anthropic_base_url()),
+    ] {
+        call(
+            Method::POST,
+            "/accounts".into(),
+            json!({"name": name, "provider": provider, "base_url": url, "api_key": account_secret}),
+        )
+        .await;
+    }
+    call(
+        Method::PUT,
+        "/models/gpt-test".into(),
+        json!({"input": "2.5", "output": "10", "cache_read": "1.25"}),
+    )
+    .await;
+    call(
+        Method::PUT,
+        "/models/claude-test".into(),
+        json!({"input": "3", "output": "15", "cache_read": "0.3", "cache_write": "3.75"}),
+    )
+    .await;
+    let u = call(Method::POST, "/users".into(), json!({"username": "seeded"})).await;
+    let uid = u["id"].as_i64().unwrap();
+    let p = call(
+        Method::POST,
+        "/packages".into(),
+        json!({"name": "big", "type": "quota", "quota_total": "1000", "duration_days": 3}),
+    )
+    .await;
+    call(
+        Method::POST,
+        format!("/users/{uid}/packages"),
+        json!({"package_id": p["id"]}),
+    )
+    .await;
+    let k = call(Method::POST, format!("/users/{uid}/keys"), key_body).await;
+    k["key"].as_str().unwrap().to_string()
 }

@@ -1,8 +1,8 @@
 //! SIGTERM under load, on the real binary: stop accepting, finish in-flight requests, drain
 //! the recorder, exit 0; every request that got a 200 is recorded.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
 use serde_json::json;
@@ -11,117 +11,25 @@ use tollgate::fake_upstream::FakeUpstream;
 use crate::helpers::*;
 use crate::proxy::{chat_body, messages_body};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
 #[tokio::test]
 async fn sigterm_under_load_records_every_200() {
     let (url, _guard) = fresh_database(backend()).await;
-    let journal = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(format!("{}/config.toml", env!("CARGO_MANIFEST_DIR")))
-        .env("TOLLGATE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TOLLGATE_DATABASE__URL", &url)
-        .env("TOLLGATE_ADMIN__API_TOKEN", ADMIN_TOKEN)
-        .env("TOLLGATE_ADMIN__INITIAL_PASSWORD", "initial-admin-pass")
-        .env("TOLLGATE_RECORDER__JOURNAL_PATH", journal.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut env = vec![];
     if backend() == Backend::MySql {
-        cmd.env("TOLLGATE_REDIS__URL", redis_url().unwrap()).env(
+        env.push(("TOLLGATE_REDIS__URL", redis_url().unwrap()));
+        env.push((
             "TOLLGATE_REDIS__KEY_PREFIX",
             format!("tgtest:{}:", uuid::Uuid::new_v4().simple()),
-        );
+        ));
     }
-    let mut server = Server(cmd.spawn().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = start_binary(&url, &env, Stdio::null()).await;
+    let base = server.base.clone();
     let http = reqwest::Client::new();
-    let t0 = Instant::now();
-    while http.get(format!("{base}/readyz")).send().await.is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let admin = |m: reqwest::Method, p: &str, b: serde_json::Value| {
-        http.request(m, format!("{base}/api/admin{p}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&b)
-            .send()
-    };
     let fake = FakeUpstream::start().await.unwrap();
-    admin(reqwest::Method::POST, "/accounts", json!({"name": "o", "provider": "openai", "base_url": fake.openai_base_url(), "api_key": "x"})).await.unwrap();
-    admin(reqwest::Method::POST, "/accounts", json!({"name": "a", "provider": "anthropic", "base_url": fake.anthropic_base_url(), "api_key": "y"})).await.unwrap();
-    admin(
-        reqwest::Method::PUT,
-        "/models/gpt-test",
-        json!({"input": "2.5", "output": "10"}),
-    )
-    .await
-    .unwrap();
-    admin(
-        reqwest::Method::PUT,
-        "/models/claude-test",
-        json!({"input": "3", "output": "15"}),
-    )
-    .await
-    .unwrap();
-    let u: serde_json::Value = admin(reqwest::Method::POST, "/users", json!({"username": "load"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let uid = u["id"].as_i64().unwrap();
-    let p: serde_json::Value = admin(
-        reqwest::Method::POST,
-        "/packages",
-        json!({"name": "big", "type": "quota", "quota_total": "1000", "duration_days": 3}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    admin(
-        reqwest::Method::POST,
-        &format!("/users/{uid}/packages"),
-        json!({"package_id": p["id"]}),
-    )
-    .await
-    .unwrap();
-    let k: serde_json::Value = admin(
-        reqwest::Method::POST,
-        &format!("/users/{uid}/keys"),
-        json!({"name": "k"}),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let key = k["key"].as_str().unwrap().to_string();
+    let key = seed_over_http(&base, &fake, "sk-upstream", json!({"name": "k"})).await;
 
     // 200 requests, 24 at a time, each taking ~150 ms upstream; SIGTERM half a second in.
-    let pid = server.0.id();
+    let pid = server.child.id();
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Command::new("kill")
@@ -158,17 +66,7 @@ async fn sigterm_under_load_records_every_200() {
         .await;
     killer.await.unwrap();
     let ok = results.iter().filter(|r| **r == Some(200)).count() as i64;
-    let t1 = Instant::now();
-    let status = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t1.elapsed() < Duration::from_secs(30),
-            "server did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = server.wait_exit().await;
     assert!(status.success(), "exit status {status:?}");
     assert!(
         ok > 0 && ok < 200,
@@ -187,7 +85,7 @@ async fn sigterm_under_load_records_every_200() {
     assert_eq!(l.request_logs.cost, l.user_packages_cost);
     assert_eq!(l.request_logs.cost, l.api_keys.cost);
     assert!(
-        std::fs::read_dir(journal.path())
+        std::fs::read_dir(server.journal.path())
             .map(|d| d.count())
             .unwrap_or(0)
             == 0,
