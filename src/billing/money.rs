@@ -78,11 +78,6 @@ impl<'de> Deserialize<'de> for Usd {
     }
 }
 
-/// Optional money as JSON: `null` stays `None`.
-pub fn opt_usd(v: Option<i64>) -> Option<Usd> {
-    v.map(Usd)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,11 +101,6 @@ impl ProxyError {
             Failure::Unreachable(_) | Failure::Timeout(_) => "api_error",
         }
     }
-
-    /// Short name for logs and metrics.
-    pub fn code(&self) -> &'static str {
-        self.openai_kind().1
-    }
 }
 
 impl IntoResponse for ProxyError {
