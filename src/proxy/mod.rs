@@ -503,22 +503,19 @@ async fn admit_and_forward(
             )))
         })?;
     let provider = endpoint.provider();
-    let serving: Vec<Account> = st
+    let accounts = st
         .proxy
         .accounts
         .get_or_load(&provider, || st.db.active_accounts(provider))
         .await
-        .map_err(db_err)?
-        .iter()
-        .filter(|a| a.serves(&model))
-        .cloned()
-        .collect();
+        .map_err(db_err)?;
+    let serving: Vec<&Account> = accounts.iter().filter(|a| a.serves(&model)).collect();
     if serving.is_empty() {
         return Err(fail(Failure::ModelNotFound(format!(
             "no upstream account serves model `{model}`"
         ))));
     }
-    let healthy: Vec<Account> = serving
+    let healthy: Vec<&Account> = serving
         .into_iter()
         .filter(|a| !st.proxy.health.cooling(a.id))
         .collect();
@@ -653,7 +650,7 @@ async fn forward(
     mut ticket: Ticket,
     client_hdrs: &HeaderMap,
     body: Bytes,
-    accounts: Vec<Account>,
+    accounts: Vec<&Account>,
     strip_usage: bool,
 ) -> Result<Response, ProxyError> {
     let cfg = &st.config.upstream;
@@ -672,7 +669,7 @@ async fn forward(
             .proxy
             .http
             .post(&url)
-            .headers(upstream_headers(client_hdrs, &account))
+            .headers(upstream_headers(client_hdrs, account))
             .body(body.clone());
         let sent_at = Instant::now();
         let outcome = match tokio::time::timeout(first_byte, req.send()).await {

@@ -44,9 +44,9 @@ impl Health {
 /// Order candidates: by priority (larger first); inside one priority, a weighted random
 /// permutation (Efraimidis–Spirakis: sort by u^(1/w) descending), so the first pick of a
 /// priority follows the weights and later picks are the fallbacks.
-pub fn order(mut accounts: Vec<Account>, rng: &mut impl Rng) -> Vec<Account> {
-    let mut keyed: Vec<(i64, f64, Account)> = accounts
-        .drain(..)
+pub fn order<'a>(accounts: Vec<&'a Account>, rng: &mut impl Rng) -> Vec<&'a Account> {
+    let mut keyed: Vec<(i64, f64, &Account)> = accounts
+        .into_iter()
         .map(|a| {
             let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
             let k = u.powf(1.0 / a.weight.max(1) as f64);
@@ -91,8 +91,9 @@ mod tests {
     fn higher_priority_always_first_and_weights_hold() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut first = HashMap::new();
+        let accs = [acc(1, 0, 1), acc(2, 0, 3), acc(3, 5, 1)];
         for _ in 0..10_000 {
-            let o = order(vec![acc(1, 0, 1), acc(2, 0, 3), acc(3, 5, 1)], &mut rng);
+            let o = order(accs.iter().collect(), &mut rng);
             assert_eq!(o[0].id, 3);
             *first.entry(o[1].id).or_insert(0) += 1;
         }
