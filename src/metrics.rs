@@ -55,8 +55,8 @@ impl Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
-    /// (route, status) → count
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// route → status → count
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     pub upstream_latency: Histogram,
     pub gateway_overhead: Histogram,
     pub upstream_attempt_failures: AtomicU64,
@@ -65,19 +65,23 @@ pub struct Metrics {
 impl Metrics {
     pub fn count_request(&self, route: &str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((route.to_string(), status)).or_default() += 1;
+        match m.get_mut(route) {
+            Some(by_status) => *by_status.entry(status).or_default() += 1,
+            None => {
+                m.insert(route.to_string(), [(status, 1)].into());
+            }
+        }
     }
 
     /// The Prometheus text exposition; `extra` adds gauges known only to the caller.
     pub fn render(&self, extra: &[(&str, &str, &str, f64)]) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP tollgate_http_requests_total Requests by route and status.\n# TYPE tollgate_http_requests_total counter\n");
-        for ((route, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = requests
             .iter()
-        {
+            .flat_map(|(route, by)| by.iter().map(move |(s, n)| (route, s, n)));
+        for (route, status, n) in rows {
             let route = route.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(
                 out,

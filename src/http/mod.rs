@@ -1,18 +1,19 @@
 //! HTTP: the router that puts the proxy, the admin API, the admin pages and the health
 //! endpoints together.
 //!
-//! Layers, outermost first: request id (set `x-request-id` if absent, echo it back) → trace
-//! span carrying that id → routes. The proxy routes read their body with the configured limit
-//! themselves (413 in the provider's shape).
+//! One layer around every route (`edge`): the request id (`x-request-id` kept from the client
+//! or made here, echoed back), a trace span carrying it, the request counter of `/metrics`,
+//! and dropping the proxy's caches after an admin write. The proxy routes read their body with
+//! the configured limit themselves (413 in the provider's shape).
 
-use axum::extract::State;
-use axum::http::{HeaderName, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::state::AppState;
 
@@ -21,7 +22,6 @@ pub mod api;
 pub mod me;
 
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .merge(crate::proxy::router())
         .merge(me::router())
@@ -30,49 +30,52 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), forget_cached_after_admin_writes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
-        )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
-/// Count every response by its route template (not the raw path) and status.
-async fn count_requests(
-    State(st): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let resp = next.run(req).await;
-    st.metrics.count_request(&route, resp.status().as_u16());
-    resp
-}
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// An admin change (API or form) applies to the proxy at once on this instance.
-async fn forget_cached_after_admin_writes(
-    State(st): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let admin_write = req.method() != axum::http::Method::GET
-        && req.method() != axum::http::Method::HEAD
+/// What every request passes through (one layer rather than four, since the proxy path pays
+/// for each layer on every request):
+/// - `x-request-id`: the client's, or a new UUID; set on the request and echoed back;
+/// - a trace span `http` with method, path and that id, and a debug line when it is answered;
+/// - `tollgate_http_requests_total` by route template (not the raw path) and status;
+/// - an admin change (API or form) drops the proxy's caches, so it applies at once on this
+///   instance.
+async fn edge(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get(X_REQUEST_ID) {
+        Some(v) => v.clone(),
+        None => {
+            let v = HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
+                .expect("a UUID is a valid header value");
+            req.headers_mut().insert(X_REQUEST_ID, v.clone());
+            v
+        }
+    };
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let admin_write = req.method() != Method::GET
+        && req.method() != Method::HEAD
         && (req.uri().path().starts_with("/api/admin/") || req.uri().path().starts_with("/admin/"));
-    let resp = next.run(req).await;
+    let span = tracing::info_span!(
+        "http",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %String::from_utf8_lossy(id.as_bytes())
+    );
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+    });
+    resp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
+    st.metrics
+        .count_request(route.as_ref().map_or("unmatched", |p| p.as_str()), status);
     if admin_write {
         st.proxy.forget_cached();
     }

@@ -30,6 +30,7 @@ use crate::store::keys::KeyAuth;
 use crate::store::packages::UserPackage;
 use crate::usage::{BillingStatus, UsageEvent, WindowStarts};
 
+pub mod client;
 pub mod error;
 pub mod limits;
 pub mod tap;
@@ -92,7 +93,7 @@ pub type GrantCache = TtlCache<i64, (u64, Vec<UserPackage>)>;
 
 /// Proxy-only state, built once at startup.
 pub struct ProxyState {
-    pub http: reqwest::Client,
+    pub http: client::UpstreamClient,
     pub health: upstream::Health,
     pub limiter: limits::Limiter,
     pub reservations: Arc<Reservations>,
@@ -109,13 +110,7 @@ impl ProxyState {
         reservations: Arc<Reservations>,
         grants: Arc<GrantCache>,
     ) -> anyhow::Result<ProxyState> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(cfg.connect_timeout_secs))
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let http = client::UpstreamClient::new(Duration::from_secs(cfg.connect_timeout_secs));
         Ok(ProxyState {
             http,
             health: upstream::Health::default(),
@@ -376,7 +371,7 @@ fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
 }
 
 /// Response headers for the client: upstream's minus hop-by-hop and length (we may re-frame).
-fn client_headers(upstream: &reqwest::header::HeaderMap, request_id: &str) -> HeaderMap {
+fn client_headers(upstream: &HeaderMap, request_id: &str) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(upstream.len() + 1);
     for (name, value) in upstream {
         let n = name.as_str();
@@ -642,7 +637,7 @@ enum AttemptError {
     Connect(String),
     Timeout(String),
     /// Upstream answered with an error status (kept to pass through if it is the last).
-    Status(reqwest::Response),
+    Status(UpstreamResponse),
 }
 
 async fn forward(
@@ -668,19 +663,15 @@ async fn forward(
         let req = st
             .proxy
             .http
-            .post(&url)
-            .headers(upstream_headers(client_hdrs, account))
-            .body(body.clone());
+            .post(&url, upstream_headers(client_hdrs, account), body.clone());
         let sent_at = Instant::now();
-        let outcome = match tokio::time::timeout(first_byte, req.send()).await {
+        let outcome = match tokio::time::timeout(first_byte, req).await {
             Err(_) => Err(AttemptError::Timeout(format!(
                 "no response from upstream within {} s",
                 cfg.first_byte_timeout_secs
             ))),
-            Ok(Err(e)) if e.is_timeout() => Err(AttemptError::Timeout(format!(
-                "connecting to upstream timed out: {e}"
-            ))),
-            Ok(Err(e)) => Err(AttemptError::Connect(format!("upstream unreachable: {e}"))),
+            Ok(Err(client::SendError::ConnectTimeout(m))) => Err(AttemptError::Timeout(m)),
+            Ok(Err(client::SendError::Connect(m))) => Err(AttemptError::Connect(m)),
             Ok(Ok(r))
                 if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() =>
             {
@@ -728,7 +719,7 @@ async fn forward(
             ticket.account_id = Some(account_id);
             let status = resp.status();
             let headers = client_headers(resp.headers(), &ticket.request_id);
-            let body = resp.bytes().await.unwrap_or_default();
+            let body = read_body(resp.into_body()).await.unwrap_or_default();
             let tokens = tap::usage_from_body(ticket.endpoint, &body);
             let billing = if tokens.is_some() {
                 BillingStatus::Complete
@@ -779,7 +770,7 @@ async fn forward(
 async fn respond(
     st: &AppState,
     mut ticket: Ticket,
-    resp: reqwest::Response,
+    resp: UpstreamResponse,
     strip_usage: bool,
     admitted_in: Duration,
 ) -> Response {
@@ -794,7 +785,7 @@ async fn respond(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !is_sse || !status.is_success() {
         let protocol = ticket.endpoint.protocol();
-        let body = match tokio::time::timeout(idle, resp.bytes()).await {
+        let body = match tokio::time::timeout(idle, read_body(resp.into_body())).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 let m = format!("upstream response broke off: {e}");
@@ -831,11 +822,12 @@ async fn respond(
     // Streams: the admission part (per-event tap work is not timed, to keep it cheap).
     st.metrics.gateway_overhead.observe(admitted_in);
     let stream = TapStream {
-        inner: Box::pin(resp.bytes_stream()),
+        inner: resp.into_body(),
         tap: SseTap::new(ticket.endpoint, strip_usage),
         ticket: Some(ticket),
         idle,
         sleep: Box::pin(tokio::time::sleep(idle)),
+        last_data: tokio::time::Instant::now(),
         status: status.as_u16(),
     };
     let mut r = Response::new(Body::from_stream(stream));
@@ -844,17 +836,26 @@ async fn respond(
     r
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type UpstreamResponse = axum::http::Response<hyper::body::Incoming>;
+
+/// A whole upstream body.
+async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
+    use http_body_util::BodyExt;
+    Ok(body.collect().await?.to_bytes())
+}
 
 /// The streaming body: forwards complete SSE events as they arrive, reads usage on the way,
 /// and emits the usage event when the stream ends, breaks, stalls, or the client goes away
 /// (on drop: the upstream request is cancelled with it).
 struct TapStream {
-    inner: ByteStream,
+    inner: hyper::body::Incoming,
     tap: SseTap,
     ticket: Option<Ticket>,
     idle: Duration,
+    /// Fires at the idle limit; moved on lazily (only when it fires) from `last_data`, so
+    /// a chunk costs a clock read, not a timer update.
     sleep: Pin<Box<tokio::time::Sleep>>,
+    last_data: tokio::time::Instant,
     status: u16,
 }
 
@@ -882,11 +883,13 @@ impl Stream for TapStream {
             if this.ticket.is_none() {
                 return Poll::Ready(None);
             }
-            match this.inner.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    this.sleep.as_mut().reset(deadline);
-                    let out = this.tap.push(&chunk);
+            match hyper::body::Body::poll_frame(Pin::new(&mut this.inner), cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else {
+                        continue; // trailers: nothing to forward
+                    };
+                    this.last_data = tokio::time::Instant::now();
+                    let out = this.tap.push(chunk);
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));
                     }
@@ -902,7 +905,12 @@ impl Stream for TapStream {
                     return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Pending => {
-                    if this.sleep.as_mut().poll(cx).is_ready() {
+                    while this.sleep.as_mut().poll(cx).is_ready() {
+                        let deadline = this.last_data + this.idle;
+                        if deadline > tokio::time::Instant::now() {
+                            this.sleep.as_mut().reset(deadline);
+                            continue;
+                        }
                         let secs = this.idle.as_secs();
                         this.end(Some(format!("upstream stream idle for {secs} s")));
                         return Poll::Ready(None);

@@ -8,6 +8,8 @@
 //! `output_tokens` are separate buckets; in a stream `message_start` and `message_delta` carry
 //! cumulative values, so the latest value seen of each field is the total.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
@@ -105,13 +107,19 @@ pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Tokens> {
 }
 
 /// Reads usage from an SSE stream as it passes, event by event. Complete events are forwarded
-/// as soon as they are whole (several at once when they arrive together, in one write); a
-/// partial event waits for the rest of its bytes.
+/// as soon as they are whole (several at once when they arrive together); a partial event
+/// waits for the rest of its bytes.
+///
+/// Cheap per event: a chunk that holds whole events and needs no change is forwarded as a
+/// slice of itself (no copy); an event's JSON is parsed only when it carries usage (a
+/// `"usage":{` object, a terminal Responses event, an Anthropic `message_start` or
+/// `message_delta`), and then only its usage is built.
 pub struct SseTap {
     endpoint: Endpoint,
     /// Remove the usage the gateway asked for on the client's behalf (OpenAI streams where the
     /// client did not set `stream_options.include_usage`).
     strip_usage: bool,
+    /// The start of an event whose end has not arrived yet.
     buf: BytesMut,
     openai: Option<Tokens>,
     anthropic: AnthropicUsage,
@@ -122,6 +130,13 @@ pub struct SseTap {
     pub events: u64,
     /// Bytes of `data:` payload forwarded, for estimates when no usage arrives.
     pub data_bytes: usize,
+}
+
+/// What to do with one event.
+enum Action {
+    Forward,
+    Drop,
+    Replace(Vec<u8>),
 }
 
 impl SseTap {
@@ -150,123 +165,198 @@ impl SseTap {
     }
 
     /// Feed upstream bytes; returns the bytes to forward now (possibly empty).
-    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.buf.extend_from_slice(chunk);
-        let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.buf) {
-            let event = self.buf.split_to(end);
-            self.on_event(&event, &mut out);
+    pub fn push(&mut self, chunk: Bytes) -> Bytes {
+        if self.buf.is_empty() {
+            // The usual case: the chunk starts at an event boundary.
+            let (done, out) = self.take_events(&chunk);
+            if done < chunk.len() {
+                self.buf.extend_from_slice(&chunk[done..]);
+            }
+            return out.map_or_else(|| chunk.slice(..done), BytesMut::freeze);
         }
-        out.freeze()
+        self.buf.extend_from_slice(&chunk);
+        let pending = self.buf.split();
+        let (done, out) = self.take_events(&pending);
+        if done < pending.len() {
+            self.buf.extend_from_slice(&pending[done..]);
+        }
+        match out {
+            Some(o) => o.freeze(),
+            None => pending.freeze().slice(..done),
+        }
+    }
+
+    /// Handles every complete event at the start of `bytes`. Returns how many bytes they
+    /// span and, when some event was dropped or changed, the bytes to forward instead of
+    /// `bytes[..done]`.
+    fn take_events(&mut self, bytes: &[u8]) -> (usize, Option<BytesMut>) {
+        let mut done = 0;
+        let mut out: Option<BytesMut> = None;
+        while let Some(len) = event_end(&bytes[done..]) {
+            let event = &bytes[done..done + len];
+            match self.on_event(event) {
+                Action::Forward => {
+                    if let Some(o) = out.as_mut() {
+                        o.extend_from_slice(event);
+                    }
+                }
+                Action::Drop => {
+                    out.get_or_insert_with(|| BytesMut::from(&bytes[..done]));
+                }
+                Action::Replace(v) => {
+                    out.get_or_insert_with(|| BytesMut::from(&bytes[..done]))
+                        .extend_from_slice(&v);
+                }
+            }
+            done += len;
+        }
+        (done, out)
     }
 
     /// The stream ended: whatever is left (an unterminated last event) goes out as is.
     pub fn finish(&mut self) -> Bytes {
         let rest = self.buf.split();
-        if !rest.is_empty() {
-            let mut out = BytesMut::new();
-            self.on_event(&rest, &mut out);
-            return out.freeze();
+        if rest.is_empty() {
+            return Bytes::new();
         }
-        Bytes::new()
+        match self.on_event(&rest) {
+            Action::Forward => rest.freeze(),
+            Action::Drop => Bytes::new(),
+            Action::Replace(v) => Bytes::from(v),
+        }
     }
 
-    fn on_event(&mut self, event: &[u8], out: &mut BytesMut) {
+    fn on_event(&mut self, event: &[u8]) -> Action {
         let data = event_data(event);
         self.data_bytes += data.len();
-        let mut forward = true;
+        let mut action = Action::Forward;
         match self.endpoint {
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-                if data == b"[DONE]" {
+                if &*data == b"[DONE]" {
                     self.finished = true;
-                } else if contains(&data, b"\"usage\"") {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&data) {
-                        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                } else if has_usage_object(&data) {
+                    #[derive(serde::Deserialize)]
+                    struct Chunk {
+                        usage: Option<Value>,
+                        choices: Option<Vec<serde::de::IgnoredAny>>,
+                    }
+                    if let Ok(c) = serde_json::from_slice::<Chunk>(&data) {
+                        if let Some(u) = c.usage.as_ref().filter(|u| u.is_object()) {
                             self.openai = Some(openai_usage(u));
-                            let no_choices = v
-                                .get("choices")
-                                .and_then(Value::as_array)
-                                .is_some_and(|c| c.is_empty());
-                            if self.strip_usage && no_choices {
-                                forward = false;
+                            if self.strip_usage && c.choices.is_some_and(|c| c.is_empty()) {
+                                action = Action::Drop;
                             }
                         }
                     }
                 }
-                if forward && self.strip_usage && contains(event, b"\"usage\":null") {
-                    out.extend_from_slice(&strip_null_usage(event));
-                    self.events += 1;
-                    return;
+                if self.strip_usage
+                    && matches!(action, Action::Forward)
+                    && find(event, b"\"usage\":null").is_some()
+                {
+                    action = Action::Replace(strip_null_usage(event));
                 }
             }
             Endpoint::Responses => {
-                if contains(&data, b"\"response.completed\"")
-                    || contains(&data, b"\"response.incomplete\"")
-                    || contains(&data, b"\"response.failed\"")
+                if find(&data, b"\"response.completed\"").is_some()
+                    || find(&data, b"\"response.incomplete\"").is_some()
+                    || find(&data, b"\"response.failed\"").is_some()
                 {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&data) {
-                        if let Some(u) = v.pointer("/response/usage").filter(|u| u.is_object()) {
-                            self.openai = Some(responses_usage(u));
+                    #[derive(serde::Deserialize)]
+                    struct Terminal {
+                        response: Option<WithUsage>,
+                    }
+                    if let Ok(t) = serde_json::from_slice::<Terminal>(&data) {
+                        if let Some(u) = t.response.and_then(|r| r.usage).filter(|u| u.is_object())
+                        {
+                            self.openai = Some(responses_usage(&u));
                         }
                     }
                     self.finished = true;
                 }
             }
             Endpoint::Messages | Endpoint::CountTokens => {
-                if contains(&data, b"\"message_start\"") || contains(&data, b"\"message_delta\"") {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&data) {
-                        let u = v.pointer("/message/usage").or_else(|| v.get("usage"));
+                if find(&data, b"\"message_start\"").is_some()
+                    || find(&data, b"\"message_delta\"").is_some()
+                {
+                    #[derive(serde::Deserialize)]
+                    struct Event {
+                        message: Option<WithUsage>,
+                        usage: Option<Value>,
+                    }
+                    if let Ok(ev) = serde_json::from_slice::<Event>(&data) {
+                        let u = ev.message.and_then(|m| m.usage).or(ev.usage);
                         if let Some(u) = u.filter(|u| u.is_object()) {
-                            self.anthropic.merge(u);
+                            self.anthropic.merge(&u);
                             self.anthropic_seen = true;
                         }
                     }
-                } else if contains(&data, b"\"message_stop\"") {
+                } else if find(&data, b"\"message_stop\"").is_some() {
                     self.finished = true;
                 }
             }
         }
-        if forward {
-            out.extend_from_slice(event);
+        if !matches!(action, Action::Drop) {
             self.events += 1;
         }
+        action
     }
+}
+
+/// `{"usage": …}` with only the usage built.
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    usage: Option<Value>,
 }
 
 /// End (exclusive) of the first complete event in `buf`: after a blank line.
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    for i in memchr::memchr_iter(b'\n', buf) {
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            Some(_) => {}
+            None => return None,
         }
-        i += 1;
     }
     None
 }
 
-/// The `data:` payload of one event (multi-line data joined by `\n`).
-fn event_data(event: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in event.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            if !out.is_empty() {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
-        }
+/// The `data:` payload of one event (multi-line data joined by `\n`); borrowed when the
+/// event has a single `data:` line, as every provider's events do.
+fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
+    let mut lines = event
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter_map(|l| l.strip_prefix(b"data:"))
+        .map(|rest| rest.strip_prefix(b" ").unwrap_or(rest));
+    let Some(first) = lines.next() else {
+        return Cow::Borrowed(&[]);
+    };
+    let mut joined: Option<Vec<u8>> = None;
+    for more in lines {
+        let j = joined.get_or_insert_with(|| first.to_vec());
+        j.push(b'\n');
+        j.extend_from_slice(more);
     }
-    out
+    joined.map_or(Cow::Borrowed(first), Cow::Owned)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// The payload has a `"usage"` member whose value is an object (not `null`).
+fn has_usage_object(data: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(at) = find(&data[from..], b"\"usage\"") {
+        let rest = &data[from + at + 7..];
+        let mut it = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
+        if it.next() == Some(b':') && it.find(|b| !b.is_ascii_whitespace()) == Some(b'{') {
+            return true;
+        }
+        from += at + 7;
+    }
+    false
 }
 
 /// Remove the `"usage":null` member OpenAI adds to every chunk once usage is requested.
@@ -316,7 +406,7 @@ mod tests {
         // Feed it in awkward pieces.
         let mut out = Vec::new();
         for piece in stream.as_bytes().chunks(7) {
-            out.extend_from_slice(&t.push(piece));
+            out.extend_from_slice(&t.push(Bytes::copy_from_slice(piece)));
         }
         out.extend_from_slice(&t.finish());
         assert_eq!(out, stream.as_bytes());
@@ -338,7 +428,7 @@ mod tests {
             data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n\
             data: [DONE]\n\n";
         let mut t = SseTap::new(Endpoint::ChatCompletions, true);
-        let out = t.push(upstream.as_bytes());
+        let out = t.push(Bytes::from(upstream));
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: [DONE]\n\n"
@@ -355,14 +445,48 @@ mod tests {
         assert!(t.finished);
         // When the client asked, everything passes unchanged.
         let mut t = SseTap::new(Endpoint::ChatCompletions, false);
-        assert_eq!(&t.push(upstream.as_bytes())[..], upstream.as_bytes());
+        assert_eq!(&t.push(Bytes::from(upstream))[..], upstream.as_bytes());
+    }
+
+    #[test]
+    fn whole_events_pass_as_they_came_and_usage_is_found_with_spaces() {
+        // Two events and the start of a third in one chunk, the rest in the next; upstream
+        // pretty-prints its usage member.
+        let a = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n";
+        let b =
+            "data: {\"choices\":[],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+        let c = "data: [DONE]\n\n";
+        let mut t = SseTap::new(Endpoint::ChatCompletions, false);
+        let first = Bytes::from(format!("{a}{b}{}", &c[..4]));
+        let out = t.push(first.clone());
+        assert_eq!(&out[..], format!("{a}{b}").as_bytes());
+        // Forwarded as a slice of the chunk it came in, not a copy.
+        assert_eq!(out.as_ptr(), first.as_ptr());
+        assert_eq!(&t.push(Bytes::from(&c[4..]))[..], c.as_bytes());
+        assert!(t.finished);
+        assert_eq!(t.events, 3);
+        assert_eq!(
+            t.usage(),
+            Some(Tokens {
+                input: 5,
+                output: 2,
+                cache_read: 0,
+                cache_write: 0
+            })
+        );
+        // A usage member inside a content string is not usage.
+        assert!(!has_usage_object(
+            br#"{"choices":[{"delta":{"content":"\"usage\":{"}}]}"#
+        ));
+        assert!(has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
+        assert!(!has_usage_object(br#"{"usage":null}"#));
     }
 
     #[test]
     fn crlf_events_are_split() {
         let mut t = SseTap::new(Endpoint::Responses, false);
         let s = "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\r\n\r\n";
-        assert_eq!(&t.push(s.as_bytes())[..], s.as_bytes());
+        assert_eq!(&t.push(Bytes::from(s))[..], s.as_bytes());
         assert_eq!(
             t.usage(),
             Some(Tokens {
