@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::future::Future;
 
@@ -821,16 +821,21 @@ async fn respond(
     }
     // Streams: the admission part (per-event tap work is not timed, to keep it cheap).
     st.metrics.gateway_overhead.observe(admitted_in);
-    let stream = TapStream {
+    let mut stream = TapStream {
         inner: resp.into_body(),
         tap: SseTap::new(ticket.endpoint, strip_usage),
         ticket: Some(ticket),
         idle,
         sleep: Box::pin(tokio::time::sleep(idle)),
         last_data: tokio::time::Instant::now(),
+        out: None,
+        yielded: None,
         status: status.as_u16(),
     };
-    let mut r = Response::new(Body::from_stream(stream));
+    // The events upstream sent with its head go out with ours, in one write.
+    let first = stream.already_there().await;
+    let body = futures_util::stream::iter(first).chain(stream);
+    let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
     *r.headers_mut() = headers;
     r
@@ -856,10 +861,104 @@ struct TapStream {
     /// a chunk costs a clock read, not a timer update.
     sleep: Pin<Box<tokio::time::Sleep>>,
     last_data: tokio::time::Instant,
+    /// Events ready for the client, held while more may be on their way (see `poll_next`).
+    out: Option<OutBuf>,
+    /// Set once the runtime polled this stream again after it yielded holding `out`.
+    yielded: Option<Arc<YieldFlag>>,
     status: u16,
 }
 
+/// A waker handed to `tokio::task::yield_now`: the runtime wakes it only after it has run
+/// every other ready task and polled the I/O driver, so once it is set the upstream
+/// connection has delivered everything it had read.
+struct YieldFlag {
+    set: std::sync::atomic::AtomicBool,
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for YieldFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.set.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl YieldFlag {
+    /// Yield the current task; the returned flag is set when the runtime comes back to it.
+    fn yield_now(cx: &Context<'_>) -> Arc<YieldFlag> {
+        let flag = Arc::new(YieldFlag {
+            set: std::sync::atomic::AtomicBool::new(false),
+            task: cx.waker().clone(),
+        });
+        let waker = std::task::Waker::from(flag.clone());
+        let mut y = std::pin::pin!(tokio::task::yield_now());
+        let _ = y.as_mut().poll(&mut Context::from_waker(&waker));
+        flag
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Bytes for the client: the first piece as it came (no copy), later ones appended.
+enum OutBuf {
+    One(Bytes),
+    Many(bytes::BytesMut),
+}
+
+impl OutBuf {
+    fn push(slot: &mut Option<OutBuf>, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        *slot = Some(match slot.take() {
+            None => OutBuf::One(b),
+            Some(OutBuf::One(first)) => {
+                let mut m = bytes::BytesMut::with_capacity(first.len() + b.len() * 4);
+                m.extend_from_slice(&first);
+                m.extend_from_slice(&b);
+                OutBuf::Many(m)
+            }
+            Some(OutBuf::Many(mut m)) => {
+                m.extend_from_slice(&b);
+                OutBuf::Many(m)
+            }
+        });
+    }
+
+    fn take(slot: &mut Option<OutBuf>) -> Option<Bytes> {
+        slot.take().map(|o| match o {
+            OutBuf::One(b) => b,
+            OutBuf::Many(m) => m.freeze(),
+        })
+    }
+}
+
 impl TapStream {
+    /// What the stream can give without waiting on upstream: its first piece if upstream's
+    /// bytes are already here (or the stream already ended), None otherwise.
+    async fn already_there(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        let mut probe: Option<Arc<YieldFlag>> = None;
+        std::future::poll_fn(|cx| match Pin::new(&mut *self).poll_next(cx) {
+            Poll::Ready(item) => Poll::Ready(item),
+            // Holding events until the runtime comes back: they come next time.
+            Poll::Pending if self.out.is_some() => Poll::Pending,
+            Poll::Pending => match &probe {
+                None => {
+                    probe = Some(YieldFlag::yield_now(cx));
+                    Poll::Pending
+                }
+                Some(flag) if !flag.is_set() => Poll::Pending,
+                Some(_) => Poll::Ready(None),
+            },
+        })
+        .await
+    }
+
     /// The stream is over (`error` None = upstream ended it normally).
     fn end(&mut self, error: Option<String>) {
         if let Some(mut t) = self.ticket.take() {
@@ -877,11 +976,18 @@ impl TapStream {
 impl Stream for TapStream {
     type Item = Result<Bytes, std::io::Error>;
 
+    /// Forwards what the tap lets through. hyper's client hands over one upstream chunk (often
+    /// one event) per poll, and its connection task can only queue the next one after this
+    /// task polled: returning each at once would cost the client one write per event (and
+    /// hyper's server polls a body again within the same turn, so a plain self-wake does not
+    /// help). So when events are ready, this yields until the runtime has run the other ready
+    /// tasks and polled the I/O driver, then forwards everything that arrived meanwhile in one
+    /// piece.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
             if this.ticket.is_none() {
-                return Poll::Ready(None);
+                return Poll::Ready(OutBuf::take(&mut this.out).map(Ok));
             }
             match hyper::body::Body::poll_frame(Pin::new(&mut this.inner), cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -889,22 +995,33 @@ impl Stream for TapStream {
                         continue; // trailers: nothing to forward
                     };
                     this.last_data = tokio::time::Instant::now();
-                    let out = this.tap.push(chunk);
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(out)));
-                    }
+                    let pass = this.tap.push(chunk);
+                    OutBuf::push(&mut this.out, pass);
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let rest = this.tap.finish();
+                    OutBuf::push(&mut this.out, rest);
                     this.end(Some(format!("upstream stream broke off: {e}")));
-                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Ready(None) => {
                     let rest = this.tap.finish();
+                    OutBuf::push(&mut this.out, rest);
                     this.end(None);
-                    return Poll::Ready((!rest.is_empty()).then_some(Ok(rest)));
                 }
                 Poll::Pending => {
+                    if this.out.is_some() {
+                        match &this.yielded {
+                            None => {
+                                this.yielded = Some(YieldFlag::yield_now(cx));
+                                return Poll::Pending;
+                            }
+                            Some(flag) if !flag.is_set() => return Poll::Pending,
+                            Some(_) => {
+                                this.yielded = None;
+                                return Poll::Ready(OutBuf::take(&mut this.out).map(Ok));
+                            }
+                        }
+                    }
                     while this.sleep.as_mut().poll(cx).is_ready() {
                         let deadline = this.last_data + this.idle;
                         if deadline > tokio::time::Instant::now() {
