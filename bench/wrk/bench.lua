@@ -1,8 +1,9 @@
 -- bench/wrk/bench.lua: the wrk script of bench/run.
 --
 -- Sends one fixed POST (body from the file named by BENCH_BODY, bearer key from BENCH_KEY
--- when set, path BENCH_PATH, default /v1/chat/completions) on every connection, counts 2xx
--- and non-2xx responses in response(), and prints one line in done():
+-- when set, extra headers from BENCH_HEADERS, path BENCH_PATH, default /v1/chat/completions)
+-- on every connection, counts 2xx and non-2xx responses in response(), and prints one line in
+-- done():
 --
 --   BENCH_RESULT {"ok":…,"non_2xx":…,"ok_in_window":…,"sent":…,"rps":…,"p50_ms":…,…}
 --
@@ -53,6 +54,13 @@ function init(args)
     local body = f:read("*a")
     f:close()
     local headers = { ["Content-Type"] = "application/json" }
+    -- BENCH_HEADERS: extra "Name: value" headers separated by '|'.
+    for h in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^|]+") do
+        local name, value = string.match(h, "^%s*([^:]+):%s*(.-)%s*$")
+        if name then
+            headers[name] = value
+        end
+    end
     local key = os.getenv("BENCH_KEY")
     if key and key ~= "" then
         headers["Authorization"] = "Bearer " .. key

@@ -297,7 +297,9 @@ fn first_instant_reaching(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>>
 /// The calendar day (`YYYY-MM-DD`) of `at` in `tz`: the day a request's daily summary and
 /// real-time stats are kept under.
 pub fn day_string(at: DateTime<Utc>, tz: Tz) -> String {
-    at.with_timezone(&tz).format("%Y-%m-%d").to_string()
+    // Formatted by hand: chrono's `format` parses its pattern on every call (hot path).
+    let d = at.with_timezone(&tz).date_naive();
+    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
 }
 
 #[cfg(test)]
@@ -332,6 +334,18 @@ mod tests {
     /// A window of a package that starts at `starts_at` and runs until 2100.
     fn anchored(kind: WindowKind, at: &str, starts_at: &str, tz: Tz) -> Window {
         window_at(kind, utc(at), utc(starts_at), utc(FAR), tz).expect("inside the package")
+    }
+
+    #[test]
+    fn day_string_is_the_local_calendar_day() {
+        let at = Utc.with_ymd_and_hms(2026, 3, 4, 16, 30, 0).unwrap();
+        assert_eq!(day_string(at, chrono_tz::UTC), "2026-03-04");
+        assert_eq!(day_string(at, chrono_tz::Asia::Shanghai), "2026-03-05");
+        let early = Utc.with_ymd_and_hms(987, 1, 2, 3, 0, 0).unwrap();
+        assert_eq!(
+            day_string(early, chrono_tz::America::New_York),
+            "0987-01-01"
+        );
     }
 
     #[test]
