@@ -24,6 +24,17 @@ async fn sigterm_under_load_records_every_200() {
     }
     let mut server = start_binary(&url, &env, Stdio::null()).await;
     let base = server.base.clone();
+    // The binary re-executed itself (same PID, so the SIGTERM below reaches the server) with
+    // mimalloc's on-demand arena commit (README, "Memory").
+    if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+        let environ = std::fs::read(format!("/proc/{}/environ", server.child.id())).unwrap();
+        assert!(
+            environ
+                .split(|&b| b == 0)
+                .any(|kv| kv == b"MIMALLOC_ARENA_EAGER_COMMIT=0"),
+            "the serving process runs without MIMALLOC_ARENA_EAGER_COMMIT=0"
+        );
+    }
     let http = reqwest::Client::new();
     let fake = FakeUpstream::start().await.unwrap();
     let key = seed_over_http(&base, &fake, "sk-upstream", json!({"name": "k"})).await;
