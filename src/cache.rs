@@ -1,8 +1,8 @@
 //! Short-lived caches for the hot path: key lookups, prices and accounts for up to
 //! `TTL` (so a revocation or a price change takes effect on every instance within that time,
-//! well inside SPEC §10's 5 seconds), and each user's grants until the recorder settles a
-//! charge for that user (then they are read again) or `TTL` passes (charges made by other
-//! instances).
+//! well inside SPEC §10's 5 seconds), and each user's grants for `TTL` too (charges made by
+//! other instances show within it; this instance's own charges are counted meanwhile by the
+//! reservations, see `billing::admission::Reservations`).
 
 use std::collections::HashMap;
 use std::hash::Hash;

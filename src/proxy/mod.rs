@@ -87,7 +87,7 @@ impl Endpoint {
     }
 }
 
-/// Each user's active grants, dropped by the recorder when it settles a charge for the user.
+/// Each user's active grants (for `cache::TTL`; dropped by admin writes and journal replay).
 /// The value is (the settlement sequence number before the load, the grants).
 pub type GrantCache = TtlCache<i64, (u64, Vec<UserPackage>)>;
 
