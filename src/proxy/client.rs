@@ -1,21 +1,42 @@
-//! The HTTP client for upstream calls: hyper-util's pooled client (keep-alive, TCP_NODELAY,
-//! connect timeout) over rustls with the webpki roots, HTTP/1.1 and, over TLS, HTTP/2 by ALPN.
-//! No redirects, no decompression, no cookies: the proxy passes bytes through.
+//! The HTTP client for upstream calls: HTTP/1.1 over plain TCP or rustls (webpki roots), with
+//! keep-alive connections kept in our own pool, TCP_NODELAY and a connect timeout. No
+//! redirects, no decompression, no cookies: the proxy passes bytes through.
 //!
-//! hyper directly rather than reqwest: reqwest's per-request layers (URL parsing with IDNA,
-//! its body and timeout wrappers, the boxed futures) were a measurable share of the gateway's
-//! CPU per request (bench/HISTORY.md).
+//! Each connection is driven by the task that uses it: sending a request polls the connection
+//! until the response head is in, and the response body ([`UpstreamBody`]) polls it while it
+//! is read. hyper's pooled client instead runs every connection as a task of its own and hands
+//! the body over one chunk at a time through a channel, which costs two task wake-ups per SSE
+//! event; driven inline, a burst of events that arrived in one read is decoded and forwarded
+//! in one poll, as nginx does (bench/HISTORY.md). When the body has been read to its end the
+//! connection goes back to the pool; a body dropped early closes its connection, which is how
+//! a client's disconnect cancels the upstream request.
+//!
+//! hyper's low-level `client::conn::http1` is used rather than reqwest or hyper-util's pooled
+//! client: their per-request layers and the per-connection task were a measurable share of the
+//! gateway's CPU (bench/HISTORY.md). HTTP/2 is not offered to upstreams (ALPN http/1.1 only),
+//! as nginx does.
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, Request, Response, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tower::ServiceExt;
+
+/// Idle connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream host.
+const MAX_IDLE_PER_HOST: usize = 1024;
 
 /// Why a request got no response head.
 pub enum SendError {
@@ -25,10 +46,91 @@ pub enum SendError {
     ConnectTimeout(String),
 }
 
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type Conn = http1::Connection<Io, Full<Bytes>>;
+
+/// One upstream connection: the request sender and the connection future that does its I/O.
+struct Pooled {
+    sender: http1::SendRequest<Full<Bytes>>,
+    conn: Pin<Box<Conn>>,
+    /// The connection future has finished (closed); never poll it again.
+    done: bool,
+}
+
+impl Pooled {
+    /// Poll the connection's I/O once; false once it has finished.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done && self.conn.as_mut().poll(cx).is_ready() {
+            self.done = true;
+        }
+        !self.done
+    }
+
+    /// Still usable for a new request (checked without waiting).
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.drive(&mut cx) && self.sender.is_ready()
+    }
+}
+
+struct Idle {
+    conn: Pooled,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<String, VecDeque<Idle>>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection to `host` that is still open.
+    fn checkout(&self, host: &str) -> Option<Pooled> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(host)?;
+        while let Some(mut c) = list.pop_back() {
+            if c.since.elapsed() < IDLE_TIMEOUT && c.conn.reusable() {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, host: String, conn: Pooled) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(host).or_default();
+        while list
+            .front()
+            .is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT)
+        {
+            list.pop_front();
+        }
+        if list.len() >= MAX_IDLE_PER_HOST {
+            list.pop_front();
+        }
+        list.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
 #[derive(Clone)]
 pub struct UpstreamClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool>,
 }
+
+/// A response body that drives its connection while it is read, and returns the connection
+/// to the pool once the body has ended.
+pub struct UpstreamBody {
+    body: Incoming,
+    conn: Option<Pooled>,
+    host: String,
+    pool: Arc<Pool>,
+}
+
+pub type UpstreamResponse = Response<UpstreamBody>;
 
 impl UpstreamClient {
     pub fn new(connect_timeout: Duration) -> UpstreamClient {
@@ -36,18 +138,15 @@ impl UpstreamClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
-            .enable_all_versions()
+            .enable_http1()
             .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        UpstreamClient { inner }
+        UpstreamClient {
+            connector,
+            pool: Arc::default(),
+        }
     }
 
     /// POST `body` to `url` with exactly `headers` (plus Host and Content-Length).
@@ -56,26 +155,155 @@ impl UpstreamClient {
         url: &str,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<UpstreamResponse, SendError> {
         let uri: Uri = url
             .parse()
             .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        self.inner.request(req).await.map_err(|e| {
-            let timed_out = source_chain(&e).any(|s| {
-                s.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            });
-            let message = describe(&e);
-            if e.is_connect() && timed_out {
-                SendError::ConnectTimeout(format!("connecting to upstream timed out: {message}"))
-            } else {
-                SendError::Connect(format!("upstream unreachable: {message}"))
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(SendError::Connect(format!(
+                "invalid upstream URL {url}: scheme and host are required"
+            )));
+        };
+        let host = format!("{scheme}://{authority}");
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
+        let path: Uri = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
+        let request = || {
+            let mut req = Request::new(Full::new(body.clone()));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = path.clone();
+            *req.headers_mut() = headers.clone();
+            req.headers_mut().insert(header::HOST, host_header.clone());
+            req
+        };
+
+        // A kept-alive connection found closed when the request was handed to it never wrote
+        // the request, so it is sent on another connection. Any later failure is not retried
+        // here: upstream may have received the request.
+        while let Some(conn) = self.pool.checkout(&host) {
+            match send(conn, request()).await {
+                Ok((head, conn)) => return Ok(self.body(head, conn, host)),
+                Err(e) if e.is_canceled() => continue,
+                Err(e) => return Err(classify(&e, false)),
             }
+        }
+        let conn = self.connect(uri.clone()).await?;
+        match send(conn, request()).await {
+            Ok((head, conn)) => Ok(self.body(head, conn, host)),
+            Err(e) => Err(classify(&e, false)),
+        }
+    }
+
+    fn body(&self, head: Response<Incoming>, conn: Pooled, host: String) -> UpstreamResponse {
+        head.map(|body| UpstreamBody {
+            body,
+            conn: Some(conn),
+            host,
+            pool: self.pool.clone(),
         })
+    }
+
+    async fn connect(&self, uri: Uri) -> Result<Pooled, SendError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(uri)
+            .await
+            .map_err(|e| classify(&*e, true))?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| classify(&e, true))?;
+        Ok(Pooled {
+            sender,
+            conn: Box::pin(conn),
+            done: false,
+        })
+    }
+}
+
+/// Send one request on `conn`, driving the connection until the response head is in.
+async fn send(
+    mut conn: Pooled,
+    req: Request<Full<Bytes>>,
+) -> Result<(Response<Incoming>, Pooled), hyper::Error> {
+    let mut response = std::pin::pin!(conn.sender.send_request(req));
+    let head = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(r) = response.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        // Once the connection has finished, the response future resolves (with an error).
+        if !conn.drive(cx) {
+            continue;
+        }
+        return Poll::Pending;
+    })
+    .await?;
+    Ok((head, conn))
+}
+
+/// A failure before the response head: a connect timeout or any other (`connecting`: it
+/// happened while the connection was being made).
+fn classify(e: &(dyn std::error::Error + 'static), connecting: bool) -> SendError {
+    let timed_out = source_chain(e).any(|s| {
+        s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    });
+    let message = describe(e);
+    if connecting && timed_out {
+        SendError::ConnectTimeout(format!("connecting to upstream timed out: {message}"))
+    } else {
+        SendError::Connect(format!("upstream unreachable: {message}"))
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let mut drove = false;
+        loop {
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(None) => {
+                    if let Some(mut conn) = this.conn.take() {
+                        // The connection turns idle on its next poll; then it can be reused.
+                        if conn.drive(cx) && conn.sender.is_ready() {
+                            this.pool.put_back(std::mem::take(&mut this.host), conn);
+                        }
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame)),
+                Poll::Pending => {
+                    // Nothing decoded yet: let the connection read and decode more, unless it
+                    // has already been polled since the body last had something.
+                    match this.conn.as_mut() {
+                        Some(conn) if !drove && !conn.done => {
+                            drove = true;
+                            conn.drive(cx);
+                        }
+                        _ => return Poll::Pending,
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -85,7 +313,7 @@ fn source_chain<'a>(
     std::iter::successors(Some(e), |e| e.source())
 }
 
-/// The error and its causes on one line ("client error (Connect): tcp connect error: …").
+/// The error and its causes on one line ("tcp connect error: Connection refused …").
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     for s in source_chain(e) {
@@ -95,4 +323,124 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A plain HTTP/1.1 server on loopback that answers every request with `ok` and counts its
+    /// connections; with `close_after_each` it closes the connection after each answer
+    /// (without saying so, as an upstream whose keep-alive timed out does).
+    async fn server(close_after_each: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 4096];
+                    loop {
+                        // One request: its head, then content-length bytes of body.
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match sock.read(&mut tmp).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < head_end + len {
+                            match sock.read(&mut tmp).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            }
+                        }
+                        buf.drain(..head_end + len);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if sock.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if close_after_each {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/v1/chat/completions"), accepted)
+    }
+
+    async fn call(client: &UpstreamClient, url: &str) -> String {
+        let resp = match client.post(url, HeaderMap::new(), Bytes::from("{}")).await {
+            Ok(r) => r,
+            Err(SendError::Connect(m) | SendError::ConnectTimeout(m)) => panic!("{m}"),
+        };
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_after_its_body_was_read() {
+        let (url, accepted) = server(false).await;
+        let client = UpstreamClient::new(Duration::from_secs(5));
+        for _ in 0..5 {
+            assert_eq!(call(&client, &url).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_closes_its_connection() {
+        let (url, accepted) = server(false).await;
+        let client = UpstreamClient::new(Duration::from_secs(5));
+        let resp = client
+            .post(&url, HeaderMap::new(), Bytes::from("{}"))
+            .await
+            .ok()
+            .unwrap();
+        drop(resp);
+        assert_eq!(call(&client, &url).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_upstream_while_idle_is_not_reused() {
+        let (url, accepted) = server(true).await;
+        let client = UpstreamClient::new(Duration::from_secs(5));
+        for n in 1..=3 {
+            assert_eq!(call(&client, &url).await, "ok");
+            // Let upstream's close arrive before the next request.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(accepted.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = UpstreamClient::new(Duration::from_secs(5));
+        match client
+            .post(&format!("http://{addr}/v1"), HeaderMap::new(), Bytes::new())
+            .await
+        {
+            Err(SendError::Connect(m)) => assert!(m.contains("upstream unreachable"), "{m}"),
+            Err(SendError::ConnectTimeout(m)) => panic!("not a timeout: {m}"),
+            Ok(_) => panic!("nothing listens there"),
+        }
+    }
 }

@@ -829,11 +829,14 @@ async fn respond(
         sleep: Box::pin(tokio::time::sleep(idle)),
         last_data: tokio::time::Instant::now(),
         out: None,
-        yielded: None,
         status: status.as_u16(),
     };
     // The events upstream sent with its head go out with ours, in one write.
-    let first = stream.already_there().await;
+    let first = std::future::poll_fn(|cx| match Pin::new(&mut stream).poll_next(cx) {
+        Poll::Ready(item) => Poll::Ready(item),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await;
     let body = futures_util::stream::iter(first).chain(stream);
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
@@ -841,10 +844,10 @@ async fn respond(
     r
 }
 
-type UpstreamResponse = axum::http::Response<hyper::body::Incoming>;
+use client::{UpstreamBody, UpstreamResponse};
 
 /// A whole upstream body.
-async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
+async fn read_body(body: UpstreamBody) -> Result<Bytes, hyper::Error> {
     use http_body_util::BodyExt;
     Ok(body.collect().await?.to_bytes())
 }
@@ -852,56 +855,22 @@ async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
 /// The streaming body: forwards complete SSE events as they arrive, reads usage on the way,
 /// and emits the usage event when the stream ends, breaks, stalls, or the client goes away
 /// (on drop: the upstream request is cancelled with it).
+///
+/// The upstream connection is driven from this stream's own polls (`client::UpstreamBody`),
+/// so everything upstream sent in one burst is decoded and tapped in one poll and goes to the
+/// client in one write.
 struct TapStream {
-    inner: hyper::body::Incoming,
+    inner: UpstreamBody,
     tap: SseTap,
     ticket: Option<Ticket>,
     idle: Duration,
     /// Fires at the idle limit; moved on lazily (only when it fires) from `last_data`, so
-    /// a chunk costs a clock read, not a timer update.
+    /// a poll costs at most one clock read, not a timer update.
     sleep: Pin<Box<tokio::time::Sleep>>,
     last_data: tokio::time::Instant,
-    /// Events ready for the client, held while more may be on their way (see `poll_next`).
+    /// Events ready for the client, collected within one poll.
     out: Option<OutBuf>,
-    /// Set once the runtime polled this stream again after it yielded holding `out`.
-    yielded: Option<Arc<YieldFlag>>,
     status: u16,
-}
-
-/// A waker handed to `tokio::task::yield_now`: the runtime wakes it only after it has run
-/// every other ready task and polled the I/O driver, so once it is set the upstream
-/// connection has delivered everything it had read.
-struct YieldFlag {
-    set: std::sync::atomic::AtomicBool,
-    task: std::task::Waker,
-}
-
-impl std::task::Wake for YieldFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.set.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake_by_ref();
-    }
-}
-
-impl YieldFlag {
-    /// Yield the current task; the returned flag is set when the runtime comes back to it.
-    fn yield_now(cx: &Context<'_>) -> Arc<YieldFlag> {
-        let flag = Arc::new(YieldFlag {
-            set: std::sync::atomic::AtomicBool::new(false),
-            task: cx.waker().clone(),
-        });
-        let waker = std::task::Waker::from(flag.clone());
-        let mut y = std::pin::pin!(tokio::task::yield_now());
-        let _ = y.as_mut().poll(&mut Context::from_waker(&waker));
-        flag
-    }
-
-    fn is_set(&self) -> bool {
-        self.set.load(std::sync::atomic::Ordering::Acquire)
-    }
 }
 
 /// Bytes for the client: the first piece as it came (no copy), later ones appended.
@@ -939,26 +908,6 @@ impl OutBuf {
 }
 
 impl TapStream {
-    /// What the stream can give without waiting on upstream: its first piece if upstream's
-    /// bytes are already here (or the stream already ended), None otherwise.
-    async fn already_there(&mut self) -> Option<Result<Bytes, std::io::Error>> {
-        let mut probe: Option<Arc<YieldFlag>> = None;
-        std::future::poll_fn(|cx| match Pin::new(&mut *self).poll_next(cx) {
-            Poll::Ready(item) => Poll::Ready(item),
-            // Holding events until the runtime comes back: they come next time.
-            Poll::Pending if self.out.is_some() => Poll::Pending,
-            Poll::Pending => match &probe {
-                None => {
-                    probe = Some(YieldFlag::yield_now(cx));
-                    Poll::Pending
-                }
-                Some(flag) if !flag.is_set() => Poll::Pending,
-                Some(_) => Poll::Ready(None),
-            },
-        })
-        .await
-    }
-
     /// The stream is over (`error` None = upstream ended it normally).
     fn end(&mut self, error: Option<String>) {
         if let Some(mut t) = self.ticket.take() {
@@ -976,15 +925,11 @@ impl TapStream {
 impl Stream for TapStream {
     type Item = Result<Bytes, std::io::Error>;
 
-    /// Forwards what the tap lets through. hyper's client hands over one upstream chunk (often
-    /// one event) per poll, and its connection task can only queue the next one after this
-    /// task polled: returning each at once would cost the client one write per event (and
-    /// hyper's server polls a body again within the same turn, so a plain self-wake does not
-    /// help). So when events are ready, this yields until the runtime has run the other ready
-    /// tasks and polled the I/O driver, then forwards everything that arrived meanwhile in one
-    /// piece.
+    /// Forwards what the tap lets through: everything upstream's connection has ready is
+    /// read in this one poll and handed on as one piece.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        let mut got_data = false;
         loop {
             if this.ticket.is_none() {
                 return Poll::Ready(OutBuf::take(&mut this.out).map(Ok));
@@ -994,7 +939,7 @@ impl Stream for TapStream {
                     let Ok(chunk) = frame.into_data() else {
                         continue; // trailers: nothing to forward
                     };
-                    this.last_data = tokio::time::Instant::now();
+                    got_data = true;
                     let pass = this.tap.push(chunk);
                     OutBuf::push(&mut this.out, pass);
                 }
@@ -1009,18 +954,11 @@ impl Stream for TapStream {
                     this.end(None);
                 }
                 Poll::Pending => {
+                    if got_data {
+                        this.last_data = tokio::time::Instant::now();
+                    }
                     if this.out.is_some() {
-                        match &this.yielded {
-                            None => {
-                                this.yielded = Some(YieldFlag::yield_now(cx));
-                                return Poll::Pending;
-                            }
-                            Some(flag) if !flag.is_set() => return Poll::Pending,
-                            Some(_) => {
-                                this.yielded = None;
-                                return Poll::Ready(OutBuf::take(&mut this.out).map(Ok));
-                            }
-                        }
+                        return Poll::Ready(OutBuf::take(&mut this.out).map(Ok));
                     }
                     while this.sleep.as_mut().poll(cx).is_ready() {
                         let deadline = this.last_data + this.idle;
