@@ -45,6 +45,9 @@ impl Health {
 /// permutation (Efraimidis–Spirakis: sort by u^(1/w) descending), so the first pick of a
 /// priority follows the weights and later picks are the fallbacks.
 pub fn order<'a>(accounts: Vec<&'a Account>, rng: &mut impl Rng) -> Vec<&'a Account> {
+    if accounts.len() < 2 {
+        return accounts;
+    }
     let mut keyed: Vec<(i64, f64, &Account)> = accounts
         .into_iter()
         .map(|a| {
