@@ -105,6 +105,91 @@ const PACKAGE_CHARGE: &str = "UPDATE user_packages SET \
 
 type DailyKey = (String, i64, i64, i64, String);
 
+/// The counters of the applied events, aggregated per key, account, daily row and package
+/// window: one statement each.
+macro_rules! apply_counters {
+    ($tx:ident, $daily_sql:expr, $fresh:expr, $now:expr) => {{
+        let (daily_sql, fresh, now) = ($daily_sql, $fresh, $now);
+        let mut daily: HashMap<DailyKey, Agg> = HashMap::new();
+        let mut keys: BTreeMap<i64, Agg> = BTreeMap::new();
+        let mut accounts: BTreeMap<i64, Agg> = BTreeMap::new();
+        let mut packages: BTreeMap<(i64, i64, i64, i64), i64> = BTreeMap::new();
+        for e in fresh {
+            let Some(account_id) = e.account_id else {
+                continue;
+            };
+            daily
+                .entry((
+                    e.day.clone(),
+                    e.user_id,
+                    e.api_key_id,
+                    account_id,
+                    e.model.clone(),
+                ))
+                .or_default()
+                .add(e);
+            keys.entry(e.api_key_id).or_default().add(e);
+            accounts.entry(account_id).or_default().add(e);
+            if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
+                if e.cost_nanos != 0 {
+                    *packages
+                        .entry((up, w.daily, w.weekly, w.monthly))
+                        .or_default() += e.cost_nanos;
+                }
+            }
+        }
+
+        let mut daily: Vec<(DailyKey, Agg)> = daily.into_iter().collect();
+        // A stable order keeps lock acquisition consistent between concurrent batches.
+        daily.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((day, user_id, key_id, account_id, model), a) in &daily {
+            sqlx::query(daily_sql)
+                .bind(day)
+                .bind(user_id)
+                .bind(key_id)
+                .bind(account_id)
+                .bind(model)
+                .bind(a.requests)
+                .bind(a.tokens.input)
+                .bind(a.tokens.output)
+                .bind(a.tokens.cache_read)
+                .bind(a.tokens.cache_write)
+                .bind(a.cost)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for (sql, map) in [(KEY_UPDATE, &keys), (ACCOUNT_UPDATE, &accounts)] {
+            for (id, a) in map {
+                sqlx::query(sql)
+                    .bind(a.cost)
+                    .bind(a.requests)
+                    .bind(a.tokens.input)
+                    .bind(a.tokens.output)
+                    .bind(a.tokens.cache_read)
+                    .bind(a.tokens.cache_write)
+                    .bind(a.last_ms)
+                    .bind(a.last_ms)
+                    .bind(id)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+        }
+        for ((id, d, w, m), cost) in &packages {
+            let mut q = sqlx::query(PACKAGE_CHARGE);
+            for start in [d, w, m] {
+                q = q
+                    .bind(start)
+                    .bind(cost)
+                    .bind(start)
+                    .bind(cost)
+                    .bind(start)
+                    .bind(start);
+            }
+            q.bind(cost).bind(now).bind(id).execute(&mut *$tx).await?;
+        }
+    }};
+}
+
 impl Db {
     /// Apply a batch of events to request_logs, usage_daily, api_keys, accounts and
     /// user_packages in one transaction.
@@ -115,143 +200,85 @@ impl Db {
         };
         let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
         on_db!(self, |p| {
-            let mut tx = p.begin().await?;
-
-            let mut seen: HashSet<String> = HashSet::new();
-            for chunk in ids.chunks(CHUNK) {
-                let sql = format!(
-                    "SELECT request_id FROM request_logs WHERE request_id IN ({})",
-                    placeholders(chunk.len())
-                );
-                let mut q = sqlx::query_scalar::<_, String>(&sql);
-                for id in chunk {
-                    q = q.bind(*id);
-                }
-                seen.extend(q.fetch_all(&mut *tx).await?);
-            }
-            let mut fresh: Vec<&UsageEvent> = Vec::with_capacity(events.len());
-            let mut fresh_idx = Vec::with_capacity(events.len());
-            for (i, e) in events.iter().enumerate() {
-                if seen.insert(e.request_id.clone()) {
-                    fresh.push(e);
-                    fresh_idx.push(i);
-                }
-            }
-            let outcome = SettleOutcome {
-                applied: fresh.len(),
-                duplicates: events.len() - fresh.len(),
-                fresh: fresh_idx,
-            };
-
-            for chunk in fresh.chunks(CHUNK) {
-                let rows = vec![LOG_ROW; chunk.len()].join(", ");
-                let sql = format!("INSERT INTO request_logs ({LOG_COLS}) VALUES {rows}");
-                let mut q = sqlx::query(&sql);
-                for e in chunk {
-                    q = q
-                        .bind(&e.request_id)
-                        .bind(e.created_at_ms)
-                        .bind(e.user_id)
-                        .bind(e.api_key_id)
-                        .bind(e.account_id)
-                        .bind(e.user_package_id)
-                        .bind(&e.model)
-                        .bind(&e.endpoint)
-                        .bind(e.stream as i64)
-                        .bind(e.status as i64)
-                        .bind(e.tokens.input)
-                        .bind(e.tokens.output)
-                        .bind(e.tokens.cache_read)
-                        .bind(e.tokens.cache_write)
-                        .bind(e.cost_nanos)
-                        .bind(e.billing_status.as_str())
-                        .bind(e.latency_ms)
-                        .bind(e.ttfb_ms)
-                        .bind(e.error.as_deref());
-                }
-                q.execute(&mut *tx).await?;
-            }
-
-            let mut daily: HashMap<DailyKey, Agg> = HashMap::new();
-            let mut keys: BTreeMap<i64, Agg> = BTreeMap::new();
-            let mut accounts: BTreeMap<i64, Agg> = BTreeMap::new();
-            let mut packages: BTreeMap<(i64, i64, i64, i64), i64> = BTreeMap::new();
-            for e in &fresh {
-                let Some(account_id) = e.account_id else {
-                    continue;
-                };
-                daily
-                    .entry((
-                        e.day.clone(),
-                        e.user_id,
-                        e.api_key_id,
-                        account_id,
-                        e.model.clone(),
-                    ))
-                    .or_default()
-                    .add(e);
-                keys.entry(e.api_key_id).or_default().add(e);
-                accounts.entry(account_id).or_default().add(e);
-                if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
-                    if e.cost_nanos != 0 {
-                        *packages
-                            .entry((up, w.daily, w.weekly, w.monthly))
-                            .or_default() += e.cost_nanos;
+            // Replays are rare, so the log rows are first inserted as they are: a request_id
+            // that is already logged makes the insert fail, and only then is the batch applied
+            // again with the logged events looked up and skipped.
+            let mut look_up = false;
+            loop {
+                let mut tx = p.begin().await?;
+                let mut logged: HashSet<String> = HashSet::new();
+                if look_up {
+                    for chunk in ids.chunks(CHUNK) {
+                        let sql = format!(
+                            "SELECT request_id FROM request_logs WHERE request_id IN ({})",
+                            placeholders(chunk.len())
+                        );
+                        let mut q = sqlx::query_scalar::<_, String>(&sql);
+                        for id in chunk {
+                            q = q.bind(*id);
+                        }
+                        logged.extend(q.fetch_all(&mut *tx).await?);
                     }
                 }
-            }
-
-            let mut daily: Vec<(DailyKey, Agg)> = daily.into_iter().collect();
-            // A stable order keeps lock acquisition consistent between concurrent batches.
-            daily.sort_by(|a, b| a.0.cmp(&b.0));
-            for ((day, user_id, key_id, account_id, model), a) in &daily {
-                sqlx::query(daily_sql)
-                    .bind(day)
-                    .bind(user_id)
-                    .bind(key_id)
-                    .bind(account_id)
-                    .bind(model)
-                    .bind(a.requests)
-                    .bind(a.tokens.input)
-                    .bind(a.tokens.output)
-                    .bind(a.tokens.cache_read)
-                    .bind(a.tokens.cache_write)
-                    .bind(a.cost)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for (sql, map) in [(KEY_UPDATE, &keys), (ACCOUNT_UPDATE, &accounts)] {
-                for (id, a) in map {
-                    sqlx::query(sql)
-                        .bind(a.cost)
-                        .bind(a.requests)
-                        .bind(a.tokens.input)
-                        .bind(a.tokens.output)
-                        .bind(a.tokens.cache_read)
-                        .bind(a.tokens.cache_write)
-                        .bind(a.last_ms)
-                        .bind(a.last_ms)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                let mut in_batch: HashSet<&str> = HashSet::with_capacity(events.len());
+                let mut fresh: Vec<&UsageEvent> = Vec::with_capacity(events.len());
+                let mut fresh_idx = Vec::with_capacity(events.len());
+                for (i, e) in events.iter().enumerate() {
+                    if !logged.contains(&e.request_id) && in_batch.insert(&e.request_id) {
+                        fresh.push(e);
+                        fresh_idx.push(i);
+                    }
                 }
-            }
-            for ((id, d, w, m), cost) in &packages {
-                let mut q = sqlx::query(PACKAGE_CHARGE);
-                for start in [d, w, m] {
-                    q = q
-                        .bind(start)
-                        .bind(cost)
-                        .bind(start)
-                        .bind(cost)
-                        .bind(start)
-                        .bind(start);
-                }
-                q.bind(cost).bind(now).bind(id).execute(&mut *tx).await?;
-            }
+                let outcome = SettleOutcome {
+                    applied: fresh.len(),
+                    duplicates: events.len() - fresh.len(),
+                    fresh: fresh_idx,
+                };
 
-            tx.commit().await?;
-            Ok(outcome)
+                let mut inserted = Ok(());
+                for chunk in fresh.chunks(CHUNK) {
+                    let rows = vec![LOG_ROW; chunk.len()].join(", ");
+                    let sql = format!("INSERT INTO request_logs ({LOG_COLS}) VALUES {rows}");
+                    let mut q = sqlx::query(&sql);
+                    for e in chunk {
+                        q = q
+                            .bind(&e.request_id)
+                            .bind(e.created_at_ms)
+                            .bind(e.user_id)
+                            .bind(e.api_key_id)
+                            .bind(e.account_id)
+                            .bind(e.user_package_id)
+                            .bind(&e.model)
+                            .bind(&e.endpoint)
+                            .bind(e.stream as i64)
+                            .bind(e.status as i64)
+                            .bind(e.tokens.input)
+                            .bind(e.tokens.output)
+                            .bind(e.tokens.cache_read)
+                            .bind(e.tokens.cache_write)
+                            .bind(e.cost_nanos)
+                            .bind(e.billing_status.as_str())
+                            .bind(e.latency_ms)
+                            .bind(e.ttfb_ms)
+                            .bind(e.error.as_deref());
+                    }
+                    inserted = q.execute(&mut *tx).await.map(|_| ());
+                    if inserted.is_err() {
+                        break;
+                    }
+                }
+                match inserted {
+                    Err(sqlx::Error::Database(e)) if !look_up && e.is_unique_violation() => {
+                        tx.rollback().await?;
+                        look_up = true;
+                        continue;
+                    }
+                    r => r?,
+                }
+                apply_counters!(tx, daily_sql, &fresh, now);
+                tx.commit().await?;
+                return Ok(outcome);
+            }
         })
     }
 }
