@@ -630,7 +630,13 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
       "`TOKIO_WORKER_THREADS=1`) runs under `taskset -c 0`; wrk, oha, the slow-stream client and "
       "the fake upstream (`tollgate fake-upstream`, `TOKIO_WORKER_THREADS=1`) under "
       "`taskset -c 1`. In the direct cells the fake upstream is the target and shares core 1 "
-      "with wrk. MariaDB and Redis are shared system services and are not pinned.")
+      "with wrk. " + (
+          "MariaDB and Redis are shared system services; while tollgate runs on them every thread "
+          "of theirs is moved to core 1 (`taskset -a`, restored afterwards), so that the gateway's "
+          "core is its own, as with a database on another machine. Their CPU is reported beside "
+          "tollgate's, not in it."
+          if meta["settings"].get("db_core", "any") == "client" else
+          "MariaDB and Redis are shared system services and are not pinned."))
     w("- Every cell starts a fresh gateway process. tollgate runs with full billing: a seeded "
       "key, a quota package, a priced model and one upstream account; SQLite in a fresh file, "
       "MySQL in a fresh database `tollgate_bench_*` (dropped afterwards) with Redis under a "
