@@ -270,31 +270,22 @@ impl hyper::body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let mut drove = false;
-        loop {
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(None) => {
-                    if let Some(mut conn) = this.conn.take() {
-                        // The connection turns idle on its next poll; then it can be reused.
-                        if conn.drive(cx) && conn.sender.is_ready() {
-                            this.pool.put_back(std::mem::take(&mut this.host), conn);
-                        }
-                    }
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(frame)) => return Poll::Ready(Some(frame)),
-                Poll::Pending => {
-                    // Nothing decoded yet: let the connection read and decode more, unless it
-                    // has already been polled since the body last had something.
-                    match this.conn.as_mut() {
-                        Some(conn) if !drove && !conn.done => {
-                            drove = true;
-                            conn.drive(cx);
-                        }
-                        _ => return Poll::Pending,
+        // The connection decodes at most one chunk into the body's channel per poll, so it is
+        // polled first: the body then has the next chunk ready without a wasted empty poll.
+        if let Some(conn) = this.conn.as_mut() {
+            conn.drive(cx);
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some(mut conn) = this.conn.take() {
+                    // The connection turns idle on its next poll; then it can be reused.
+                    if conn.drive(cx) && conn.sender.is_ready() {
+                        this.pool.put_back(std::mem::take(&mut this.host), conn);
                     }
                 }
+                Poll::Ready(None)
             }
+            other => other,
         }
     }
 

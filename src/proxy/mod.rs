@@ -887,7 +887,9 @@ impl OutBuf {
         *slot = Some(match slot.take() {
             None => OutBuf::One(b),
             Some(OutBuf::One(first)) => {
-                let mut m = bytes::BytesMut::with_capacity(first.len() + b.len() * 4);
+                // Room for a burst of events without growing it again and again.
+                let cap = ((first.len() + b.len()) * 16).clamp(1024, 16 * 1024);
+                let mut m = bytes::BytesMut::with_capacity(cap);
                 m.extend_from_slice(&first);
                 m.extend_from_slice(&b);
                 OutBuf::Many(m)
