@@ -252,21 +252,31 @@ def evaluate_targets(cells, rates, slows, meta, longs=()):
                 "stretch_met": worst >= NON_STREAM_STRETCH,
                 "detail": detail + stretch,
             })
+    # Short (default) streams: CPU per stream ÷ its events is mostly per-request work (auth,
+    # admission, settlement), which nginx does not do and which the non-streaming target
+    # covers; shown for information beside what streaming adds over a JSON answer. The
+    # per-event target is judged on long streams (below).
     for backend in ("sqlite", "mysql+redis"):
-        parts, ok = [], True
+        parts = []
         for n in conns:
-            t = by.get(("tollgate", backend, "sse", n), {}).get("cpu_us_per_event")
-            g = by.get(("nginx", "none", "sse", n), {}).get("cpu_us_per_event")
-            if t is None or not g:
-                ok = None
+            t = by.get(("tollgate", backend, "sse", n), {})
+            g = by.get(("nginx", "none", "sse", n), {})
+            tj = by.get(("tollgate", backend, "json", n), {}).get("cpu_us_per_req")
+            gj = by.get(("nginx", "none", "json", n), {}).get("cpu_us_per_req")
+            if t.get("cpu_us_per_event") is None or not g.get("cpu_us_per_event"):
+                parts = []
                 break
-            parts.append(f"{t:.1f} vs {g:.1f} µs = {t / g:.2f}× at {n} conns")
-            ok = ok and t / g <= SSE_CPU_RATIO
-        if ok is not None and parts:
+            part = (f"{t['cpu_us_per_event']:.1f} vs {g['cpu_us_per_event']:.1f} µs = "
+                    f"{t['cpu_us_per_event'] / g['cpu_us_per_event']:.2f}× at {n} conns")
+            if tj is not None and gj is not None:
+                part += (f" (streaming's CPU over a JSON answer: {t['cpu_us_per_req'] - tj:.1f} vs "
+                         f"{g['cpu_us_per_req'] - gj:.1f} µs per stream)")
+            parts.append(part)
+        if parts:
             targets.append({
-                "target": f"SSE CPU per forwarded event on {backend} ≤ {SSE_CPU_RATIO}× nginx "
-                          f"({meta['events_per_stream']}-event streams, all CPU ÷ events)",
-                "result": verdict(ok),
+                "target": f"SSE CPU per stream ÷ events on {backend}, {meta['events_per_stream']}-event "
+                          f"streams (information: mostly per-request work, not the per-event target)",
+                "result": "INFO",
                 "detail": "; ".join(parts),
             })
     lg = {(r["target"], r["backend"]): r for r in longs}
@@ -279,12 +289,14 @@ def evaluate_targets(cells, rates, slows, meta, longs=()):
                  f"= {t['cpu_us_per_event'] / ng['cpu_us_per_event']:.2f}×"]
         ok = t["cpu_us_per_event"] / ng["cpu_us_per_event"] <= SSE_CPU_RATIO
         if t["marginal_cpu_us_per_event"] is not None and ng["marginal_cpu_us_per_event"]:
+            marginal = t["marginal_cpu_us_per_event"] / ng["marginal_cpu_us_per_event"]
+            ok = ok and marginal <= SSE_CPU_RATIO
             parts.append(f"marginal {t['marginal_cpu_us_per_event']:.2f} vs "
-                         f"{ng['marginal_cpu_us_per_event']:.2f} µs = "
-                         f"{t['marginal_cpu_us_per_event'] / ng['marginal_cpu_us_per_event']:.2f}×")
+                         f"{ng['marginal_cpu_us_per_event']:.2f} µs = {marginal:.2f}×")
         targets.append({
             "target": f"SSE CPU per forwarded event on {backend} ≤ {SSE_CPU_RATIO}× nginx "
-                      f"({t['events_per_stream']}-event streams, all CPU ÷ events)",
+                      f"({t['events_per_stream']}-event streams: all CPU ÷ events, and the "
+                      f"marginal CPU of one more event)",
             "result": verdict(ok),
             "detail": "; ".join(parts) + f" at {t['connections']} conns",
         })

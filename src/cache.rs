@@ -1,8 +1,11 @@
-//! Short-lived caches for the hot path: key lookups, prices and accounts for up to
-//! `TTL` (so a revocation or a price change takes effect on every instance within that time,
-//! well inside SPEC §10's 5 seconds), and each user's grants for `TTL` too (charges made by
-//! other instances show within it; this instance's own charges are counted meanwhile by the
-//! reservations, see `billing::admission::Reservations`).
+//! Short-lived caches for the hot path: key lookups, prices, accounts and each user's grants.
+//! An entry is fresh for `TTL`. For `GRACE` after that it is still served while one caller
+//! reloads it (stale-while-revalidate), so the hot path does not wait on the database every
+//! `TTL`, and a slow database does not make every request that arrives meanwhile run the same
+//! query; older entries are always reloaded first. A revocation, price change or a charge made
+//! by another instance therefore takes effect on every instance within `TTL + GRACE` (4 s),
+//! inside SPEC §10's 5 seconds; this instance's own charges are counted meanwhile by the
+//! reservations (see `billing::admission::Reservations`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -10,28 +13,44 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const TTL: Duration = Duration::from_secs(2);
+/// How long past `TTL` an entry may still be served while it is being reloaded.
+pub const GRACE: Duration = Duration::from_secs(2);
 
 /// A map whose entries expire `TTL` after they were loaded.
 pub struct TtlCache<K, V> {
     map: Mutex<Inner<K, V>>,
     ttl: Duration,
+    grace: Duration,
+}
+
+struct Entry<V> {
+    loaded: Instant,
+    value: Arc<V>,
+    /// A caller is reloading this stale entry; the others are served it meanwhile.
+    reloading: bool,
 }
 
 struct Inner<K, V> {
-    entries: HashMap<K, (Instant, Arc<V>)>,
+    entries: HashMap<K, Entry<V>>,
     /// Bumped by every removal: a load that started before a removal must not be cached
     /// after it (it may hold what the removal was meant to discard).
     generation: u64,
 }
 
 impl<K: Eq + Hash + Clone, V> TtlCache<K, V> {
+    /// Entries fresh for `ttl`, then served while reloading for `GRACE`.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_grace(ttl, GRACE)
+    }
+
+    pub fn with_grace(ttl: Duration, grace: Duration) -> Self {
         TtlCache {
             map: Mutex::new(Inner {
                 entries: HashMap::new(),
                 generation: 0,
             }),
             ttl,
+            grace,
         }
     }
 
@@ -43,8 +62,8 @@ impl<K: Eq + Hash + Clone, V> TtlCache<K, V> {
         let m = self.lock();
         m.entries
             .get(k)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
+            .filter(|e| e.loaded.elapsed() < self.ttl)
+            .map(|e| e.value.clone())
     }
 
     pub fn put(&self, k: K, v: V) -> Arc<V> {
@@ -60,10 +79,15 @@ impl<K: Eq + Hash + Clone, V> TtlCache<K, V> {
             return v;
         }
         if m.entries.len() > 100_000 {
-            let ttl = self.ttl;
-            m.entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            let keep = self.ttl + self.grace;
+            m.entries.retain(|_, e| e.loaded.elapsed() < keep);
         }
-        m.entries.insert(k, (Instant::now(), v.clone()));
+        let entry = Entry {
+            loaded: Instant::now(),
+            value: v.clone(),
+            reloading: false,
+        };
+        m.entries.insert(k, entry);
         v
     }
 
@@ -79,23 +103,63 @@ impl<K: Eq + Hash + Clone, V> TtlCache<K, V> {
         m.generation += 1;
     }
 
-    /// Load through the cache.
+    /// Load through the cache: a fresh entry is returned as it is. The first caller to find
+    /// an entry stale (within the grace period) reloads it and gets the new value (or, if the
+    /// reload fails, the stale one, and the next caller tries again); the callers that come
+    /// while it reloads get the stale value at once. Anything older, or missing, is loaded
+    /// before returning.
     pub async fn get_or_load<E, F, Fut>(&self, k: &K, load: F) -> Result<Arc<V>, E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, E>>,
     {
-        let generation = {
-            let m = self.lock();
-            if let Some((at, v)) = m.entries.get(k) {
-                if at.elapsed() < self.ttl {
-                    return Ok(v.clone());
+        let (generation, stale) = {
+            let mut m = self.lock();
+            let generation = m.generation;
+            match m.entries.get_mut(k) {
+                Some(e) if e.loaded.elapsed() < self.ttl => return Ok(e.value.clone()),
+                Some(e) if e.loaded.elapsed() < self.ttl + self.grace => {
+                    if e.reloading {
+                        return Ok(e.value.clone());
+                    }
+                    e.reloading = true;
+                    (generation, Some(e.value.clone()))
                 }
+                _ => (generation, None),
             }
-            m.generation
         };
-        let v = load().await?;
-        Ok(self.put_if(k.clone(), v, generation))
+        let Some(stale) = stale else {
+            let v = load().await?;
+            return Ok(self.put_if(k.clone(), v, generation));
+        };
+        // Clears the reload mark if this reload does not finish (an error, or the caller
+        // went away), so that another caller takes it over.
+        let mut unmark = Unmark {
+            cache: self,
+            key: Some(k.clone()),
+        };
+        match load().await {
+            Ok(v) => {
+                unmark.key = None;
+                Ok(self.put_if(k.clone(), v, generation))
+            }
+            Err(_) => Ok(stale),
+        }
+    }
+}
+
+struct Unmark<'a, K: Eq + Hash + Clone, V> {
+    cache: &'a TtlCache<K, V>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash + Clone, V> Drop for Unmark<'_, K, V> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            if let Some(e) = self.cache.lock().entries.get_mut(&k) {
+                e.reloading = false;
+            }
+        }
     }
 }
 
@@ -105,7 +169,8 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_and_can_be_removed() {
-        let c: TtlCache<u32, &str> = TtlCache::new(Duration::from_millis(50));
+        let c: TtlCache<u32, &str> =
+            TtlCache::with_grace(Duration::from_millis(50), Duration::ZERO);
         let v = c
             .get_or_load(&1, || async { Ok::<_, ()>("a") })
             .await
@@ -137,5 +202,60 @@ mod tests {
             .unwrap();
         assert_eq!(*v, "stale", "the caller still gets what it read");
         assert!(c.get(&1).is_none(), "but it is not cached");
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_is_served_while_one_caller_reloads_it() {
+        let c: TtlCache<u32, u32> =
+            TtlCache::with_grace(Duration::from_millis(40), Duration::from_millis(400));
+        c.put(1, 10);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // Stale: the first caller reloads it; while that load is pending, others get the
+        // stale value without loading.
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let reload = c.get_or_load(&1, || async { Ok::<_, ()>(rx.await.unwrap()) });
+        let mut reload = std::pin::pin!(reload);
+        assert!(futures_util::poll!(reload.as_mut()).is_pending());
+        let other: Result<_, ()> = c
+            .get_or_load(&1, || async {
+                panic!("a second reload while one is running")
+            })
+            .await;
+        assert_eq!(*other.unwrap(), 10);
+        tx.send(11).unwrap();
+        assert_eq!(
+            *reload.await.unwrap(),
+            11,
+            "the reloading caller gets what it loaded"
+        );
+        let fresh = c.get_or_load(&1, || async { Err::<u32, ()>(()) }).await;
+        assert_eq!(*fresh.unwrap(), 11, "the reloaded value is cached");
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_serves_the_stale_value_and_an_old_entry_is_loaded_first() {
+        let c: TtlCache<u32, u32> =
+            TtlCache::with_grace(Duration::from_millis(40), Duration::from_millis(100));
+        c.put(1, 10);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let r = c
+            .get_or_load(&1, || async { Err::<u32, &str>("db down") })
+            .await;
+        assert_eq!(*r.unwrap(), 10);
+        // The failed reload left the entry for the next caller to reload.
+        let r = c.get_or_load(&1, || async { Ok::<_, &str>(12) }).await;
+        assert_eq!(*r.unwrap(), 12);
+        assert_eq!(
+            *c.get_or_load(&1, || async { Err::<u32, &str>("unused") })
+                .await
+                .unwrap(),
+            12
+        );
+        // Past the grace period the entry is not served: the load's error is.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let r = c
+            .get_or_load(&1, || async { Err::<u32, &str>("db down") })
+            .await;
+        assert_eq!(r.unwrap_err(), "db down");
     }
 }
