@@ -52,18 +52,20 @@ type Conn = http1::Connection<Io, Full<Bytes>>;
 /// One upstream connection: the request sender and the connection future that does its I/O.
 struct Pooled {
     sender: http1::SendRequest<Full<Bytes>>,
-    conn: Pin<Box<Conn>>,
-    /// The connection future has finished (closed); never poll it again.
-    done: bool,
+    /// None once the connection has finished. It is dropped then, which fails a request
+    /// still queued on it with the request handed back (hyper's "connection closed").
+    conn: Option<Pin<Box<Conn>>>,
 }
 
 impl Pooled {
     /// Poll the connection's I/O once; false once it has finished.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done && self.conn.as_mut().poll(cx).is_ready() {
-            self.done = true;
+        if let Some(c) = self.conn.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                self.conn = None;
+            }
         }
-        !self.done
+        self.conn.is_some()
     }
 
     /// Still usable for a new request (checked without waiting).
@@ -173,28 +175,32 @@ impl UpstreamClient {
             .parse()
             .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
         let request = || {
-            let mut req = Request::new(Full::new(body.clone()));
+            let mut req = Request::new(Full::new(body));
             *req.method_mut() = Method::POST;
-            *req.uri_mut() = path.clone();
-            *req.headers_mut() = headers.clone();
-            req.headers_mut().insert(header::HOST, host_header.clone());
+            *req.uri_mut() = path;
+            *req.headers_mut() = headers;
+            req.headers_mut().insert(header::HOST, host_header);
             req
         };
 
-        // A kept-alive connection found closed when the request was handed to it never wrote
-        // the request, so it is sent on another connection. Any later failure is not retried
-        // here: upstream may have received the request.
+        // A kept-alive connection that fails before it wrote the request (hyper hands the
+        // request back: the connection was closed by upstream just as it was reused) is
+        // replaced by another, as hyper-util's pooled client does. A request that may have
+        // reached upstream is never sent again.
+        let mut req = request();
         while let Some(conn) = self.pool.checkout(&host) {
-            match send(conn, request()).await {
+            match send(conn, req).await {
                 Ok((head, conn)) => return Ok(self.body(head, conn, host)),
-                Err(e) if e.is_canceled() => continue,
-                Err(e) => return Err(classify(&e, false)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(classify(e.error(), false)),
+                },
             }
         }
         let conn = self.connect(uri.clone()).await?;
-        match send(conn, request()).await {
+        match send(conn, req).await {
             Ok((head, conn)) => Ok(self.body(head, conn, host)),
-            Err(e) => Err(classify(&e, false)),
+            Err(e) => Err(classify(e.error(), false)),
         }
     }
 
@@ -220,8 +226,7 @@ impl UpstreamClient {
             .map_err(|e| classify(&e, true))?;
         Ok(Pooled {
             sender,
-            conn: Box::pin(conn),
-            done: false,
+            conn: Some(Box::pin(conn)),
         })
     }
 }
@@ -230,17 +235,17 @@ impl UpstreamClient {
 async fn send(
     mut conn: Pooled,
     req: Request<Full<Bytes>>,
-) -> Result<(Response<Incoming>, Pooled), hyper::Error> {
-    let mut response = std::pin::pin!(conn.sender.send_request(req));
-    let head = std::future::poll_fn(|cx| loop {
+) -> Result<(Response<Incoming>, Pooled), hyper::client::conn::TrySendError<Request<Full<Bytes>>>> {
+    let mut response = std::pin::pin!(conn.sender.try_send_request(req));
+    let head = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = response.as_mut().poll(cx) {
             return Poll::Ready(r);
         }
-        // Once the connection has finished, the response future resolves (with an error).
-        if !conn.drive(cx) {
-            continue;
+        if conn.drive(cx) {
+            return Poll::Pending;
         }
-        return Poll::Pending;
+        // The connection finished (and was dropped): the response resolves with an error.
+        response.as_mut().poll(cx)
     })
     .await?;
     Ok((head, conn))
@@ -417,6 +422,19 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(accepted.load(Ordering::SeqCst), n);
         }
+    }
+
+    #[tokio::test]
+    async fn requests_right_after_upstream_closed_the_connection_still_succeed() {
+        // No pause: the close may or may not have arrived when the next request is sent;
+        // either the pool sees it, or hyper hands the unsent request back and it goes out
+        // on a new connection.
+        let (url, accepted) = server(true).await;
+        let client = UpstreamClient::new(Duration::from_secs(5));
+        for _ in 0..30 {
+            assert_eq!(call(&client, &url).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 30);
     }
 
     #[tokio::test]
