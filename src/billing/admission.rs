@@ -127,6 +127,10 @@ struct ResInner {
 /// Settled amounts older than this are visible to every load still in use (grant caches live
 /// seconds, loads milliseconds).
 const SETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+// A cached grant list may be served until `TTL + GRACE` after it was read; the charges settled
+// since then must still be here to be counted.
+const _: () =
+    assert!(crate::cache::TTL.as_secs() + crate::cache::GRACE.as_secs() < SETTLED_KEEP.as_secs());
 
 impl Reservations {
     fn lock(&self) -> std::sync::MutexGuard<'_, ResInner> {
