@@ -117,15 +117,19 @@ impl<K: Eq + Hash + Clone, V> TtlCache<K, V> {
             let mut m = self.lock();
             let generation = m.generation;
             match m.entries.get_mut(k) {
-                Some(e) if e.loaded.elapsed() < self.ttl => return Ok(e.value.clone()),
-                Some(e) if e.loaded.elapsed() < self.ttl + self.grace => {
-                    if e.reloading {
+                Some(e) => {
+                    let age = e.loaded.elapsed();
+                    if age < self.ttl || (age < self.ttl + self.grace && e.reloading) {
                         return Ok(e.value.clone());
                     }
-                    e.reloading = true;
-                    (generation, Some(e.value.clone()))
+                    if age < self.ttl + self.grace {
+                        e.reloading = true;
+                        (generation, Some(e.value.clone()))
+                    } else {
+                        (generation, None)
+                    }
                 }
-                _ => (generation, None),
+                None => (generation, None),
             }
         };
         let Some(stale) = stale else {

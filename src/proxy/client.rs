@@ -158,36 +158,30 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, SendError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
+        let invalid = |e: &dyn std::fmt::Display| {
+            SendError::Connect(format!("invalid upstream URL {url}: {e}"))
+        };
+        let uri: Uri = url.parse().map_err(|e| invalid(&e))?;
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(SendError::Connect(format!(
-                "invalid upstream URL {url}: scheme and host are required"
-            )));
+            return Err(invalid(&"scheme and host are required"));
         };
         let host = format!("{scheme}://{authority}");
-        let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(&e))?;
         let path: Uri = uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .parse()
-            .map_err(|e| SendError::Connect(format!("invalid upstream URL {url}: {e}")))?;
-        let request = || {
-            let mut req = Request::new(Full::new(body));
-            *req.method_mut() = Method::POST;
-            *req.uri_mut() = path;
-            *req.headers_mut() = headers;
-            req.headers_mut().insert(header::HOST, host_header);
-            req
-        };
+            .map_err(|e| invalid(&e))?;
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = path;
+        *req.headers_mut() = headers;
+        req.headers_mut().insert(header::HOST, host_header);
 
         // A kept-alive connection that fails before it wrote the request (hyper hands the
         // request back: the connection was closed by upstream just as it was reused) is
         // replaced by another, as hyper-util's pooled client does. A request that may have
         // reached upstream is never sent again.
-        let mut req = request();
         while let Some(conn) = self.pool.checkout(&host) {
             match send(conn, req).await {
                 Ok((head, conn)) => return Ok(self.body(head, conn, host)),
@@ -197,7 +191,7 @@ impl UpstreamClient {
                 },
             }
         }
-        let conn = self.connect(uri.clone()).await?;
+        let conn = self.connect(uri).await?;
         match send(conn, req).await {
             Ok((head, conn)) => Ok(self.body(head, conn, host)),
             Err(e) => Err(classify(e.error(), false)),
@@ -342,15 +336,28 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut tmp = [0u8; 4096];
+                    // More bytes into `buf`; false once the client is gone.
+                    async fn read_more(
+                        sock: &mut tokio::net::TcpStream,
+                        buf: &mut Vec<u8>,
+                        tmp: &mut [u8],
+                    ) -> bool {
+                        match sock.read(tmp).await {
+                            Ok(0) | Err(_) => false,
+                            Ok(n) => {
+                                buf.extend_from_slice(&tmp[..n]);
+                                true
+                            }
+                        }
+                    }
                     loop {
                         // One request: its head, then content-length bytes of body.
                         let head_end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                 break i + 4;
                             }
-                            match sock.read(&mut tmp).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            if !read_more(&mut sock, &mut buf, &mut tmp).await {
+                                return;
                             }
                         };
                         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
@@ -359,9 +366,8 @@ mod tests {
                             .find_map(|l| l.strip_prefix("content-length:"))
                             .map_or(0, |v| v.trim().parse().unwrap());
                         while buf.len() < head_end + len {
-                            match sock.read(&mut tmp).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                            if !read_more(&mut sock, &mut buf, &mut tmp).await {
+                                return;
                             }
                         }
                         buf.drain(..head_end + len);
@@ -379,12 +385,21 @@ mod tests {
         (format!("http://{addr}/v1/chat/completions"), accepted)
     }
 
-    async fn call(client: &UpstreamClient, url: &str) -> String {
-        let resp = match client.post(url, HeaderMap::new(), Bytes::from("{}")).await {
+    async fn post(client: &UpstreamClient, url: &str) -> UpstreamResponse {
+        match client.post(url, HeaderMap::new(), Bytes::from("{}")).await {
             Ok(r) => r,
             Err(SendError::Connect(m) | SendError::ConnectTimeout(m)) => panic!("{m}"),
-        };
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        }
+    }
+
+    async fn call(client: &UpstreamClient, url: &str) -> String {
+        let body = post(client, url)
+            .await
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
 
@@ -402,12 +417,7 @@ mod tests {
     async fn a_body_dropped_unread_closes_its_connection() {
         let (url, accepted) = server(false).await;
         let client = UpstreamClient::new(Duration::from_secs(5));
-        let resp = client
-            .post(&url, HeaderMap::new(), Bytes::from("{}"))
-            .await
-            .ok()
-            .unwrap();
-        drop(resp);
+        drop(post(&client, &url).await);
         assert_eq!(call(&client, &url).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

@@ -36,6 +36,7 @@ pub mod limits;
 pub mod tap;
 pub mod upstream;
 
+use client::{UpstreamBody, UpstreamResponse};
 use error::{Failure, Protocol, ProxyError};
 use tap::SseTap;
 
@@ -843,8 +844,6 @@ async fn respond(
     *r.headers_mut() = headers;
     r
 }
-
-use client::{UpstreamBody, UpstreamResponse};
 
 /// A whole upstream body.
 async fn read_body(body: UpstreamBody) -> Result<Bytes, hyper::Error> {

@@ -105,89 +105,47 @@ const PACKAGE_CHARGE: &str = "UPDATE user_packages SET \
 
 type DailyKey = (String, i64, i64, i64, String);
 
-/// The counters of the applied events, aggregated per key, account, daily row and package
+/// The counters of the applied events, aggregated per daily row, key, account and package
 /// window: one statement each.
-macro_rules! apply_counters {
-    ($tx:ident, $daily_sql:expr, $fresh:expr, $now:expr) => {{
-        let (daily_sql, fresh, now) = ($daily_sql, $fresh, $now);
-        let mut daily: HashMap<DailyKey, Agg> = HashMap::new();
-        let mut keys: BTreeMap<i64, Agg> = BTreeMap::new();
-        let mut accounts: BTreeMap<i64, Agg> = BTreeMap::new();
-        let mut packages: BTreeMap<(i64, i64, i64, i64), i64> = BTreeMap::new();
-        for e in fresh {
-            let Some(account_id) = e.account_id else {
-                continue;
-            };
-            daily
-                .entry((
-                    e.day.clone(),
-                    e.user_id,
-                    e.api_key_id,
-                    account_id,
-                    e.model.clone(),
-                ))
-                .or_default()
-                .add(e);
-            keys.entry(e.api_key_id).or_default().add(e);
-            accounts.entry(account_id).or_default().add(e);
-            if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
-                if e.cost_nanos != 0 {
-                    *packages
-                        .entry((up, w.daily, w.weekly, w.monthly))
-                        .or_default() += e.cost_nanos;
-                }
-            }
-        }
+#[derive(Default)]
+struct Totals {
+    /// Sorted: a stable order keeps lock acquisition consistent between concurrent batches.
+    daily: Vec<(DailyKey, Agg)>,
+    keys: BTreeMap<i64, Agg>,
+    accounts: BTreeMap<i64, Agg>,
+    packages: BTreeMap<(i64, i64, i64, i64), i64>,
+}
 
-        let mut daily: Vec<(DailyKey, Agg)> = daily.into_iter().collect();
-        // A stable order keeps lock acquisition consistent between concurrent batches.
-        daily.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((day, user_id, key_id, account_id, model), a) in &daily {
-            sqlx::query(daily_sql)
-                .bind(day)
-                .bind(user_id)
-                .bind(key_id)
-                .bind(account_id)
-                .bind(model)
-                .bind(a.requests)
-                .bind(a.tokens.input)
-                .bind(a.tokens.output)
-                .bind(a.tokens.cache_read)
-                .bind(a.tokens.cache_write)
-                .bind(a.cost)
-                .execute(&mut *$tx)
-                .await?;
-        }
-        for (sql, map) in [(KEY_UPDATE, &keys), (ACCOUNT_UPDATE, &accounts)] {
-            for (id, a) in map {
-                sqlx::query(sql)
-                    .bind(a.cost)
-                    .bind(a.requests)
-                    .bind(a.tokens.input)
-                    .bind(a.tokens.output)
-                    .bind(a.tokens.cache_read)
-                    .bind(a.tokens.cache_write)
-                    .bind(a.last_ms)
-                    .bind(a.last_ms)
-                    .bind(id)
-                    .execute(&mut *$tx)
-                    .await?;
+fn totals(fresh: &[&UsageEvent]) -> Totals {
+    let mut daily: HashMap<DailyKey, Agg> = HashMap::new();
+    let mut t = Totals::default();
+    for e in fresh {
+        let Some(account_id) = e.account_id else {
+            continue;
+        };
+        daily
+            .entry((
+                e.day.clone(),
+                e.user_id,
+                e.api_key_id,
+                account_id,
+                e.model.clone(),
+            ))
+            .or_default()
+            .add(e);
+        t.keys.entry(e.api_key_id).or_default().add(e);
+        t.accounts.entry(account_id).or_default().add(e);
+        if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
+            if e.cost_nanos != 0 {
+                *t.packages
+                    .entry((up, w.daily, w.weekly, w.monthly))
+                    .or_default() += e.cost_nanos;
             }
         }
-        for ((id, d, w, m), cost) in &packages {
-            let mut q = sqlx::query(PACKAGE_CHARGE);
-            for start in [d, w, m] {
-                q = q
-                    .bind(start)
-                    .bind(cost)
-                    .bind(start)
-                    .bind(cost)
-                    .bind(start)
-                    .bind(start);
-            }
-            q.bind(cost).bind(now).bind(id).execute(&mut *$tx).await?;
-        }
-    }};
+    }
+    t.daily = daily.into_iter().collect();
+    t.daily.sort_by(|a, b| a.0.cmp(&b.0));
+    t
 }
 
 impl Db {
@@ -275,7 +233,52 @@ impl Db {
                     }
                     r => r?,
                 }
-                apply_counters!(tx, daily_sql, &fresh, now);
+                let t = totals(&fresh);
+                for ((day, user_id, key_id, account_id, model), a) in &t.daily {
+                    sqlx::query(daily_sql)
+                        .bind(day)
+                        .bind(user_id)
+                        .bind(key_id)
+                        .bind(account_id)
+                        .bind(model)
+                        .bind(a.requests)
+                        .bind(a.tokens.input)
+                        .bind(a.tokens.output)
+                        .bind(a.tokens.cache_read)
+                        .bind(a.tokens.cache_write)
+                        .bind(a.cost)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for (sql, map) in [(KEY_UPDATE, &t.keys), (ACCOUNT_UPDATE, &t.accounts)] {
+                    for (id, a) in map {
+                        sqlx::query(sql)
+                            .bind(a.cost)
+                            .bind(a.requests)
+                            .bind(a.tokens.input)
+                            .bind(a.tokens.output)
+                            .bind(a.tokens.cache_read)
+                            .bind(a.tokens.cache_write)
+                            .bind(a.last_ms)
+                            .bind(a.last_ms)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                for ((id, d, w, m), cost) in &t.packages {
+                    let mut q = sqlx::query(PACKAGE_CHARGE);
+                    for start in [d, w, m] {
+                        q = q
+                            .bind(start)
+                            .bind(cost)
+                            .bind(start)
+                            .bind(cost)
+                            .bind(start)
+                            .bind(start);
+                    }
+                    q.bind(cost).bind(now).bind(id).execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 return Ok(outcome);
             }
