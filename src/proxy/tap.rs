@@ -519,3 +519,114 @@ mod tests {
         );
     }
 }
+
+/// Property: however upstream's bytes are cut into chunks, the tap forwards the same bytes and
+/// reads the same usage as from one chunk.
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CHAT: &[&str] = &[
+        "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":{\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n",
+        "data: {\"choices\":[{\"delta\":{}}],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n",
+        ": keep-alive\n\n",
+        "data: [DONE]\n\n",
+    ];
+    const RESPONSES: &[&str] = &[
+        "event: response.created\ndata: {\"type\":\"response.created\"}\n\n",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":30,\"input_tokens_details\":{\"cached_tokens\":10},\"output_tokens\":5}}}\n\n",
+        "event: response.incomplete\ndata: {\"type\":\"response.incomplete\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":1}}}\n\n",
+    ];
+    const ANTHROPIC: &[&str] = &[
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":50,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"a\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ];
+
+    /// What a tap made of a stream: forwarded bytes, usage, finished, events, data bytes.
+    type Seen = (Vec<u8>, Option<Tokens>, bool, u64, usize);
+
+    /// Feed `stream` to a tap in pieces cut at `cuts` (sorted positions).
+    fn run(endpoint: Endpoint, strip_usage: bool, stream: &[u8], cuts: &[usize]) -> Seen {
+        let mut t = SseTap::new(endpoint, strip_usage);
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &at in cuts.iter().chain(std::iter::once(&stream.len())) {
+            out.extend_from_slice(&t.push(Bytes::copy_from_slice(&stream[from..at])));
+            from = at;
+        }
+        out.extend_from_slice(&t.finish());
+        (out, t.usage(), t.finished, t.events, t.data_bytes)
+    }
+
+    /// A stream of events from `pool`, with CRLF line ends or not, and its last blank line
+    /// left off or not (an unterminated last event, forwarded at the end).
+    fn stream(pool: &'static [&'static str]) -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec(prop::sample::select(pool), 0..12),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(events, crlf, unterminated)| {
+                let mut s = events.concat();
+                if unterminated && s.ends_with("\n\n") {
+                    s.pop();
+                }
+                if crlf {
+                    s = s.replace('\n', "\r\n");
+                }
+                s.into_bytes()
+            })
+    }
+
+    /// Cut positions for a stream of `len` bytes.
+    fn cuts(len: usize, at: &[prop::sample::Index]) -> Vec<usize> {
+        let mut c: Vec<usize> = at.iter().map(|i| i.index(len + 1)).collect();
+        c.sort_unstable();
+        c
+    }
+
+    fn same_for_any_split(
+        endpoint: Endpoint,
+        strip_usage: bool,
+        bytes: &[u8],
+        at: &[prop::sample::Index],
+    ) -> Result<Seen, TestCaseError> {
+        let whole = run(endpoint, strip_usage, bytes, &[]);
+        let split = run(endpoint, strip_usage, bytes, &cuts(bytes.len(), at));
+        prop_assert_eq!(&split, &whole);
+        Ok(whole)
+    }
+
+    proptest! {
+        #[test]
+        fn openai_chat_stream(bytes in stream(CHAT), at in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
+            let seen = same_for_any_split(Endpoint::ChatCompletions, false, &bytes, &at)?;
+            prop_assert_eq!(&seen.0, &bytes, "nothing changed when the client asked for usage");
+        }
+
+        #[test]
+        fn openai_chat_stream_with_usage_stripped(bytes in stream(CHAT), at in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
+            let seen = same_for_any_split(Endpoint::ChatCompletions, true, &bytes, &at)?;
+            prop_assert!(memchr::memmem::find(&seen.0, b"\"usage\":null").is_none());
+        }
+
+        #[test]
+        fn responses_stream(bytes in stream(RESPONSES), at in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
+            let seen = same_for_any_split(Endpoint::Responses, false, &bytes, &at)?;
+            prop_assert_eq!(&seen.0, &bytes);
+        }
+
+        #[test]
+        fn anthropic_stream(bytes in stream(ANTHROPIC), at in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
+            let seen = same_for_any_split(Endpoint::Messages, false, &bytes, &at)?;
+            prop_assert_eq!(&seen.0, &bytes);
+        }
+    }
+}
