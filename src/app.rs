@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::billing::admission::Reservations;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::proxy::account_errors::AccountErrors;
 use crate::proxy::limits::Limiter;
 use crate::proxy::ProxyState;
 use crate::recorder::stats::Stats;
@@ -121,7 +122,14 @@ impl App {
         if let Err(e) = recorder.replay_journal().await {
             tracing::warn!(error = %e, "could not apply the recorder journal yet; it will be retried");
         }
-        let proxy = ProxyState::new(&config.upstream, limiter, reservations, grants)?;
+        let account_errors = AccountErrors::start(db.clone());
+        let proxy = ProxyState::new(
+            &config.upstream,
+            limiter,
+            reservations,
+            grants,
+            account_errors,
+        )?;
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {
             config,

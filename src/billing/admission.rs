@@ -16,8 +16,14 @@ use chrono_tz::Tz;
 use super::balance::used_in;
 use super::windows::{window_at, WindowKind};
 use crate::billing::money::Usd;
+use crate::cache::TtlCache;
 use crate::clock::from_ms;
 use crate::store::packages::UserPackage;
+
+/// Each user's active grants (for `cache::TTL`; dropped by admin writes and journal replay),
+/// read by admission and dropped by the recorder. The value is (the settlement sequence
+/// number before the load, the grants): see [`Reservations`].
+pub type GrantCache = TtlCache<i64, (u64, Vec<UserPackage>)>;
 
 /// Why no grant can pay: the message names the window and when it resets.
 #[derive(Clone, Debug, PartialEq, Eq)]

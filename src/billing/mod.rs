@@ -1,7 +1,8 @@
-//! Billing rules: money, the cost function, the window function and admission.
+//! Billing rules: money, the cost function, the window function, admission and its estimate.
 
 pub mod admission;
 pub mod balance;
 pub mod cost;
+pub mod estimate;
 pub mod money;
 pub mod windows;

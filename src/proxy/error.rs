@@ -20,12 +20,17 @@ pub enum Failure {
     ModelNotAllowed(String),
     ModelNotFound(String),
     NoQuota(String),
-    RateLimited { message: String, retry_after: u64 },
+    RateLimited {
+        message: String,
+        retry_after: u64,
+    },
     InvalidRequest(String),
     TooLarge(usize),
     NoAccount(String),
     Unreachable(String),
     Timeout(String),
+    /// The gateway's own database failed on the proxy path (key, price, accounts, grants).
+    Unavailable(String),
 }
 
 #[derive(Debug)]
@@ -37,6 +42,16 @@ pub struct ProxyError {
 impl ProxyError {
     pub fn new(protocol: Protocol, failure: Failure) -> Self {
         ProxyError { protocol, failure }
+    }
+
+    /// The gateway's database failed on the proxy path: logged, and answered 503 (the request
+    /// may succeed once it is back), never as a key or upstream problem.
+    pub fn database(protocol: Protocol, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "database error on the proxy path");
+        ProxyError::new(
+            protocol,
+            Failure::Unavailable("the gateway's database is unavailable; try again".into()),
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -52,6 +67,7 @@ impl ProxyError {
             (Failure::NoAccount(_), _) => StatusCode::SERVICE_UNAVAILABLE,
             (Failure::Unreachable(_), _) => StatusCode::BAD_GATEWAY,
             (Failure::Timeout(_), _) => StatusCode::GATEWAY_TIMEOUT,
+            (Failure::Unavailable(_), _) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -64,7 +80,8 @@ impl ProxyError {
             | Failure::InvalidRequest(m)
             | Failure::NoAccount(m)
             | Failure::Unreachable(m)
-            | Failure::Timeout(m) => m.clone(),
+            | Failure::Timeout(m)
+            | Failure::Unavailable(m) => m.clone(),
             Failure::RateLimited { message, .. } => message.clone(),
             Failure::TooLarge(limit) => format!(
                 "request body is larger than this gateway accepts ({limit} bytes); send a smaller request"
@@ -85,6 +102,7 @@ impl ProxyError {
             Failure::NoAccount(_) => ("server_error", "no_available_account"),
             Failure::Unreachable(_) => ("server_error", "upstream_unreachable"),
             Failure::Timeout(_) => ("server_error", "upstream_timeout"),
+            Failure::Unavailable(_) => ("server_error", "gateway_unavailable"),
         }
     }
 
@@ -97,7 +115,7 @@ impl ProxyError {
             Failure::RateLimited { .. } => "rate_limit_error",
             Failure::InvalidRequest(_) => "invalid_request_error",
             Failure::TooLarge(_) => "request_too_large",
-            Failure::NoAccount(_) => "overloaded_error",
+            Failure::NoAccount(_) | Failure::Unavailable(_) => "overloaded_error",
             Failure::Unreachable(_) | Failure::Timeout(_) => "api_error",
         }
     }
@@ -123,5 +141,37 @@ impl IntoResponse for ProxyError {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ProxyError) -> (StatusCode, serde_json::Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let b = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&b).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_database_failure_is_503_in_each_shape() {
+        let down =
+            || Failure::Unavailable("the gateway's database is unavailable; try again".into());
+        let (status, v) = body(ProxyError::new(Protocol::OpenAi, down())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "the gateway's database is unavailable; try again", "type": "server_error", "code": "gateway_unavailable", "param": null}})
+        );
+        let (status, v) = body(ProxyError::new(Protocol::Anthropic, down())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "the gateway's database is unavailable; try again"}})
+        );
     }
 }

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::billing::admission::Reservations;
+use crate::billing::admission::{GrantCache, Reservations};
 use crate::clock::Clock;
-use crate::proxy::GrantCache;
 use crate::store::Db;
 use crate::usage::UsageEvent;
 

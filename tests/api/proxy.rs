@@ -672,3 +672,63 @@ async fn daily_window_exhaustion_names_the_window_and_reset() {
         110_000
     );
 }
+
+#[tokio::test]
+async fn a_database_failure_is_503_gateway_unavailable_never_401_or_502() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let (_, _, key) = funded_key(&app, "dbdown").await;
+    let (_, _, unused) = funded_key(&app, "dbdown2").await;
+    // One request while the database is up: its key, the price and the accounts are cached.
+    let r = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.wait_for_logs(1).await;
+
+    app.state.db.close().await;
+    let chat = || reqwest::Body::from(chat_body(false).to_string());
+    let msg = || reqwest::Body::from(messages_body(false).to_string());
+    // A key that is not cached cannot be checked.
+    for (path, body, kind, code) in [
+        (
+            "/v1/chat/completions",
+            chat(),
+            "server_error",
+            Some("gateway_unavailable"),
+        ),
+        ("/v1/messages", msg(), "overloaded_error", None),
+    ] {
+        expect_error(&app, path, Some(&unused), body, 503, kind, code).await;
+    }
+    // A known key, but a price that is not cached.
+    expect_error(
+        &app,
+        "/v1/messages",
+        Some(&key),
+        msg(),
+        503,
+        "overloaded_error",
+        None,
+    )
+    .await;
+    // The model list reads the prices.
+    let r = app
+        .http
+        .get(app.url("/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    assert_eq!(v["error"]["code"], "gateway_unavailable", "{v}");
+    assert_eq!(fake.request_count(), 1, "nothing more reached upstream");
+}

@@ -1,0 +1,97 @@
+//! Step 7, forward: send the request to the admitted accounts in order until one answers.
+//!
+//! Accounts are ordered by `upstream::order` (priority, then weighted random); at most
+//! `upstream.max_attempts` are tried. An attempt fails on a connect error, on no response
+//! head within `upstream.first_byte_timeout_secs`, or on a 429 or 5xx answer; its account
+//! then cools down for `upstream.cooldown_secs` and its error goes to `account_errors`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+
+use super::client::{self, UpstreamResponse};
+use super::rewrite::{upstream_headers, upstream_url};
+use super::ticket::Ticket;
+use super::upstream;
+use crate::state::AppState;
+use crate::store::accounts::Account;
+
+/// What went wrong with one attempt.
+pub enum AttemptError {
+    Connect(String),
+    Timeout(String),
+    /// Upstream answered with an error status (kept to pass through if it is the last).
+    Status(UpstreamResponse),
+}
+
+/// No attempt gave an answer to pass on: the last attempt's error and account, or None when
+/// there was no account to try.
+pub struct Exhausted(pub Option<(AttemptError, i64)>);
+
+/// Try the accounts; the first answer (the ticket then names its account), or why none came.
+pub async fn forward(
+    st: &AppState,
+    ticket: &mut Ticket,
+    client_hdrs: &HeaderMap,
+    body: &Bytes,
+    accounts: Vec<&Account>,
+) -> Result<UpstreamResponse, Exhausted> {
+    let cfg = &st.config.upstream;
+    let ordered = upstream::order(accounts, &mut rand::thread_rng());
+    let attempts = ordered.len().min(cfg.max_attempts as usize);
+    let first_byte = Duration::from_secs(cfg.first_byte_timeout_secs);
+    let cooldown = Duration::from_secs(cfg.cooldown_secs);
+    let mut last: Option<(AttemptError, i64)> = None;
+
+    for (n, account) in ordered.into_iter().take(attempts).enumerate() {
+        let url = upstream_url(ticket.endpoint, &account.base_url);
+        let headers = upstream_headers(client_hdrs, &account.provider, &account.secret);
+        let req = st.proxy.http.post(&url, headers, body.clone());
+        let sent_at = Instant::now();
+        let outcome = match tokio::time::timeout(first_byte, req).await {
+            Err(_) => Err(AttemptError::Timeout(format!(
+                "no response from upstream within {} s",
+                cfg.first_byte_timeout_secs
+            ))),
+            Ok(Err(client::SendError::ConnectTimeout(m))) => Err(AttemptError::Timeout(m)),
+            Ok(Err(client::SendError::Connect(m))) => Err(AttemptError::Connect(m)),
+            Ok(Ok(r))
+                if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() =>
+            {
+                Err(AttemptError::Status(r))
+            }
+            Ok(Ok(r)) => Ok(r),
+        };
+        match outcome {
+            Ok(resp) => {
+                st.metrics.upstream_latency.observe(sent_at.elapsed());
+                st.proxy.health.recovered(account.id);
+                ticket.account_id = Some(account.id);
+                return Ok(resp);
+            }
+            Err(e) => {
+                let what = match &e {
+                    AttemptError::Connect(m) | AttemptError::Timeout(m) => m.clone(),
+                    AttemptError::Status(r) => format!("upstream answered {}", r.status()),
+                };
+                tracing::warn!(
+                    request_id = %ticket.request_id,
+                    account_id = account.id,
+                    attempt = n + 1,
+                    error = %what,
+                    "upstream attempt failed"
+                );
+                st.metrics
+                    .upstream_attempt_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                st.proxy.health.cool_down(account.id, cooldown);
+                st.proxy
+                    .account_errors
+                    .report(account.id, what, st.now_ms());
+                last = Some((e, account.id));
+            }
+        }
+    }
+    Err(Exhausted(last))
+}

@@ -1,0 +1,137 @@
+//! Step 6 and the last one: the [`Ticket`] holds what the usage event of an admitted request
+//! needs, and [`Ticket::finish`] hands that event to the recorder (without waiting).
+
+use std::time::Instant;
+
+use super::admit::Admitted;
+use super::parse::ProxyRequest;
+use super::Endpoint;
+use crate::billing::cost::{cost, Price, Tokens};
+use crate::billing::estimate::usage_estimate;
+use crate::billing::windows::day_string;
+use crate::state::AppState;
+use crate::store::keys::KeyAuth;
+use crate::usage::{BillingStatus, UsageEvent, WindowStarts};
+
+/// Everything known about a request once admitted; produces its usage event.
+pub struct Ticket {
+    st: AppState,
+    pub request_id: String,
+    pub endpoint: Endpoint,
+    user_id: i64,
+    api_key_id: i64,
+    tpm_limited: bool,
+    /// The account that answered (or the last one tried); None when nothing reached upstream.
+    pub account_id: Option<i64>,
+    user_package_id: Option<i64>,
+    windows: Option<WindowStarts>,
+    model: String,
+    stream: bool,
+    price: Price,
+    reserved: i64,
+    pub started: Instant,
+    created_at_ms: i64,
+    day: String,
+    request_bytes: usize,
+    pub ttfb_ms: Option<i64>,
+}
+
+impl Ticket {
+    pub fn new(
+        st: AppState,
+        key: &KeyAuth,
+        request: ProxyRequest,
+        admitted: &Admitted<'_>,
+        started: Instant,
+    ) -> Ticket {
+        let day = day_string(admitted.now, st.tz);
+        Ticket {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            endpoint: request.endpoint,
+            user_id: key.user_id,
+            api_key_id: key.id,
+            tpm_limited: key.tpm_limit.is_some(),
+            account_id: None,
+            user_package_id: admitted.charge.user_package_id,
+            windows: admitted.charge.windows,
+            model: request.model,
+            stream: request.stream,
+            price: admitted.price,
+            reserved: admitted.charge.reserved,
+            started,
+            created_at_ms: admitted.now.timestamp_millis(),
+            day,
+            request_bytes: request.body.len(),
+            ttfb_ms: None,
+            st,
+        }
+    }
+
+    /// Emit the usage event. `tokens` None = nothing billable.
+    pub fn finish(
+        &mut self,
+        status: u16,
+        tokens: Option<Tokens>,
+        billing: BillingStatus,
+        error: Option<String>,
+    ) {
+        let tokens = if self.endpoint.charged() {
+            tokens.unwrap_or_default()
+        } else {
+            Tokens::default()
+        };
+        let billing = if self.endpoint.charged() {
+            billing
+        } else {
+            BillingStatus::Void
+        };
+        let cost_nanos = cost(&tokens, &self.price).total.nanos();
+        let st = &self.st;
+        if let Some(up) = self.user_package_id {
+            // The reservation now holds the actual cost until the recorder settles it.
+            st.proxy.reservations.add(up, cost_nanos - self.reserved);
+        }
+        if self.tpm_limited && tokens.total() > 0 {
+            let st2 = st.clone();
+            let (key, n, now) = (self.api_key_id, tokens.total(), st.now_ms());
+            tokio::spawn(async move { st2.proxy.limiter.add_tokens(key, n, now).await });
+        }
+        let event = UsageEvent {
+            request_id: std::mem::take(&mut self.request_id),
+            created_at_ms: self.created_at_ms,
+            day: std::mem::take(&mut self.day),
+            user_id: self.user_id,
+            api_key_id: self.api_key_id,
+            account_id: self.account_id,
+            user_package_id: self.user_package_id,
+            windows: self.windows,
+            model: std::mem::take(&mut self.model),
+            endpoint: self.endpoint.path().to_string(),
+            stream: self.stream,
+            status,
+            tokens,
+            cost_nanos,
+            billing_status: billing,
+            latency_ms: self.started.elapsed().as_millis() as i64,
+            ttfb_ms: self.ttfb_ms,
+            error,
+            reserved: if self.user_package_id.is_some() {
+                cost_nanos
+            } else {
+                0
+            },
+        };
+        st.recorder.record(event);
+    }
+
+    /// Nothing reached upstream: release the reservation and log the failure.
+    pub fn fail_before_upstream(&mut self, status: u16, error: String) {
+        self.account_id = None;
+        self.finish(status, None, BillingStatus::Void, Some(error));
+    }
+
+    /// A rough usage figure when upstream reported none (`billing::estimate`).
+    pub fn estimate(&self, output_bytes: usize) -> Tokens {
+        usage_estimate(self.request_bytes, output_bytes)
+    }
+}
