@@ -201,19 +201,19 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     let mut ticket = ticket::Ticket::new(st.clone(), &key, request, &admitted, started);
     // Time spent in tollgate before the request went upstream (auth, admission, body).
     let admitted_in = started.elapsed();
-    match forward::forward(
+    let answer = forward::forward(
         &st,
         &mut ticket,
         &parts.headers,
         &upstream.body,
         admitted.accounts,
     )
-    .await
-    {
+    .await;
+    match answer {
         Ok(resp) => {
             Ok(respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in).await)
         }
-        Err(failed) => respond::failed(ticket, failed).await,
+        Err(exhausted) => respond::failed(ticket, exhausted).await,
     }
 }
 
