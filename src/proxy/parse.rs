@@ -21,7 +21,7 @@ pub struct ProxyRequest {
     /// integer (for the admission estimate).
     pub max_output_tokens: Option<i64>,
     /// The client set `stream_options.include_usage: true`; read only for the streams that
-    /// report usage only when asked ([`Endpoint::usage_on_request`]), false otherwise.
+    /// report usage only when asked (chat and completions), false otherwise.
     pub client_asked_usage: bool,
 }
 
