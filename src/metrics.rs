@@ -1,114 +1,445 @@
-//! Prometheus metrics, kept in atomics and rendered as text at `/metrics`.
+//! Prometheus metrics: every series `/metrics` exposes is named here ([`SERIES`]), recorded
+//! through the `metrics` crate and rendered by `metrics-exporter-prometheus`.
+//!
+//! Each [`Metrics`] (one per `AppState`) owns its own Prometheus recorder instead of the
+//! process-wide one, so several gateways in one process (the tests) each count only their own
+//! requests. The hot path holds registered handles and never looks a series up by name; the
+//! request counter keeps one handle per route and status.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-/// Bucket upper bounds in seconds.
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Bucket upper bounds in seconds, for both latency histograms.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A fixed-bucket histogram.
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// How often histogram samples are folded into their buckets when nobody scrapes `/metrics`
+/// (the exporter keeps raw samples until then).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
+/// One exposed series: name, kind, help text and label names.
+pub struct Series {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+}
+
+const fn series(
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    labels: &'static [&'static str],
+) -> Series {
+    Series {
+        name,
+        kind,
+        help,
+        labels,
     }
 }
+
+pub const HTTP_REQUESTS: Series = series(
+    "tollgate_http_requests_total",
+    Kind::Counter,
+    "Requests by route and status.",
+    &["route", "status"],
+);
+pub const UPSTREAM_LATENCY: Series = series(
+    "tollgate_upstream_latency_seconds",
+    Kind::Histogram,
+    "Time from sending a request upstream to its response headers.",
+    &[],
+);
+pub const GATEWAY_OVERHEAD: Series = series(
+    "tollgate_gateway_overhead_seconds",
+    Kind::Histogram,
+    "Time each proxied request spends inside tollgate, excluding the upstream.",
+    &[],
+);
+pub const UPSTREAM_ATTEMPT_FAILURES: Series = series(
+    "tollgate_upstream_attempt_failures_total",
+    Kind::Counter,
+    "Upstream attempts that failed (then retried or reported).",
+    &[],
+);
+pub const RECORDER_QUEUE_DEPTH: Series = series(
+    "tollgate_recorder_queue_depth",
+    Kind::Gauge,
+    "Usage events waiting to be settled.",
+    &[],
+);
+pub const RECORDER_EVENTS_APPLIED: Series = series(
+    "tollgate_recorder_events_applied_total",
+    Kind::Counter,
+    "Usage events settled in the database.",
+    &[],
+);
+pub const RECORDER_DUPLICATES: Series = series(
+    "tollgate_recorder_duplicates_total",
+    Kind::Counter,
+    "Usage events skipped as already applied.",
+    &[],
+);
+pub const RECORDER_BATCHES: Series = series(
+    "tollgate_recorder_batches_total",
+    Kind::Counter,
+    "Settlement transactions committed.",
+    &[],
+);
+/// A counter of seconds, i.e. a float; the exporter's counters are integers, so this one is
+/// written by [`Metrics::render`] itself.
+pub const RECORDER_BATCH_SECONDS: Series = series(
+    "tollgate_recorder_batch_seconds_sum",
+    Kind::Counter,
+    "Total time spent in settlement transactions.",
+    &[],
+);
+pub const SETTLEMENT_FAILURES: Series = series(
+    "tollgate_settlement_failures_total",
+    Kind::Counter,
+    "Settlement transactions that failed (and were retried).",
+    &[],
+);
+pub const RECORDER_SPILLED: Series = series(
+    "tollgate_recorder_spilled_total",
+    Kind::Counter,
+    "Usage events written to the on-disk journal.",
+    &[],
+);
+pub const STATS_FAILURES: Series = series(
+    "tollgate_stats_failures_total",
+    Kind::Counter,
+    "Real-time stats updates that failed.",
+    &[],
+);
+pub const DB_POOL_CONNECTIONS: Series = series(
+    "tollgate_db_pool_connections",
+    Kind::Gauge,
+    "Connections open in the database pool.",
+    &[],
+);
+pub const DB_POOL_IDLE: Series = series(
+    "tollgate_db_pool_idle",
+    Kind::Gauge,
+    "Idle connections in the database pool.",
+    &[],
+);
+
+/// Every series, in one list.
+pub const SERIES: [&Series; 14] = [
+    &HTTP_REQUESTS,
+    &UPSTREAM_LATENCY,
+    &GATEWAY_OVERHEAD,
+    &UPSTREAM_ATTEMPT_FAILURES,
+    &RECORDER_QUEUE_DEPTH,
+    &RECORDER_EVENTS_APPLIED,
+    &RECORDER_DUPLICATES,
+    &RECORDER_BATCHES,
+    &RECORDER_BATCH_SECONDS,
+    &SETTLEMENT_FAILURES,
+    &RECORDER_SPILLED,
+    &STATS_FAILURES,
+    &DB_POOL_CONNECTIONS,
+    &DB_POOL_IDLE,
+];
+
+/// A latency histogram in seconds.
+pub struct Histogram(metrics::Histogram);
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cum = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cum += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        self.0.record(d.as_secs_f64());
     }
 }
 
-#[derive(Default)]
+/// A counter. `fetch_add` keeps the call form of the `AtomicU64` it replaced.
+pub struct Counter(metrics::Counter);
+
+impl Counter {
+    pub fn increment(&self, n: u64) {
+        self.0.increment(n);
+    }
+
+    pub fn fetch_add(&self, n: u64, _: Ordering) {
+        self.increment(n);
+    }
+}
+
+/// Values read from elsewhere (the recorder, the database pool) when `/metrics` is scraped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sampled {
+    pub recorder_queue_depth: u64,
+    pub recorder_events_applied: u64,
+    pub recorder_duplicates: u64,
+    pub recorder_batches: u64,
+    pub recorder_batch_seconds: f64,
+    pub settlement_failures: u64,
+    pub recorder_spilled: u64,
+    pub stats_failures: u64,
+    pub db_pool_connections: u64,
+    pub db_pool_idle: u64,
+}
+
+/// Handles for the series set from [`Sampled`] at each scrape.
+struct SampledHandles {
+    recorder_queue_depth: metrics::Gauge,
+    recorder_events_applied: metrics::Counter,
+    recorder_duplicates: metrics::Counter,
+    recorder_batches: metrics::Counter,
+    settlement_failures: metrics::Counter,
+    recorder_spilled: metrics::Counter,
+    stats_failures: metrics::Counter,
+    db_pool_connections: metrics::Gauge,
+    db_pool_idle: metrics::Gauge,
+}
+
 pub struct Metrics {
-    /// route → status → count
-    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
+    recorder: PrometheusRecorder,
+    handle: Arc<PrometheusHandle>,
+    /// route → status → its counter
+    requests: RwLock<HashMap<String, HashMap<u16, metrics::Counter>>>,
     pub upstream_latency: Histogram,
     pub gateway_overhead: Histogram,
-    pub upstream_attempt_failures: AtomicU64,
+    pub upstream_attempt_failures: Counter,
+    sampled: SampledHandles,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    pub fn count_request(&self, route: &str, status: u16) {
-        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(route) {
-            Some(by_status) => *by_status.entry(status).or_default() += 1,
-            None => {
-                m.insert(route.to_string(), [(status, 1)].into());
+    /// A fresh set of series. Inside a tokio runtime this also starts the upkeep task that
+    /// folds histogram samples every [`UPKEEP_EVERY`]; it ends when these metrics are dropped.
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = Arc::new(recorder.handle());
+        let m = metrics::with_local_recorder(&recorder, || {
+            for s in SERIES {
+                match s.kind {
+                    Kind::Counter => metrics::describe_counter!(s.name, s.help),
+                    Kind::Gauge => metrics::describe_gauge!(s.name, s.help),
+                    Kind::Histogram => metrics::describe_histogram!(s.name, s.help),
+                }
             }
+            let counter = |s: &Series| metrics::counter!(s.name);
+            let gauge = |s: &Series| metrics::gauge!(s.name);
+            (
+                Histogram(metrics::histogram!(UPSTREAM_LATENCY.name)),
+                Histogram(metrics::histogram!(GATEWAY_OVERHEAD.name)),
+                Counter(counter(&UPSTREAM_ATTEMPT_FAILURES)),
+                SampledHandles {
+                    recorder_queue_depth: gauge(&RECORDER_QUEUE_DEPTH),
+                    recorder_events_applied: counter(&RECORDER_EVENTS_APPLIED),
+                    recorder_duplicates: counter(&RECORDER_DUPLICATES),
+                    recorder_batches: counter(&RECORDER_BATCHES),
+                    settlement_failures: counter(&SETTLEMENT_FAILURES),
+                    recorder_spilled: counter(&RECORDER_SPILLED),
+                    stats_failures: counter(&STATS_FAILURES),
+                    db_pool_connections: gauge(&DB_POOL_CONNECTIONS),
+                    db_pool_idle: gauge(&DB_POOL_IDLE),
+                },
+            )
+        });
+        let (upstream_latency, gateway_overhead, upstream_attempt_failures, sampled) = m;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(upkeep(Arc::downgrade(&handle)));
+        }
+        Metrics {
+            recorder,
+            handle,
+            requests: RwLock::default(),
+            upstream_latency,
+            gateway_overhead,
+            upstream_attempt_failures,
+            sampled,
         }
     }
 
-    /// The Prometheus text exposition; `extra` adds gauges known only to the caller.
-    pub fn render(&self, extra: &[(&str, &str, &str, f64)]) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP tollgate_http_requests_total Requests by route and status.\n# TYPE tollgate_http_requests_total counter\n");
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let rows = requests
-            .iter()
-            .flat_map(|(route, by)| by.iter().map(move |(s, n)| (route, s, n)));
-        for (route, status, n) in rows {
-            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(
-                out,
-                "tollgate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+    pub fn count_request(&self, route: &str, status: u16) {
+        {
+            let by_route = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = by_route.get(route).and_then(|by| by.get(&status)) {
+                c.increment(1);
+                return;
+            }
         }
-        self.upstream_latency.render(
-            &mut out,
-            "tollgate_upstream_latency_seconds",
-            "Time from sending a request upstream to its response headers.",
+        let c = metrics::with_local_recorder(
+            &self.recorder,
+            || metrics::counter!(HTTP_REQUESTS.name, "route" => route.to_string(), "status" => status.to_string()),
         );
-        self.gateway_overhead.render(
-            &mut out,
-            "tollgate_gateway_overhead_seconds",
-            "Time each proxied request spends inside tollgate, excluding the upstream.",
-        );
+        c.increment(1);
+        let mut by_route = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        by_route
+            .entry(route.to_string())
+            .or_default()
+            .insert(status, c);
+    }
+
+    /// The Prometheus text exposition, with `sampled` as the values of the series read at
+    /// scrape time.
+    pub fn render(&self, sampled: &Sampled) -> String {
+        let h = &self.sampled;
+        h.recorder_queue_depth
+            .set(sampled.recorder_queue_depth as f64);
+        h.recorder_events_applied
+            .absolute(sampled.recorder_events_applied);
+        h.recorder_duplicates.absolute(sampled.recorder_duplicates);
+        h.recorder_batches.absolute(sampled.recorder_batches);
+        h.settlement_failures.absolute(sampled.settlement_failures);
+        h.recorder_spilled.absolute(sampled.recorder_spilled);
+        h.stats_failures.absolute(sampled.stats_failures);
+        h.db_pool_connections
+            .set(sampled.db_pool_connections as f64);
+        h.db_pool_idle.set(sampled.db_pool_idle as f64);
+        let mut out = self.handle.render();
+        let s = &RECORDER_BATCH_SECONDS;
         let _ = writeln!(
             out,
-            "# HELP tollgate_upstream_attempt_failures_total Upstream attempts that failed (then retried or reported).\n# TYPE tollgate_upstream_attempt_failures_total counter\ntollgate_upstream_attempt_failures_total {}",
-            self.upstream_attempt_failures.load(Ordering::Relaxed)
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}",
+            name = s.name,
+            help = s.help,
+            v = sampled.recorder_batch_seconds
         );
-        for (name, kind, help, v) in extra {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
         out
+    }
+}
+
+async fn upkeep(handle: Weak<PrometheusHandle>) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match handle.upgrade() {
+            Some(h) => h.run_upkeep(),
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("{start} missing:\n{text}"))
+    }
+
+    #[test]
+    fn each_instance_counts_only_its_own_requests() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.count_request("/v1/chat/completions", 200);
+        a.count_request("/v1/chat/completions", 200);
+        a.count_request("/v1/chat/completions", 401);
+        b.count_request("/v1/chat/completions", 200);
+        let text = a.render(&Sampled::default());
+        assert_eq!(
+            line(
+                &text,
+                "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"
+            )
+            .rsplit(' ')
+            .next(),
+            Some("2")
+        );
+        assert!(text.contains(
+            "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"401\"} 1\n"
+        ));
+        let text = b.render(&Sampled::default());
+        assert!(text.contains(
+            "tollgate_http_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 1\n"
+        ));
+        assert!(!text.contains("status=\"401\""), "{text}");
+    }
+
+    #[test]
+    fn every_series_is_exposed_with_its_type_and_help() {
+        let m = Metrics::new();
+        m.count_request("/healthz", 200);
+        m.upstream_latency.observe(Duration::from_millis(3));
+        m.gateway_overhead.observe(Duration::from_micros(300));
+        m.upstream_attempt_failures.fetch_add(1, Ordering::Relaxed);
+        let text = m.render(&Sampled {
+            recorder_queue_depth: 4,
+            recorder_events_applied: 7,
+            recorder_batch_seconds: 0.25,
+            db_pool_connections: 2,
+            ..Sampled::default()
+        });
+        for s in SERIES {
+            let kind = match s.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            line(&text, &format!("# TYPE {} {kind}", s.name));
+            line(&text, &format!("# HELP {} {}", s.name, s.help));
+        }
+        assert_eq!(
+            line(&text, "tollgate_recorder_queue_depth "),
+            "tollgate_recorder_queue_depth 4"
+        );
+        assert_eq!(
+            line(&text, "tollgate_recorder_events_applied_total "),
+            "tollgate_recorder_events_applied_total 7"
+        );
+        assert_eq!(
+            line(&text, "tollgate_recorder_batch_seconds_sum "),
+            "tollgate_recorder_batch_seconds_sum 0.25"
+        );
+        assert_eq!(
+            line(&text, "tollgate_upstream_attempt_failures_total "),
+            "tollgate_upstream_attempt_failures_total 1"
+        );
+        assert_eq!(
+            line(
+                &text,
+                "tollgate_upstream_latency_seconds_bucket{le=\"0.0025\"}"
+            ),
+            "tollgate_upstream_latency_seconds_bucket{le=\"0.0025\"} 0"
+        );
+        assert_eq!(
+            line(
+                &text,
+                "tollgate_upstream_latency_seconds_bucket{le=\"0.005\"}"
+            ),
+            "tollgate_upstream_latency_seconds_bucket{le=\"0.005\"} 1"
+        );
+        assert_eq!(
+            line(
+                &text,
+                "tollgate_upstream_latency_seconds_bucket{le=\"+Inf\"}"
+            ),
+            "tollgate_upstream_latency_seconds_bucket{le=\"+Inf\"} 1"
+        );
+        assert_eq!(
+            line(&text, "tollgate_gateway_overhead_seconds_count "),
+            "tollgate_gateway_overhead_seconds_count 1"
+        );
+        assert_eq!(
+            line(&text, "tollgate_gateway_overhead_seconds_sum "),
+            "tollgate_gateway_overhead_seconds_sum 0.0003"
+        );
     }
 }

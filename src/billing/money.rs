@@ -112,4 +112,33 @@ mod tests {
         ));
         assert!(serde_json::from_str::<Usd>("true").is_err());
     }
+
+    proptest::proptest! {
+        /// Nano-dollars → string → nano-dollars is the identity over all of `i64`, with
+        /// always nine places, a leading `-` exactly for negative amounts, and the same string
+        /// through JSON.
+        #[test]
+        fn formatting_round_trips_with_nine_places(n in proptest::num::i64::ANY) {
+            let s = Usd(n).to_string();
+            let (int, frac) = s.split_once('.').expect("a decimal point");
+            proptest::prop_assert_eq!(frac.len(), 9, "{}", s);
+            proptest::prop_assert!(frac.bytes().all(|b| b.is_ascii_digit()), "{}", s);
+            proptest::prop_assert_eq!(s.starts_with('-'), n < 0, "{}", s);
+            let digits = int.strip_prefix('-').unwrap_or(int);
+            proptest::prop_assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{}", s);
+            proptest::prop_assert_eq!(s.parse::<Usd>(), Ok(Usd(n)));
+            let json = serde_json::to_string(&Usd(n)).unwrap();
+            proptest::prop_assert_eq!(&json, &format!("\"{s}\""));
+            proptest::prop_assert_eq!(serde_json::from_str::<Usd>(&json).unwrap(), Usd(n));
+        }
+    }
+
+    #[test]
+    fn formats_the_ends_of_the_range() {
+        for n in [i64::MIN, i64::MIN + 1, -1, 1, i64::MAX] {
+            assert_eq!(Usd(n).to_string().parse::<Usd>(), Ok(Usd(n)), "{n}");
+        }
+        assert_eq!(Usd(i64::MAX).to_string(), "9223372036.854775807");
+        assert_eq!(Usd(i64::MIN).to_string(), "-9223372036.854775808");
+    }
 }

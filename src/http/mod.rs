@@ -87,69 +87,18 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
     let r = st.recorder.metrics();
     let (size, idle) = st.db.pool_usage();
-    let batches = r.batches.load(Relaxed);
-    let text = st.metrics.render(&[
-        (
-            "tollgate_recorder_queue_depth",
-            "gauge",
-            "Usage events waiting to be settled.",
-            r.queue_depth.load(Relaxed) as f64,
-        ),
-        (
-            "tollgate_recorder_events_applied_total",
-            "counter",
-            "Usage events settled in the database.",
-            r.applied.load(Relaxed) as f64,
-        ),
-        (
-            "tollgate_recorder_duplicates_total",
-            "counter",
-            "Usage events skipped as already applied.",
-            r.duplicates.load(Relaxed) as f64,
-        ),
-        (
-            "tollgate_recorder_batches_total",
-            "counter",
-            "Settlement transactions committed.",
-            batches as f64,
-        ),
-        (
-            "tollgate_recorder_batch_seconds_sum",
-            "counter",
-            "Total time spent in settlement transactions.",
-            r.batch_micros_total.load(Relaxed) as f64 / 1e6,
-        ),
-        (
-            "tollgate_settlement_failures_total",
-            "counter",
-            "Settlement transactions that failed (and were retried).",
-            r.settle_failures.load(Relaxed) as f64,
-        ),
-        (
-            "tollgate_recorder_spilled_total",
-            "counter",
-            "Usage events written to the on-disk journal.",
-            r.spilled.load(Relaxed) as f64,
-        ),
-        (
-            "tollgate_stats_failures_total",
-            "counter",
-            "Real-time stats updates that failed.",
-            r.stats_failures.load(Relaxed) as f64,
-        ),
-        (
-            "tollgate_db_pool_connections",
-            "gauge",
-            "Connections open in the database pool.",
-            size as f64,
-        ),
-        (
-            "tollgate_db_pool_idle",
-            "gauge",
-            "Idle connections in the database pool.",
-            idle as f64,
-        ),
-    ]);
+    let text = st.metrics.render(&crate::metrics::Sampled {
+        recorder_queue_depth: r.queue_depth.load(Relaxed) as u64,
+        recorder_events_applied: r.applied.load(Relaxed),
+        recorder_duplicates: r.duplicates.load(Relaxed),
+        recorder_batches: r.batches.load(Relaxed),
+        recorder_batch_seconds: r.batch_micros_total.load(Relaxed) as f64 / 1e6,
+        settlement_failures: r.settle_failures.load(Relaxed),
+        recorder_spilled: r.spilled.load(Relaxed),
+        stats_failures: r.stats_failures.load(Relaxed),
+        db_pool_connections: u64::from(size),
+        db_pool_idle: idle as u64,
+    });
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         text,

@@ -741,10 +741,7 @@ async fn users_page_balances_equal_the_api_to_the_nano_dollar() {
     for (name, uid, _) in &plan {
         let (_, api) = app.get(&format!("/users/{uid}")).await;
         let p = web.get(&format!("/admin/users/{uid}")).await;
-        let shown = |id: &str| {
-            let i = p.body.find(&format!("id=\"{id}\">")).unwrap() + id.len() + 6;
-            text(&p.body[i..i + p.body[i..].find("</span>").unwrap()])
-        };
+        let shown = |id: &str| text_by_id(&p.body, id).unwrap();
         assert_eq!(
             money(&shown("balance-quota")),
             api_money(&api["quota_balance"]),

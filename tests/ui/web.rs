@@ -1,11 +1,11 @@
 //! A small browser without JavaScript: reqwest with its own cookie jar and no automatic
-//! redirects (so tests see each 303), plus just enough HTML reading for the pages' tables and
-//! forms.
+//! redirects (so tests see each 303), and the pages' tables and forms read with `scraper`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use reqwest::header::{HeaderMap, ACCEPT_LANGUAGE, COOKIE, LOCATION, SET_COOKIE};
+use scraper::{ElementRef, Html, Selector};
 use tollgate::billing::money::Usd;
 
 pub const ADMIN_USER: &str = "admin";
@@ -166,126 +166,68 @@ impl Page {
     }
 }
 
-/// Undo askama's escaping (and the few named entities).
-pub fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        let end = tail.find(';').filter(|e| *e <= 10);
-        let decoded = end.and_then(|e| {
-            let ent = &tail[1..e];
-            let c = match ent {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                _ => ent
-                    .strip_prefix('#')
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .and_then(char::from_u32),
-            }?;
-            Some((c, e))
-        });
-        match decoded {
-            Some((c, e)) => {
-                out.push(c);
-                rest = &tail[e + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+/// The first element matching `css` for which `f` gives a value.
+fn find_map<T>(html: &str, css: &str, f: impl FnMut(ElementRef<'_>) -> Option<T>) -> Option<T> {
+    let doc = Html::parse_document(html);
+    let sel = Selector::parse(css).unwrap_or_else(|e| panic!("bad selector {css:?}: {e}"));
+    let found = doc.select(&sel).find_map(f);
+    found
 }
 
-/// Text of an element's inner HTML with tags removed, unescaped and trimmed.
-pub fn text(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    unescape(out.trim())
-}
-
-/// The value of attribute `name` in a start tag's text.
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let needle = format!(" {name}=\"");
-    let i = tag.find(&needle)? + needle.len();
-    let end = tag[i..].find('"')?;
-    Some(unescape(&tag[i..i + end]))
-}
-
-/// Every start tag `<{tag} …>` in the document.
-fn tags<'a>(html: &'a str, tag: &str) -> Vec<&'a str> {
-    let open = format!("<{tag}");
-    html.match_indices(&open)
-        .filter_map(|(i, _)| {
-            let t = &html[i..];
-            let next = t[open.len()..].chars().next()?;
-            if !(next.is_whitespace() || next == '>') {
-                return None;
-            }
-            Some(&t[..t.find('>')? + 1])
-        })
-        .collect()
+/// An element's text, tags removed, entities decoded, trimmed.
+fn text_of(e: ElementRef<'_>) -> String {
+    e.text().collect::<String>().trim().to_string()
 }
 
 /// The value of the first `<input name="{name}">`.
 pub fn input_value(html: &str, name: &str) -> Option<String> {
-    tags(html, "input")
-        .into_iter()
-        .find(|t| attr(t, "name").as_deref() == Some(name))
-        .map(|t| attr(t, "value").unwrap_or_default())
+    find_map(html, "input[name]", |e| {
+        (e.value().attr("name") == Some(name))
+            .then(|| e.value().attr("value").unwrap_or_default().to_string())
+    })
 }
 
 /// Attribute `name` of the element with `id="{id}"`.
 pub fn attr_by_id(html: &str, id: &str, name: &str) -> Option<String> {
-    let i = html.find(&format!(" id=\"{id}\""))?;
-    let start = html[..i].rfind('<')?;
-    let end = i + html[i..].find('>')?;
-    attr(&html[start..=end], name)
+    find_map(html, "[id]", |e| {
+        (e.value().id() == Some(id)).then(|| e.value().attr(name).map(str::to_string))
+    })
+    .flatten()
+}
+
+/// The text of the element with `id="{id}"`.
+pub fn text_by_id(html: &str, id: &str) -> Option<String> {
+    find_map(html, "[id]", |e| {
+        (e.value().id() == Some(id)).then(|| text_of(e))
+    })
 }
 
 pub fn meta(html: &str, name: &str) -> Option<String> {
-    tags(html, "meta")
-        .into_iter()
-        .find(|t| attr(t, "name").as_deref() == Some(name))
-        .and_then(|t| attr(t, "content"))
+    find_map(html, "meta[name]", |e| {
+        (e.value().attr("name") == Some(name))
+            .then(|| e.value().attr("content").map(str::to_string))
+    })
+    .flatten()
 }
 
 /// The rows of a table body that carry `data-{key}="…"`: (that value, cells by `data-col`).
 pub fn rows(html: &str, key: &str) -> Vec<(String, BTreeMap<String, String>)> {
-    let mut out = Vec::new();
-    let open = format!("<tr data-{key}=\"");
-    for (i, _) in html.match_indices(&open) {
-        let row = &html[i..];
-        let row = &row[..row.find("</tr>").unwrap()];
-        let id = attr(&row[..row.find('>').unwrap()], &format!("data-{key}")).unwrap();
-        let mut cells = BTreeMap::new();
-        for (j, _) in row.match_indices("<td") {
-            let cell = &row[j..];
-            let start = cell.find('>').unwrap();
-            let col = attr(&cell[..start + 1], "data-col");
-            let inner = &cell[start + 1..cell.find("</td>").unwrap()];
-            if let Some(col) = col {
-                cells.insert(col, text(inner));
-            }
-        }
-        out.push((id, cells));
-    }
-    out
+    let doc = Html::parse_document(html);
+    let attr = format!("data-{key}");
+    let sel = Selector::parse(&format!("tr[{attr}]")).unwrap();
+    let rows = doc
+        .select(&sel)
+        .map(|row| {
+            let id = row.value().attr(&attr).unwrap_or_default().to_string();
+            let cells = row
+                .child_elements()
+                .filter(|c| c.value().name() == "td")
+                .filter_map(|c| Some((c.value().attr("data-col")?.to_string(), text_of(c))))
+                .collect();
+            (id, cells)
+        })
+        .collect();
+    rows
 }
 
 /// A money cell (`$1,234.50`, `-$0.00011`) as nano-dollars; `—` as None.

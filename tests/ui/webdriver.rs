@@ -1,18 +1,21 @@
-//! Just enough of the W3C WebDriver protocol to drive headless Chromium through chromedriver:
-//! sessions, navigation, elements, typing, clicking, window size and screenshots.
+//! Headless Chromium through chromedriver, driven with `fantoccini`: a fresh profile per
+//! session, and the few steps the UI tests need (each waiting for its element, as a user
+//! would see the page).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
-
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Browser {
     base: String,
+    /// Kept for `Drop`: a test that panicked cannot await `quit`.
     session: String,
-    http: reqwest::Client,
+    client: Client,
     driver: Child,
     _profile: tempfile::TempDir,
 }
@@ -89,76 +92,57 @@ impl Browser {
         .map(|s| s.to_string())
         .chain([format!("--user-data-dir={}", profile.path().display())])
         .collect::<Vec<_>>();
-        let caps = json!({"capabilities": {"alwaysMatch": {
+        let caps = json!({
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
             "goog:chromeOptions": {"binary": chromium.display().to_string(), "args": args},
-        }}});
-        let mut browser = Browser {
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!("capabilities are an object")
+        };
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("no WebDriver session: {e}"));
+        let session = client
+            .session_id()
+            .await
+            .ok()
+            .flatten()
+            .expect("a new session has an id");
+        Browser {
             base,
-            session: String::new(),
-            http,
+            session,
+            client,
             driver: child,
             _profile: profile,
-        };
-        let v = browser.raw("POST", "/session", caps).await;
-        browser.session = v["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
-            .to_string();
-        browser
-    }
-
-    async fn raw(&self, method: &str, path: &str, body: Value) -> Value {
-        let url = format!("{}{path}", self.base);
-        let req = match method {
-            "GET" => self.http.get(url),
-            "DELETE" => self.http.delete(url),
-            _ => self.http.post(url).json(&body),
-        };
-        let resp = req.send().await.unwrap();
-        let v: Value = resp.json().await.unwrap();
-        if let Some(e) = v["value"]["error"].as_str() {
-            panic!("WebDriver {method} {path}: {e}: {}", v["value"]["message"]);
         }
-        v["value"].clone()
-    }
-
-    async fn cmd(&self, method: &str, path: &str, body: Value) -> Value {
-        self.raw(method, &format!("/session/{}{path}", self.session), body)
-            .await
     }
 
     pub async fn goto(&self, url: &str) {
-        self.cmd("POST", "/url", json!({ "url": url })).await;
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver goto {url}: {e}"));
     }
 
     pub async fn url(&self) -> String {
-        self.cmd("GET", "/url", Value::Null)
-            .await
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.client.current_url().await.unwrap().to_string()
     }
 
-    async fn try_find(&self, css: &str) -> Option<String> {
-        let v = self
-            .cmd(
-                "POST",
-                "/elements",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        v.as_array()
-            .and_then(|a| a.first())
-            .map(|e| e[ELEMENT].as_str().unwrap().to_string())
+    async fn find_all(&self, css: &str) -> Vec<Element> {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver find {css}: {e}"))
     }
 
     /// The first element matching `css`, waiting up to 10 s for it to appear.
-    pub async fn find(&self, css: &str) -> String {
+    async fn find(&self, css: &str) -> Element {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(e) = self.try_find(css).await {
+            if let Some(e) = self.find_all(css).await.into_iter().next() {
                 return e;
             }
             assert!(
@@ -170,80 +154,44 @@ impl Browser {
         }
     }
 
-    pub async fn find_all(&self, css: &str) -> Vec<String> {
-        let v = self
-            .cmd(
-                "POST",
-                "/elements",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e[ELEMENT].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    pub async fn text_of(&self, element: &str) -> String {
-        self.cmd("GET", &format!("/element/{element}/text"), Value::Null)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
     pub async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.text_of(&e).await
+        text_of(&self.find(css).await).await
     }
 
     pub async fn property(&self, css: &str, name: &str) -> String {
         let e = self.find(css).await;
-        let v = self
-            .cmd("GET", &format!("/element/{e}/property/{name}"), Value::Null)
-            .await;
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
+        e.prop(name)
+            .await
+            .unwrap_or_else(|err| panic!("WebDriver property {name} of {css}: {err}"))
+            .unwrap_or_else(|| "null".to_string())
     }
 
     pub async fn displayed(&self, css: &str) -> bool {
-        let e = self.find(css).await;
-        self.cmd("GET", &format!("/element/{e}/displayed"), Value::Null)
-            .await
-            .as_bool()
-            .unwrap_or(false)
+        self.find(css).await.is_displayed().await.unwrap_or(false)
     }
 
     /// Clear a field and type into it.
     pub async fn fill(&self, css: &str, text: &str) {
         let e = self.find(css).await;
-        self.cmd("POST", &format!("/element/{e}/clear"), json!({}))
-            .await;
-        self.cmd(
-            "POST",
-            &format!("/element/{e}/value"),
-            json!({ "text": text }),
-        )
-        .await;
-    }
-
-    pub async fn click_element(&self, element: &str) {
-        self.cmd("POST", &format!("/element/{element}/click"), json!({}))
-            .await;
+        e.clear().await.unwrap();
+        e.send_keys(text)
+            .await
+            .unwrap_or_else(|err| panic!("WebDriver typing into {css}: {err}"));
     }
 
     pub async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.click_element(&e).await;
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver click {css}: {e}"));
     }
 
     /// Choose the `<option>` of `select_css` whose text is `label`.
     pub async fn choose(&self, select_css: &str, label: &str) {
         for o in self.find_all(&format!("{select_css} option")).await {
-            if self.text_of(&o).await.trim() == label {
-                self.click_element(&o).await;
+            if text_of(&o).await.trim() == label {
+                o.click().await.unwrap();
                 return;
             }
         }
@@ -282,17 +230,14 @@ impl Browser {
     }
 
     pub async fn script(&self, js: &str) -> Value {
-        self.cmd("POST", "/execute/sync", json!({"script": js, "args": []}))
+        self.client
+            .execute(js, Vec::new())
             .await
+            .unwrap_or_else(|e| panic!("WebDriver script {js:?}: {e}"))
     }
 
-    pub async fn set_size(&self, width: u32, height: u32) {
-        self.cmd(
-            "POST",
-            "/window/rect",
-            json!({"width": width, "height": height}),
-        )
-        .await;
+    async fn set_size(&self, width: u32, height: u32) {
+        self.client.set_window_size(width, height).await.unwrap();
     }
 
     /// A PNG of the whole page at `width` (the window grows to the page's height, then is
@@ -306,8 +251,7 @@ impl Browser {
             .unwrap_or(900)
             .clamp(600, 6000) as u32;
         self.set_size(width, h + 140).await;
-        let b64 = self.cmd("GET", "/screenshot", Value::Null).await;
-        let png = decode_base64(b64.as_str().unwrap());
+        let png = self.client.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, png).unwrap();
@@ -315,14 +259,19 @@ impl Browser {
     }
 
     pub async fn quit(mut self) {
-        let _ = self.cmd("DELETE", "", Value::Null).await;
+        let _ = self.client.clone().close().await;
         self.session.clear();
     }
 }
 
+async fn text_of(e: &Element) -> String {
+    e.text().await.unwrap_or_default()
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A test that panicked still closes Chromium (through its driver) and the driver.
+        // A test that panicked still closes Chromium (through its driver) and the driver: the
+        // runtime that would run fantoccini's own shutdown is going away with the test.
         if !self.session.is_empty() {
             let url = format!("{}/session/{}", self.base, self.session);
             let _ = std::thread::spawn(move || {
@@ -343,29 +292,4 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn decode_base64(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in s.bytes().filter_map(val) {
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
