@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -172,10 +171,6 @@ pub struct Counter(metrics::Counter);
 impl Counter {
     pub fn increment(&self, n: u64) {
         self.0.increment(n);
-    }
-
-    pub fn fetch_add(&self, n: u64, _: Ordering) {
-        self.increment(n);
     }
 }
 
@@ -379,7 +374,7 @@ mod tests {
         m.count_request("/healthz", 200);
         m.upstream_latency.observe(Duration::from_millis(3));
         m.gateway_overhead.observe(Duration::from_micros(300));
-        m.upstream_attempt_failures.fetch_add(1, Ordering::Relaxed);
+        m.upstream_attempt_failures.increment(1);
         let text = m.render(&Sampled {
             recorder_queue_depth: 4,
             recorder_events_applied: 7,

@@ -84,7 +84,7 @@ pub async fn forward(
                 );
                 st.metrics
                     .upstream_attempt_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .increment(1);
                 st.proxy.health.cool_down(account.id, cooldown);
                 st.proxy
                     .account_errors
