@@ -417,3 +417,74 @@ pub fn respond(st: &AppState, lang: Lang, r: Result<Response, PageError>) -> Res
 pub fn see_other(to: &str, notice: &str) -> Response {
     Redirect::to(&format::with_param(to, "notice", notice)).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{Problem, Taken};
+    use crate::store::StoreError;
+
+    #[test]
+    fn refusals_are_shown_in_the_page_language_by_code() {
+        let (en, zh) = (Tr::new(Lang::En), Tr::new(Lang::ZhCn));
+        let mut failures = Vec::new();
+        let cases: Vec<(&str, AdminError, Tr, &str, StatusCode)> = vec![
+            (
+                "quota_needs_total_en",
+                AdminError::invalid("quota_total", Problem::QuotaNeedsTotal),
+                en,
+                "Total quota: is required for a `quota` package",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "quota_needs_total_zh",
+                AdminError::invalid("quota_total", Problem::QuotaNeedsTotal),
+                zh,
+                "总额度：额度套餐必须填写",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "length_zh",
+                AdminError::invalid("username", Problem::Length { min: 1, max: 64 }),
+                zh,
+                "用户名：长度须为 1 到 64 个字符",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "not_a_url_en",
+                AdminError::invalid("base_url", Problem::NotAUrl),
+                en,
+                "Base URL: must be an http(s) URL such as https://api.openai.com/v1",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "taken_en",
+                AdminError::Conflict(Taken::Username("heidi".into())),
+                en,
+                "That name is already taken. Choose another.",
+                StatusCode::CONFLICT,
+            ),
+            (
+                "not_found_zh",
+                AdminError::NotFound("key"),
+                zh,
+                zh.t("error.not_found"),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "store_en",
+                AdminError::Store(StoreError::Config("down".into())),
+                en,
+                en.t("error.internal"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (name, e, tr, text, status) in cases {
+            let got = refusal(tr, &e);
+            if got != (text.to_string(), status) {
+                failures.push(format!("{name}: {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "failing cases: {failures:?}");
+    }
+}
