@@ -9,6 +9,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::admin::{AdminError, Taken};
+use crate::i18n::{Lang, Tr};
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -98,6 +100,26 @@ impl From<StoreError> for ApiError {
                 ApiError::conflict("an object with that unique value already exists")
             }
             other => ApiError::internal(other),
+        }
+    }
+}
+
+/// An admin operation's refusal in English: a field's problem is 400 `invalid_value` naming
+/// the field, a missing object 404, a taken value 409, a store failure 500.
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid { field, problem } => {
+                ApiError::invalid(field, problem.text(Tr::new(Lang::En)))
+            }
+            AdminError::NotFound(what) => ApiError::not_found(what),
+            AdminError::Conflict(Taken::Username(u)) => {
+                ApiError::conflict(format!("username `{u}` is taken"))
+            }
+            AdminError::Conflict(Taken::Unique) => {
+                ApiError::conflict("an object with that unique value already exists")
+            }
+            AdminError::Store(e) => ApiError::internal(e),
         }
     }
 }

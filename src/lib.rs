@@ -4,6 +4,7 @@
 //! (batches, one transaction each) → `store` (the only place SQL lives). `billing` holds the
 //! rules: the cost function, the window function, balances and admission.
 
+pub mod admin;
 pub mod app;
 pub mod billing;
 pub mod cache;

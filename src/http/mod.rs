@@ -2,12 +2,12 @@
 //! endpoints together.
 //!
 //! One layer around every route (`edge`): the request id (`x-request-id` kept from the client
-//! or made here, echoed back), a trace span carrying it, the request counter of `/metrics`,
-//! and dropping the proxy's caches after an admin write. The proxy routes read their body with
-//! the configured limit themselves (413 in the provider's shape).
+//! or made here, echoed back), a trace span carrying it, and the request counter of
+//! `/metrics`. The proxy routes read their body with the configured limit themselves (413 in
+//! the provider's shape).
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use crate::state::AppState;
 pub mod admin;
 pub mod api;
 pub mod me;
+pub mod session;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -40,9 +41,9 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// for each layer on every request):
 /// - `x-request-id`: the client's, or a new UUID; set on the request and echoed back;
 /// - a trace span `http` with method, path and that id, and a debug line when it is answered;
-/// - `tollgate_http_requests_total` by route template (not the raw path) and status;
-/// - an admin change (API or form) drops the proxy's caches, so it applies at once on this
-///   instance.
+/// - `tollgate_http_requests_total` by route template (not the raw path) and status.
+///
+/// (An admin change drops the proxy's caches in the operation that makes it: `crate::admin`.)
 async fn edge(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = match req.headers().get(X_REQUEST_ID) {
         Some(v) => v.clone(),
@@ -54,9 +55,6 @@ async fn edge(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         }
     };
     let route = req.extensions().get::<MatchedPath>().cloned();
-    let admin_write = req.method() != Method::GET
-        && req.method() != Method::HEAD
-        && (req.uri().path().starts_with("/api/admin/") || req.uri().path().starts_with("/admin/"));
     let span = tracing::info_span!(
         "http",
         method = %req.method(),
@@ -76,9 +74,6 @@ async fn edge(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     resp.headers_mut().entry(X_REQUEST_ID).or_insert(id);
     st.metrics
         .count_request(route.as_ref().map_or("unmatched", |p| p.as_str()), status);
-    if admin_write {
-        st.proxy.forget_cached();
-    }
     resp
 }
 

@@ -3,14 +3,14 @@
 //! keeps the stored secret.
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
 
 use super::view::{self, form_int, model_list, FormValues, Money, StatusForm};
-use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use super::{format, render, respond, see_other, Ctx, PageError};
+use crate::admin;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 
@@ -122,45 +122,40 @@ impl AccountForm {
         ])
     }
 
-    /// The API body; a blank secret is left out (on edit: keep the stored one).
-    fn body(&self, ctx: &Ctx) -> Result<Value, String> {
-        let mut b = Map::new();
-        for (field, v) in [
-            ("name", &self.name),
-            ("provider", &self.provider),
-            ("base_url", &self.base_url),
-        ] {
-            b.insert(field.into(), json!(v.as_deref().unwrap_or("").trim()));
-        }
-        if let Some(k) = self.api_key.as_deref().filter(|k| !k.trim().is_empty()) {
-            b.insert("api_key".into(), json!(k.trim()));
-        }
-        b.insert("models".into(), json!(model_list(self.models.as_deref())));
-        for (field, v) in [("priority", &self.priority), ("weight", &self.weight)] {
-            if let Some(n) = form_int(ctx.tr, field, v.as_deref())? {
-                b.insert(field.into(), json!(n));
-            }
-        }
-        Ok(Value::Object(b))
+    /// The account as typed; a blank secret is left out (on edit: keep the stored one).
+    fn input(&self, ctx: &Ctx) -> Result<admin::AccountInput, String> {
+        let text = |v: &Option<String>| Some(v.as_deref().unwrap_or("").trim().to_string());
+        Ok(admin::AccountInput {
+            name: text(&self.name),
+            provider: text(&self.provider),
+            base_url: text(&self.base_url),
+            api_key: self
+                .api_key
+                .as_deref()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
+            models: Some(model_list(self.models.as_deref())),
+            priority: form_int(ctx.tr, "priority", self.priority.as_deref())?,
+            weight: form_int(ctx.tr, "weight", self.weight.as_deref())?,
+            status: None,
+        })
     }
 }
 
 pub async fn create(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Form(f): Form<AccountForm>,
 ) -> Response {
     let lang = ctx.tr.lang;
-    let result = match f.body(&ctx) {
-        Ok(mut body) => {
-            if body.get("api_key").is_none() {
-                // Creating needs a secret: let the API say so in its words.
-                body["api_key"] = json!("");
-            }
-            api.call(Method::POST, "/accounts", body)
+    let result = match f.input(&ctx) {
+        Ok(mut input) => {
+            // Creating needs a secret: a blank one is refused as empty, not as missing.
+            input.api_key.get_or_insert_with(String::new);
+            admin::create_account(&st, input)
                 .await
-                .map_err(|e| (e.text(ctx.tr), e.status()))
+                .map_err(|e| super::refusal(ctx.tr, &e))
         }
         Err(msg) => Err((msg, StatusCode::UNPROCESSABLE_ENTITY)),
     };
@@ -225,17 +220,15 @@ async fn edit_page(
 
 pub async fn update(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<AccountForm>,
 ) -> Response {
     let lang = ctx.tr.lang;
-    let result = match f.body(&ctx) {
-        Ok(body) => api
-            .call(Method::PATCH, &format!("/accounts/{id}"), body)
+    let result = match f.input(&ctx) {
+        Ok(input) => admin::update_account(&st, id, input)
             .await
-            .map_err(|e| (e.text(ctx.tr), e.status())),
+            .map_err(|e| super::refusal(ctx.tr, &e)),
         Err(msg) => Err((msg, StatusCode::UNPROCESSABLE_ENTITY)),
     };
     match result {
@@ -253,16 +246,15 @@ pub async fn update(
 
 pub async fn set_status(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<StatusForm>,
 ) -> Response {
-    let body = json!({"status": f.status.unwrap_or_default()});
-    match api
-        .call(Method::PATCH, &format!("/accounts/{id}"), body)
-        .await
-    {
+    let input = admin::AccountInput {
+        status: Some(f.status.unwrap_or_default()),
+        ..Default::default()
+    };
+    match admin::update_account(&st, id, input).await {
         Ok(_) => see_other("/admin/accounts", "account_updated"),
         Err(e) => {
             let (lang, status) = ctx.fail(&e);

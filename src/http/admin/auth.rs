@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use serde::Deserialize;
 
-use super::{cookie, cookie_attrs, format, render, Ctx, Runtime, SESSION_COOKIE};
+use super::{format, render, Ctx, Runtime};
+use crate::http::session::{cookie, cookie_attrs, session_cookie, session_user, SESSION_COOKIE};
 use crate::secrets::{constant_time_eq, hash_password, random_base62, sha256_hex, verify_password};
 use crate::state::AppState;
 use crate::store::sessions::Session;
@@ -93,7 +94,7 @@ pub async fn login_page(
     headers: HeaderMap,
     Query(q): Query<LoginQuery>,
 ) -> Response {
-    if super::session_user(&st, &headers).await.is_some() {
+    if matches!(session_user(&st, &headers).await, Ok(Some(_))) {
         let to = format::safe_next(q.next.as_deref()).unwrap_or_else(|| "/admin".into());
         return Redirect::to(&to).into_response();
     }
@@ -255,7 +256,7 @@ pub async fn login(
 
 /// End the session (the form's CSRF token was checked on the way in).
 pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = super::session_cookie(&headers) {
+    if let Some(id) = session_cookie(&headers) {
         if let Err(e) = st.db.delete_session(&sha256_hex(id)).await {
             tracing::warn!(error = %e, "could not delete an admin session");
         }

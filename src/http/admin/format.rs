@@ -102,19 +102,6 @@ pub fn query_escape(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
-/// Percent-encode a path, keeping its `/` separators.
-pub fn path_escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// `url` with the query parameter `name` set to `value` (replacing it if present).
 pub fn with_param(url: &str, name: &str, value: &str) -> String {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
@@ -190,7 +177,6 @@ mod tests {
             "/admin/users?q=a+b&lang=zh-CN"
         );
         assert_eq!(with_param("/admin", "notice", "x"), "/admin?notice=x");
-        assert_eq!(path_escape("org/model v1"), "org/model%20v1");
         assert_eq!(query(&[("a", "1".into()), ("b", String::new())]), "?a=1");
         assert_eq!(query(&[("a", String::new())]), "");
         assert_eq!(

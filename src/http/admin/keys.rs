@@ -1,14 +1,14 @@
 //! Every API key: list (by user), revoke, enable again.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::view::{Key, StatusForm};
-use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use super::{format, render, respond, see_other, Ctx, PageError};
+use crate::admin;
 use crate::state::AppState;
 
 const PER_PAGE: i64 = 100;
@@ -93,14 +93,13 @@ async fn page(
 /// Revoke or enable a key, then go back to the page the form was on.
 pub async fn set_status(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<StatusForm>,
 ) -> Response {
     let back = format::safe_next(f.back.as_deref()).unwrap_or_else(|| "/admin/keys".into());
-    let body = json!({"status": f.status.unwrap_or_default()});
-    match api.call(Method::PATCH, &format!("/keys/{id}"), body).await {
+    let status = f.status.unwrap_or_default();
+    match admin::set_key_status(&st, id, &status).await {
         Ok(_) => see_other(&back, "key_updated"),
         Err(e) => {
             let (lang, status) = ctx.fail(&e);

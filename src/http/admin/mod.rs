@@ -7,14 +7,15 @@
 //! its handler, so it changes nothing.
 //!
 //! Reads go straight to the store and the billing rules (`balances`, `package_status`); every
-//! write goes through the admin JSON API in process ([`api_call`]), so the UI and the API
-//! share one set of validation rules and side effects.
+//! write is an operation of the admin service (`crate::admin`), as in the JSON API, so both
+//! share one set of validation rules and side effects. Its refusals are shown in the page's
+//! language, by problem code.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -22,13 +23,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 
+use crate::admin::AdminError;
+use crate::http::session;
 use crate::i18n::{Lang, Tr};
-use crate::secrets::{constant_time_eq, sha256_hex};
+use crate::secrets::constant_time_eq;
 use crate::state::AppState;
-use crate::store::users::User;
 
 mod accounts;
-mod api_call;
 mod assets;
 mod auth;
 mod dashboard;
@@ -40,22 +41,17 @@ mod usage;
 mod users;
 mod view;
 
-pub use api_call::{Api, ApiFailure};
-
-pub const SESSION_COOKIE: &str = "tollgate_session";
 /// The largest form body the CSRF check reads.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
-/// Per-router state of the UI: login throttling and the in-process admin API.
+/// Per-router state of the UI: login throttling.
 pub struct Runtime {
     throttle: auth::Throttle,
-    api: Router,
 }
 
 pub fn router(state: AppState) -> Router<AppState> {
     let runtime = Arc::new(Runtime {
         throttle: auth::Throttle::default(),
-        api: crate::http::api::router(state.clone()).with_state(state.clone()),
     });
     let pages = Router::new()
         .route("/admin", get(dashboard::page))
@@ -98,56 +94,6 @@ pub fn router(state: AppState) -> Router<AppState> {
         .layer(Extension(runtime))
 }
 
-/// The session id from the request's cookies.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    cookie(headers, SESSION_COOKIE)
-}
-
-/// A cookie's value from the request's `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The admin behind a valid session cookie: not expired (absolute or idle), user active admin.
-pub async fn session_user(
-    st: &AppState,
-    headers: &HeaderMap,
-) -> Option<(User, crate::store::sessions::Session)> {
-    let id = session_cookie(headers)?;
-    let hash = sha256_hex(id);
-    let s = st.db.get_session(&hash).await.ok()??;
-    let now = st.now_ms();
-    let idle_ms = st.config.admin.session_idle_minutes as i64 * 60_000;
-    if now >= s.expires_at || now - s.last_seen_at > idle_ms {
-        let _ = st.db.delete_session(&hash).await;
-        return None;
-    }
-    let user = st.db.get_user(s.user_id).await.ok()?;
-    if user.role != "admin" || user.status != "active" {
-        return None;
-    }
-    if now - s.last_seen_at > 60_000 {
-        let _ = st.db.touch_session(&hash, now).await;
-    }
-    Some((user, s))
-}
-
-/// `Set-Cookie` attributes shared by the UI's cookies: `Secure` when the public URL is https.
-pub fn cookie_attrs(st: &AppState) -> &'static str {
-    if st.config.server.public_url.starts_with("https") {
-        "; HttpOnly; SameSite=Lax; Secure"
-    } else {
-        "; HttpOnly; SameSite=Lax"
-    }
-}
-
 /// Who is using the UI on this request.
 #[derive(Clone)]
 pub struct Admin {
@@ -155,54 +101,46 @@ pub struct Admin {
     pub username: String,
     /// The session's CSRF token; empty when authenticated by the admin token.
     pub csrf: String,
-    /// The request's own credentials, forwarded to the in-process admin API.
-    pub credentials: Vec<(header::HeaderName, HeaderValue)>,
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
 }
 
 /// A session or the admin token; on state-changing requests with a session, the session's
 /// CSRF token in the form. Pages without either redirect to the login page.
 async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let lang = req.extensions().get::<Lang>().copied().unwrap_or_default();
-    let token = st.config.admin.api_token.expose();
-    let mut credentials = Vec::new();
-    for name in [header::COOKIE, header::AUTHORIZATION] {
-        for v in req.headers().get_all(&name) {
-            credentials.push((name.clone(), v.clone()));
-        }
-    }
-    let admin = if let Some(b) = bearer(req.headers()) {
-        if token.is_empty() || !constant_time_eq(b, token) {
+    let admin = if let Some(b) = session::bearer(req.headers()) {
+        if !session::is_admin_token(&st, b) {
             return error_page(&st, lang, StatusCode::UNAUTHORIZED, "error.unauthorized");
         }
         Admin {
             username: String::new(),
             csrf: String::new(),
-            credentials,
         }
-    } else if let Some((user, session)) = session_user(&st, req.headers()).await {
-        Admin {
-            username: user.username,
-            csrf: session.csrf_token,
-            credentials,
-        }
-    } else if req.method() == Method::GET || req.method() == Method::HEAD {
-        let here = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/admin");
-        let to = format!("/admin/login?next={}", format::query_escape(here));
-        return Redirect::to(&to).into_response();
     } else {
-        return Redirect::to("/admin/login").into_response();
+        match session::session_user(&st, req.headers()).await {
+            Ok(Some((user, session))) => Admin {
+                username: user.username,
+                csrf: session.csrf_token,
+            },
+            Ok(None) if req.method() == Method::GET || req.method() == Method::HEAD => {
+                let here = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/admin");
+                let to = format!("/admin/login?next={}", format::query_escape(here));
+                return Redirect::to(&to).into_response();
+            }
+            Ok(None) => return Redirect::to("/admin/login").into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read an admin session");
+                return error_page(
+                    &st,
+                    lang,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "error.internal",
+                );
+            }
+        }
     };
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let mut req = req;
@@ -238,7 +176,7 @@ async fn negotiate(mut req: Request, next: Next) -> Response {
         .and_then(|q| form_field(q.as_bytes(), "lang"))
         .and_then(|l| Lang::parse(&l));
     let lang = from_query
-        .or_else(|| cookie(req.headers(), crate::i18n::LANG_COOKIE).and_then(Lang::parse))
+        .or_else(|| session::cookie(req.headers(), crate::i18n::LANG_COOKIE).and_then(Lang::parse))
         .unwrap_or_else(|| {
             Lang::from_accept_language(
                 req.headers()
@@ -326,10 +264,11 @@ impl Ctx {
     pub fn set_error(&mut self, e: impl Into<String>) {
         self.error = Some(e.into());
     }
-    /// Show the API's refusal on the page; returns the page's language and status.
-    pub fn fail(&mut self, e: &ApiFailure) -> (Lang, StatusCode) {
-        self.set_error(e.text(self.tr));
-        (self.tr.lang, e.status())
+    /// Show an admin operation's refusal on the page; returns the page's language and status.
+    pub fn fail(&mut self, e: &AdminError) -> (Lang, StatusCode) {
+        let (text, status) = refusal(self.tr, e);
+        self.set_error(text);
+        (self.tr.lang, status)
     }
 }
 
@@ -356,6 +295,32 @@ impl FromRequestParts<AppState> for Ctx {
             notice: notice.map(str::to_string),
             error: None,
         })
+    }
+}
+
+/// An admin operation's refusal in the page's language, and the status of the page showing it:
+/// the field's label then its problem (400), nothing there (404), a name taken (409), or a
+/// server failure (500, logged).
+pub fn refusal(tr: Tr, e: &AdminError) -> (String, StatusCode) {
+    match e {
+        AdminError::Invalid { field, problem } => (
+            format!(
+                "{}{}{}",
+                tr.field(field),
+                tr.t("form.separator"),
+                problem.text(tr)
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        AdminError::NotFound(_) => (tr.t("error.not_found").into(), StatusCode::NOT_FOUND),
+        AdminError::Conflict(_) => (tr.t("error.conflict").into(), StatusCode::CONFLICT),
+        AdminError::Store(err) => {
+            tracing::error!(error = %err, "admin write failed");
+            (
+                tr.t("error.internal").into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            )
+        }
     }
 }
 
@@ -451,4 +416,75 @@ pub fn respond(st: &AppState, lang: Lang, r: Result<Response, PageError>) -> Res
 /// `303 See Other` to `to` with a `?notice=`.
 pub fn see_other(to: &str, notice: &str) -> Response {
     Redirect::to(&format::with_param(to, "notice", notice)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::{Problem, Taken};
+    use crate::store::StoreError;
+
+    #[test]
+    fn refusals_are_shown_in_the_page_language_by_code() {
+        let (en, zh) = (Tr::new(Lang::En), Tr::new(Lang::ZhCn));
+        let mut failures = Vec::new();
+        let cases: Vec<(&str, AdminError, Tr, &str, StatusCode)> = vec![
+            (
+                "quota_needs_total_en",
+                AdminError::invalid("quota_total", Problem::QuotaNeedsTotal),
+                en,
+                "Total quota: is required for a `quota` package",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "quota_needs_total_zh",
+                AdminError::invalid("quota_total", Problem::QuotaNeedsTotal),
+                zh,
+                "总额度：额度套餐必须填写",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "length_zh",
+                AdminError::invalid("username", Problem::Length { min: 1, max: 64 }),
+                zh,
+                "用户名：长度须为 1 到 64 个字符",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "not_a_url_en",
+                AdminError::invalid("base_url", Problem::NotAUrl),
+                en,
+                "Base URL: must be an http(s) URL such as https://api.openai.com/v1",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                "taken_en",
+                AdminError::Conflict(Taken::Username("heidi".into())),
+                en,
+                "That name is already taken. Choose another.",
+                StatusCode::CONFLICT,
+            ),
+            (
+                "not_found_zh",
+                AdminError::NotFound("key"),
+                zh,
+                zh.t("error.not_found"),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "store_en",
+                AdminError::Store(StoreError::Config("down".into())),
+                en,
+                en.t("error.internal"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (name, e, tr, text, status) in cases {
+            let got = refusal(tr, &e);
+            if got != (text.to_string(), status) {
+                failures.push(format!("{name}: {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "failing cases: {failures:?}");
+    }
 }

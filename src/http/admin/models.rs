@@ -1,14 +1,14 @@
 //! Model prices (USD per 1M tokens): every model's four prices, editable in place.
 
 use axum::extract::State;
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
 
 use super::view::{form_error, form_money, FormValues};
-use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use super::{format, render, respond, see_other, Ctx, PageError};
+use crate::admin;
 use crate::billing::money::Usd;
 use crate::state::AppState;
 
@@ -79,12 +79,7 @@ pub struct PriceForm {
     cache_write: Option<String>,
 }
 
-pub async fn save(
-    State(st): State<AppState>,
-    api: Api,
-    mut ctx: Ctx,
-    Form(f): Form<PriceForm>,
-) -> Response {
+pub async fn save(State(st): State<AppState>, mut ctx: Ctx, Form(f): Form<PriceForm>) -> Response {
     let values = FormValues::from_pairs([
         ("model", f.model.as_ref()),
         ("input", f.input.as_ref()),
@@ -95,34 +90,25 @@ pub async fn save(
     let tr = ctx.tr;
     let lang = tr.lang;
     let model = f.model.as_deref().unwrap_or("").trim().to_string();
-    let checked = (|| -> Result<Value, String> {
+    let checked = (|| -> Result<admin::NewPrice, String> {
         if model.is_empty() {
             return Err(form_error(tr, "model", "form.required"));
         }
-        let mut b = Map::new();
-        for (field, v, required) in [
-            ("input", &f.input, true),
-            ("output", &f.output, true),
-            ("cache_read", &f.cache_read, false),
-            ("cache_write", &f.cache_write, false),
-        ] {
-            match form_money(tr, field, v.as_deref())? {
-                Some(m) => {
-                    b.insert(field.into(), json!(m));
-                }
-                None if required => return Err(form_error(tr, field, "form.required")),
-                None => {}
-            }
-        }
-        Ok(Value::Object(b))
+        let required = |field, v: &Option<String>| match form_money(tr, field, v.as_deref())? {
+            Some(m) => Ok(m),
+            None => Err(form_error(tr, field, "form.required")),
+        };
+        Ok(admin::NewPrice {
+            input: required("input", &f.input)?,
+            output: required("output", &f.output)?,
+            cache_read: form_money(tr, "cache_read", f.cache_read.as_deref())?,
+            cache_write: form_money(tr, "cache_write", f.cache_write.as_deref())?,
+        })
     })();
     let result = match checked {
-        Ok(body) => {
-            let path = format!("/models/{}", format::path_escape(&model));
-            api.call(Method::PUT, &path, body)
-                .await
-                .map_err(|e| (e.text(tr), e.status()))
-        }
+        Ok(price) => admin::put_price(&st, &model, price)
+            .await
+            .map_err(|e| super::refusal(tr, &e)),
         Err(msg) => Err((msg, StatusCode::UNPROCESSABLE_ENTITY)),
     };
     match result {

@@ -1,14 +1,14 @@
 //! The package catalogue: create, disable, enable.
 
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
 
 use super::view::{self, form_int, form_money, FormValues, Money, StatusForm};
-use super::{format, render, respond, see_other, Api, Ctx, PageError};
+use super::{format, render, respond, see_other, Ctx, PageError};
+use crate::admin;
 use crate::state::AppState;
 
 struct Row {
@@ -88,7 +88,6 @@ pub struct NewPackage {
 
 pub async fn create(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Form(f): Form<NewPackage>,
 ) -> Response {
@@ -103,36 +102,30 @@ pub async fn create(
     ]);
     let tr = ctx.tr;
     let lang = tr.lang;
-    let mut body = Map::new();
-    body.insert("name".into(), json!(f.name.clone().unwrap_or_default()));
-    body.insert("type".into(), json!(f.kind.clone().unwrap_or_default()));
-    let checked = (|| -> Result<(), String> {
-        for (field, v) in [
-            ("daily_quota", &f.daily_quota),
-            ("weekly_quota", &f.weekly_quota),
-            ("monthly_quota", &f.monthly_quota),
-            ("quota_total", &f.quota_total),
-        ] {
-            if let Some(m) = form_money(tr, field, v.as_deref())? {
-                body.insert(field.into(), json!(m));
-            }
-        }
-        let days = form_int(tr, "duration_days", f.duration_days.as_deref())?;
-        body.insert("duration_days".into(), json!(days.unwrap_or(0)));
-        Ok(())
+    let checked = (|| -> Result<admin::NewPackage, String> {
+        let money = |field, v: &Option<String>| form_money(tr, field, v.as_deref());
+        Ok(admin::NewPackage {
+            name: f.name.clone().unwrap_or_default(),
+            kind: f.kind.clone().unwrap_or_default(),
+            daily_quota: money("daily_quota", &f.daily_quota)?,
+            weekly_quota: money("weekly_quota", &f.weekly_quota)?,
+            monthly_quota: money("monthly_quota", &f.monthly_quota)?,
+            quota_total: money("quota_total", &f.quota_total)?,
+            duration_days: form_int(tr, "duration_days", f.duration_days.as_deref())?.unwrap_or(0),
+        })
     })();
-    if let Err(msg) = checked {
-        ctx.set_error(msg);
-        return respond(
-            &st,
-            lang,
-            page(&st, ctx, values, StatusCode::UNPROCESSABLE_ENTITY).await,
-        );
-    }
-    match api
-        .call(Method::POST, "/packages", Value::Object(body))
-        .await
-    {
+    let new = match checked {
+        Ok(p) => p,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return respond(
+                &st,
+                lang,
+                page(&st, ctx, values, StatusCode::UNPROCESSABLE_ENTITY).await,
+            );
+        }
+    };
+    match admin::create_package(&st, new).await {
         Ok(_) => see_other("/admin/packages", "package_created"),
         Err(e) => {
             let (lang, status) = ctx.fail(&e);
@@ -143,16 +136,12 @@ pub async fn create(
 
 pub async fn set_status(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<StatusForm>,
 ) -> Response {
-    let body = json!({"status": f.status.unwrap_or_default()});
-    match api
-        .call(Method::PATCH, &format!("/packages/{id}"), body)
-        .await
-    {
+    let status = f.status.unwrap_or_default();
+    match admin::set_package_status(&st, id, &status).await {
         Ok(_) => see_other("/admin/packages", "package_updated"),
         Err(e) => {
             let (lang, status) = ctx.fail(&e);

@@ -4,17 +4,18 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
 
 use super::view::{
     self, form_error, form_int, model_list, FormValues, Grant, Key, Log, Money, StatusForm,
 };
-use super::{cookie, cookie_attrs, format, render, respond, see_other, Api, Ctx, PageError};
+use super::{format, render, respond, see_other, Ctx, PageError};
+use crate::admin::{self, AdminError};
 use crate::billing::balance::{balances, package_status};
+use crate::http::session::{cookie, cookie_attrs};
 use crate::state::AppState;
 use crate::store::usage::LogFilter;
 
@@ -195,21 +196,14 @@ pub struct NewUser {
     password: Option<String>,
 }
 
-pub async fn create(
-    State(st): State<AppState>,
-    api: Api,
-    mut ctx: Ctx,
-    Form(f): Form<NewUser>,
-) -> Response {
-    let mut body = json!({
-        "username": f.username.clone().unwrap_or_default(),
-        "role": f.role.clone().unwrap_or_else(|| "user".into()),
-    });
-    if let Some(p) = f.password.as_ref().filter(|p| !p.is_empty()) {
-        body["password"] = json!(p);
-    }
-    match api.call(Method::POST, "/users", body).await {
-        Ok(v) => see_other(&format!("/admin/users/{}", v["id"]), "user_created"),
+pub async fn create(State(st): State<AppState>, mut ctx: Ctx, Form(f): Form<NewUser>) -> Response {
+    let user = admin::NewUser {
+        username: f.username.clone().unwrap_or_default(),
+        role: Some(f.role.clone().unwrap_or_else(|| "user".into())),
+        password: f.password.clone().filter(|p| !p.is_empty()),
+    };
+    match admin::create_user(&st, user).await {
+        Ok(u) => see_other(&format!("/admin/users/{}", u.id), "user_created"),
         Err(e) => {
             let (lang, status) = ctx.fail(&e);
             let values = FormValues::from_pairs([
@@ -373,7 +367,7 @@ async fn detail_failed(
     st: &AppState,
     mut ctx: Ctx,
     id: i64,
-    e: super::ApiFailure,
+    e: AdminError,
     form: FormValues,
 ) -> Response {
     let (lang, status) = ctx.fail(&e);
@@ -382,13 +376,15 @@ async fn detail_failed(
 
 pub async fn set_status(
     State(st): State<AppState>,
-    api: Api,
     ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<StatusForm>,
 ) -> Response {
-    let body = json!({"status": f.status.unwrap_or_default()});
-    match api.call(Method::PATCH, &format!("/users/{id}"), body).await {
+    let patch = admin::UserPatch {
+        status: Some(f.status.unwrap_or_default()),
+        password: None,
+    };
+    match admin::update_user(&st, id, patch).await {
         Ok(_) => see_other(&format!("/admin/users/{id}"), "user_updated"),
         Err(e) => detail_failed(&st, ctx, id, e, FormValues::default()).await,
     }
@@ -402,7 +398,6 @@ pub struct GrantForm {
 
 pub async fn grant(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<GrantForm>,
@@ -420,19 +415,19 @@ pub async fn grant(
         ctx.set_error(form_error(tr, "package_id", "form.choose"));
         return detail_form_error(&st, ctx, id, values).await;
     };
-    let mut body = json!({"package_id": package_id});
-    match format::local_input_to_rfc3339(f.starts_at.as_deref().unwrap_or(""), st.tz) {
-        Ok(Some(t)) => body["starts_at"] = json!(t),
-        Ok(None) => {}
-        Err(()) => {
-            ctx.set_error(form_error(tr, "starts_at", "form.not_a_time"));
-            return detail_form_error(&st, ctx, id, values).await;
-        }
-    }
-    match api
-        .call(Method::POST, &format!("/users/{id}/packages"), body)
-        .await
-    {
+    let starts_at =
+        match format::local_input_to_rfc3339(f.starts_at.as_deref().unwrap_or(""), st.tz) {
+            Ok(t) => t,
+            Err(()) => {
+                ctx.set_error(form_error(tr, "starts_at", "form.not_a_time"));
+                return detail_form_error(&st, ctx, id, values).await;
+            }
+        };
+    let grant = admin::NewGrant {
+        package_id,
+        starts_at,
+    };
+    match admin::grant_package(&st, id, grant).await {
         Ok(_) => see_other(&format!("/admin/users/{id}"), "granted"),
         Err(e) => detail_failed(&st, ctx, id, e, values).await,
     }
@@ -449,7 +444,6 @@ async fn detail_form_error(st: &AppState, ctx: Ctx, id: i64, values: FormValues)
 
 pub async fn set_grant_status(
     State(st): State<AppState>,
-    api: Api,
     ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<StatusForm>,
@@ -462,11 +456,8 @@ pub async fn set_grant_status(
         }
         Err(e) => return respond(&st, lang, Err(e.into())),
     };
-    let body = json!({"status": f.status.unwrap_or_default()});
-    match api
-        .call(Method::PATCH, &format!("/user-packages/{id}"), body)
-        .await
-    {
+    let status = f.status.unwrap_or_default();
+    match admin::set_grant_status(&st, id, &status).await {
         Ok(_) => see_other(&format!("/admin/users/{user_id}"), "grant_updated"),
         Err(e) => detail_failed(&st, ctx, user_id, e, FormValues::default()).await,
     }
@@ -483,7 +474,6 @@ pub struct KeyForm {
 
 pub async fn create_key(
     State(st): State<AppState>,
-    api: Api,
     mut ctx: Ctx,
     Path(id): Path<i64>,
     Form(f): Form<KeyForm>,
@@ -496,50 +486,43 @@ pub async fn create_key(
         ("expires_at", f.expires_at.as_ref()),
     ]);
     let tr = ctx.tr;
-    let mut body = Map::new();
-    body.insert("name".into(), json!(f.name.clone().unwrap_or_default()));
-    let models = model_list(f.allowed_models.as_deref());
-    if !models.is_empty() {
-        body.insert("allowed_models".into(), json!(models));
-    }
-    for (field, v) in [("rpm_limit", &f.rpm_limit), ("tpm_limit", &f.tpm_limit)] {
+    let mut limits = [None, None];
+    for (slot, (field, v)) in limits
+        .iter_mut()
+        .zip([("rpm_limit", &f.rpm_limit), ("tpm_limit", &f.tpm_limit)])
+    {
         match form_int(tr, field, v.as_deref()) {
-            Ok(Some(n)) => {
-                body.insert(field.into(), json!(n));
-            }
-            Ok(None) => {}
+            Ok(n) => *slot = n,
             Err(msg) => {
                 ctx.set_error(msg);
                 return detail_form_error(&st, ctx, id, values).await;
             }
         }
     }
-    match format::local_input_to_rfc3339(f.expires_at.as_deref().unwrap_or(""), st.tz) {
-        Ok(Some(t)) => {
-            body.insert("expires_at".into(), json!(t));
-        }
-        Ok(None) => {}
-        Err(()) => {
-            ctx.set_error(form_error(tr, "expires_at", "form.not_a_time"));
-            return detail_form_error(&st, ctx, id, values).await;
-        }
-    }
-    match api
-        .call(
-            Method::POST,
-            &format!("/users/{id}/keys"),
-            Value::Object(body),
-        )
-        .await
-    {
-        Ok(v) => {
+    let expires_at =
+        match format::local_input_to_rfc3339(f.expires_at.as_deref().unwrap_or(""), st.tz) {
+            Ok(t) => t,
+            Err(()) => {
+                ctx.set_error(form_error(tr, "expires_at", "form.not_a_time"));
+                return detail_form_error(&st, ctx, id, values).await;
+            }
+        };
+    let key = admin::NewKey {
+        name: f.name.clone().unwrap_or_default(),
+        allowed_models: model_list(f.allowed_models.as_deref()),
+        rpm_limit: limits[0],
+        tpm_limit: limits[1],
+        expires_at,
+    };
+    match admin::create_key(&st, id, key).await {
+        Ok(created) => {
             let mut resp = see_other(&format!("/admin/users/{id}"), "key_created");
             // The secret is shown once, on the page this redirects to, then forgotten: it
             // rides in a short-lived cookie scoped to that page, never in a URL.
             let flash = format!(
                 "{NEW_KEY_COOKIE}={}.{}; Path=/admin/users/{id}; Max-Age=300{}",
-                v["id"],
-                v["key"].as_str().unwrap_or_default(),
+                created.key.id,
+                created.secret,
                 cookie_attrs(&st).replace("SameSite=Lax", "SameSite=Strict"),
             );
             if let Ok(h) = HeaderValue::from_str(&flash) {

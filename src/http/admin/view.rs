@@ -543,12 +543,12 @@ pub fn form_int(tr: Tr, field: &str, v: Option<&str>) -> Result<Option<i64>, Str
 
 /// An amount of USD typed in a form, checked here so the message is in the page's language:
 /// `None` when empty.
-pub fn form_money(tr: Tr, field: &str, v: Option<&str>) -> Result<Option<String>, String> {
+pub fn form_money(tr: Tr, field: &str, v: Option<&str>) -> Result<Option<Usd>, String> {
     match v.map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => s
             .parse::<Usd>()
-            .map(|_| Some(s.to_string()))
+            .map(Some)
             .map_err(|_| form_error(tr, field, "form.not_money")),
     }
 }

@@ -4,10 +4,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{id_page, parse_id, status_in, PageQuery};
+use super::{id_page, parse_id, PageQuery};
+use crate::admin::{self, AdminError};
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
-use crate::store::accounts::{Account, AccountFields};
+use crate::store::accounts::Account;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,69 +23,19 @@ pub struct AccountBody {
     status: Option<String>,
 }
 
-/// Validate the fields present; `creating` requires name, provider, base_url and api_key.
-fn fields(b: AccountBody, creating: bool) -> Result<AccountFields, ApiError> {
-    let required = |field: &str, v: &Option<String>| {
-        if creating && v.is_none() {
-            Err(ApiError::invalid(field, "is required"))
-        } else {
-            Ok(())
-        }
-    };
-    required("name", &b.name)?;
-    required("provider", &b.provider)?;
-    required("base_url", &b.base_url)?;
-    required("api_key", &b.api_key)?;
-    if let Some(n) = &b.name {
-        if n.trim().is_empty() || n.chars().count() > 128 {
-            return Err(ApiError::invalid("name", "must be 1 to 128 characters"));
+impl From<AccountBody> for admin::AccountInput {
+    fn from(b: AccountBody) -> Self {
+        admin::AccountInput {
+            name: b.name,
+            provider: b.provider,
+            base_url: b.base_url,
+            api_key: b.api_key,
+            models: b.models,
+            priority: b.priority,
+            weight: b.weight,
+            status: b.status,
         }
     }
-    if let Some(p) = &b.provider {
-        if p != "openai" && p != "anthropic" {
-            return Err(ApiError::invalid(
-                "provider",
-                "must be `openai` or `anthropic`",
-            ));
-        }
-    }
-    if let Some(u) = &b.base_url {
-        let ok = url::Url::parse(u)
-            .map(|x| matches!(x.scheme(), "http" | "https") && x.host().is_some())
-            .unwrap_or(false);
-        if !ok {
-            return Err(ApiError::invalid(
-                "base_url",
-                "must be an http(s) URL such as https://api.openai.com/v1",
-            ));
-        }
-    }
-    if matches!(&b.api_key, Some(k) if k.trim().is_empty()) {
-        return Err(ApiError::invalid("api_key", "must not be empty"));
-    }
-    if matches!(b.weight, Some(w) if !(1..=1000).contains(&w)) {
-        return Err(ApiError::invalid("weight", "must be between 1 and 1000"));
-    }
-    if let Some(m) = &b.models {
-        if m.iter().any(|x| x.trim().is_empty()) {
-            return Err(ApiError::invalid("models", "model names must not be empty"));
-        }
-    }
-    let status = b
-        .status
-        .as_deref()
-        .map(|s| status_in(s, &["active", "disabled"]))
-        .transpose()?;
-    Ok(AccountFields {
-        name: b.name.map(|s| s.trim().to_string()),
-        provider: b.provider,
-        base_url: b.base_url.map(|u| u.trim_end_matches('/').to_string()),
-        secret: b.api_key,
-        models: b.models,
-        priority: b.priority,
-        weight: b.weight,
-        status,
-    })
 }
 
 /// The account with its live health: `ok`, or `cooling_down` with the seconds left.
@@ -100,8 +51,7 @@ pub async fn create(
     State(st): State<AppState>,
     AppJson(b): AppJson<AccountBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let f = fields(b, true)?;
-    let a = st.db.create_account(&f, st.now_ms()).await?;
+    let a = admin::create_account(&st, b.into()).await?;
     Ok((StatusCode::CREATED, Json(with_health(&st, &a))))
 }
 
@@ -127,7 +77,7 @@ pub async fn get(
         .db
         .get_account(id)
         .await
-        .map_err(|_| ApiError::not_found("account"))?;
+        .map_err(AdminError::lookup("account"))?;
     Ok(Json(with_health(&st, &a)))
 }
 
@@ -137,11 +87,6 @@ pub async fn update(
     AppJson(b): AppJson<AccountBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("account", &id)?;
-    let f = fields(b, false)?;
-    st.db
-        .get_account(id)
-        .await
-        .map_err(|_| ApiError::not_found("account"))?;
-    let a = st.db.update_account(id, &f, st.now_ms()).await?;
+    let a = admin::update_account(&st, id, b.into()).await?;
     Ok(Json(with_health(&st, &a)))
 }

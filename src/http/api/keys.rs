@@ -4,11 +4,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{id_page, parse_id, parse_time, status_in, PageQuery};
+use super::{id_page, parse_id, PageQuery};
+use crate::admin::{self, AdminError};
 use crate::error::{ApiError, AppJson};
-use crate::secrets::new_api_key;
 use crate::state::AppState;
-use crate::store::keys::{ApiKey, NewKey};
+use crate::store::keys::ApiKey;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,46 +26,20 @@ pub async fn create(
     AppJson(b): AppJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let user_id = parse_id("user", &user_id)?;
-    let name = b.name.trim();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(ApiError::invalid("name", "must be 1 to 128 characters"));
-    }
-    for (field, v) in [("rpm_limit", b.rpm_limit), ("tpm_limit", b.tpm_limit)] {
-        if matches!(v, Some(n) if n <= 0) {
-            return Err(ApiError::invalid(field, "must be a positive whole number"));
-        }
-    }
-    let models = b.allowed_models.unwrap_or_default();
-    if models.iter().any(|m| m.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            "allowed_models",
-            "model names must not be empty",
-        ));
-    }
-    let expires_at = parse_time("expires_at", b.expires_at.as_deref())?;
-    st.db
-        .get_user(user_id)
-        .await
-        .map_err(|_| ApiError::not_found("user"))?;
-    let (secret, prefix, hash) = new_api_key();
-    let key = st
-        .db
-        .create_key(
-            &NewKey {
-                user_id,
-                name,
-                key_prefix: &prefix,
-                key_hash: &hash,
-                expires_at,
-                allowed_models: &models,
-                rpm_limit: b.rpm_limit,
-                tpm_limit: b.tpm_limit,
-            },
-            st.now_ms(),
-        )
-        .await?;
-    let mut v = serde_json::to_value(&key).unwrap_or_default();
-    v["key"] = Value::String(secret);
+    let created = admin::create_key(
+        &st,
+        user_id,
+        admin::NewKey {
+            name: b.name,
+            allowed_models: b.allowed_models.unwrap_or_default(),
+            rpm_limit: b.rpm_limit,
+            tpm_limit: b.tpm_limit,
+            expires_at: b.expires_at,
+        },
+    )
+    .await?;
+    let mut v = serde_json::to_value(&created.key).unwrap_or_default();
+    v["key"] = Value::String(created.secret);
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -96,10 +70,7 @@ pub async fn get(
 ) -> Result<Json<ApiKey>, ApiError> {
     let id = parse_id("key", &id)?;
     Ok(Json(
-        st.db
-            .get_key(id)
-            .await
-            .map_err(|_| ApiError::not_found("key"))?,
+        st.db.get_key(id).await.map_err(AdminError::lookup("key"))?,
     ))
 }
 
@@ -115,11 +86,5 @@ pub async fn update(
     AppJson(b): AppJson<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
     let id = parse_id("key", &id)?;
-    let status = status_in(&b.status, &["active", "revoked"])?;
-    st.db
-        .get_key(id)
-        .await
-        .map_err(|_| ApiError::not_found("key"))?;
-    let key = st.db.set_key_status(id, &status, st.now_ms()).await?;
-    Ok(Json(key))
+    Ok(Json(admin::set_key_status(&st, id, &b.status).await?))
 }

@@ -7,8 +7,9 @@ use axum::routing::{get, patch, post, put};
 use axum::Router;
 use serde::Deserialize;
 
+use crate::admin::parse;
 use crate::error::ApiError;
-use crate::secrets::constant_time_eq;
+use crate::http::session;
 use crate::state::AppState;
 
 mod accounts;
@@ -50,19 +51,13 @@ async fn require_admin(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = state.config.admin.api_token.expose();
-    let bearer = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(b) = bearer {
-        if !token.is_empty() && constant_time_eq(b.trim(), token) {
+    if let Some(b) = session::bearer(req.headers()) {
+        if session::is_admin_token(&state, b) {
             return Ok(next.run(req).await);
         }
         return Err(ApiError::unauthorized());
     }
-    if let Some((_, session)) = crate::http::admin::session_user(&state, req.headers()).await {
+    if let Some((_, s)) = session::session_user(&state, req.headers()).await? {
         let safe = matches!(
             *req.method(),
             axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
@@ -71,7 +66,7 @@ async fn require_admin(
             .headers()
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok());
-        if safe || sent.is_some_and(|t| constant_time_eq(t, &session.csrf_token)) {
+        if safe || session::csrf_matches(&s, sent) {
             return Ok(next.run(req).await);
         }
         return Err(ApiError {
@@ -96,22 +91,11 @@ pub struct PageQuery {
 
 impl PageQuery {
     pub fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
-            None => Ok(100),
-            Some(n) if (1..=1000).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 1000")),
-        }
+        Ok(parse::limit(self.limit)?)
     }
     /// An id cursor.
     pub fn id_cursor(&self) -> Result<Option<i64>, ApiError> {
-        self.cursor
-            .as_deref()
-            .filter(|c| !c.is_empty())
-            .map(|c| {
-                c.parse::<i64>()
-                    .map_err(|_| ApiError::invalid("cursor", "is not a cursor this API returned"))
-            })
-            .transpose()
+        Ok(parse::id_cursor(self.cursor.as_deref())?)
     }
 }
 
@@ -129,37 +113,10 @@ pub fn id_page<T: serde::Serialize>(
     serde_json::json!({"data": rows, "next_cursor": next})
 }
 
-/// Parse a status value from a fixed set, naming the field on error.
-pub fn status_in(value: &str, allowed: &[&str]) -> Result<String, ApiError> {
-    if allowed.contains(&value) {
-        Ok(value.to_string())
-    } else {
-        Err(ApiError::invalid(
-            "status",
-            format!("must be one of: {}", allowed.join(", ")),
-        ))
-    }
-}
-
 /// A path id that must parse as a positive integer.
 pub fn parse_id(what: &str, raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::not_found(what))
-}
-
-/// Optional RFC 3339 time → Unix ms.
-pub fn parse_time(field: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
-    v.map(|s| {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|_| {
-                ApiError::invalid(
-                    field,
-                    "must be an RFC 3339 time such as 2026-01-31T10:00:00Z",
-                )
-            })
-    })
-    .transpose()
 }

@@ -3,7 +3,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::billing::cost::Price;
+use crate::admin;
 use crate::billing::money::Usd;
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
@@ -23,26 +23,13 @@ pub async fn put(
     Path(model): Path<String>,
     AppJson(b): AppJson<PriceBody>,
 ) -> Result<Json<ModelPrice>, ApiError> {
-    if model.trim().is_empty() || model.len() > 191 {
-        return Err(ApiError::invalid("model", "must be 1 to 191 characters"));
-    }
-    for (field, v) in [
-        ("input", Some(b.input)),
-        ("output", Some(b.output)),
-        ("cache_read", b.cache_read),
-        ("cache_write", b.cache_write),
-    ] {
-        if matches!(v, Some(u) if u.0 < 0) {
-            return Err(ApiError::invalid(field, "must not be negative"));
-        }
-    }
-    let price = Price {
-        input: b.input.0,
-        output: b.output.0,
-        cache_read: b.cache_read.map(|u| u.0),
-        cache_write: b.cache_write.map(|u| u.0),
+    let price = admin::NewPrice {
+        input: b.input,
+        output: b.output,
+        cache_read: b.cache_read,
+        cache_write: b.cache_write,
     };
-    Ok(Json(st.db.upsert_price(&model, &price, st.now_ms()).await?))
+    Ok(Json(admin::put_price(&st, &model, price).await?))
 }
 
 pub async fn get(

@@ -3,6 +3,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::admin::parse;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::usage::{LogFilter, UsageFilter};
@@ -18,21 +19,8 @@ pub struct DailyQuery {
     limit: Option<i64>,
 }
 
-fn day(field: &str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        Some(d) if chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").is_err() => {
-            Err(ApiError::invalid(field, "must be a day as YYYY-MM-DD"))
-        }
-        other => Ok(other),
-    }
-}
-
 fn limit(v: Option<i64>) -> Result<i64, ApiError> {
-    super::PageQuery {
-        limit: v,
-        cursor: None,
-    }
-    .limit()
+    Ok(parse::limit(v)?)
 }
 
 pub async fn daily(
@@ -41,8 +29,8 @@ pub async fn daily(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(crate::error::query_rejection)?;
     let f = UsageFilter {
-        from: day("from", q.from)?,
-        to: day("to", q.to)?,
+        from: parse::day("from", q.from)?,
+        to: parse::day("to", q.to)?,
         user_id: q.user_id,
         api_key_id: q.api_key_id,
         account_id: q.account_id,
@@ -64,24 +52,13 @@ pub struct LogsQuery {
 }
 
 /// Log cursors are `{created_at_ms}_{id}` of the last row returned.
-fn parse_log_cursor(c: &str) -> Result<(i64, i64), ApiError> {
-    c.split_once('_')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))
-}
-
 pub async fn logs(
     State(st): State<AppState>,
     q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(crate::error::query_rejection)?;
     let limit = limit(q.limit)?;
-    let before = q
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(parse_log_cursor)
-        .transpose()?;
+    let before = parse::log_cursor(q.cursor.as_deref())?;
     let f = LogFilter {
         user_id: q.user_id,
         api_key_id: q.api_key_id,

@@ -6,10 +6,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{id_page, parse_id, status_in, PageQuery};
+use super::{id_page, parse_id, PageQuery};
+use crate::admin::{self, AdminError};
 use crate::billing::balance::{balances, package_status};
 use crate::error::{ApiError, AppJson};
-use crate::secrets::hash_password;
 use crate::state::AppState;
 use crate::store::users::User;
 
@@ -21,62 +21,20 @@ pub struct CreateUser {
     password: Option<String>,
 }
 
-/// Usernames: 1–64 characters, no control characters, no surrounding spaces.
-pub fn validate_username(u: &str) -> Result<(), ApiError> {
-    if u.is_empty() || u.chars().count() > 64 {
-        return Err(ApiError::invalid("username", "must be 1 to 64 characters"));
-    }
-    if u.trim() != u || u.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "username",
-            "must not contain control characters or leading/trailing spaces",
-        ));
-    }
-    Ok(())
-}
-
-pub fn validate_password(p: &str) -> Result<(), ApiError> {
-    if p.chars().count() < 8 {
-        return Err(ApiError::invalid(
-            "password",
-            "must be at least 8 characters",
-        ));
-    }
-    Ok(())
-}
-
 pub async fn create(
     State(st): State<AppState>,
     AppJson(body): AppJson<CreateUser>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    validate_username(&body.username)?;
-    let role = status_in_role(body.role.as_deref().unwrap_or("user"))?;
-    let hash = match &body.password {
-        Some(p) => {
-            validate_password(p)?;
-            Some(hash_password(p))
-        }
-        None => None,
-    };
-    let user = st
-        .db
-        .create_user(&body.username, &role, hash.as_deref(), st.now_ms())
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Conflict => {
-                ApiError::conflict(format!("username `{}` is taken", body.username))
-            }
-            e => e.into(),
-        })?;
+    let user = admin::create_user(
+        &st,
+        admin::NewUser {
+            username: body.username,
+            role: body.role,
+            password: body.password,
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(user_json(&st, user).await?)))
-}
-
-fn status_in_role(role: &str) -> Result<String, ApiError> {
-    if role == "admin" || role == "user" {
-        Ok(role.to_string())
-    } else {
-        Err(ApiError::invalid("role", "must be `admin` or `user`"))
-    }
 }
 
 #[derive(Deserialize)]
@@ -147,7 +105,7 @@ pub async fn get(
         .db
         .get_user(id)
         .await
-        .map_err(|_| ApiError::not_found("user"))?;
+        .map_err(AdminError::lookup("user"))?;
     let now = st.clock.now();
     let grants = st.db.list_user_packages(id).await?;
     let packages: Vec<_> = grants
@@ -175,25 +133,14 @@ pub async fn update(
     AppJson(body): AppJson<UpdateUser>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("user", &id)?;
-    let status = body
-        .status
-        .as_deref()
-        .map(|s| status_in(s, &["active", "disabled"]))
-        .transpose()?;
-    if let Some(p) = &body.password {
-        validate_password(p)?;
-    }
-    st.db
-        .get_user(id)
-        .await
-        .map_err(|_| ApiError::not_found("user"))?;
-    let now = st.now_ms();
-    if let Some(s) = status {
-        st.db.set_user_status(id, &s, now).await?;
-    }
-    if let Some(p) = &body.password {
-        st.db.set_password_hash(id, &hash_password(p), now).await?;
-    }
-    let user = st.db.get_user(id).await?;
+    let user = admin::update_user(
+        &st,
+        id,
+        admin::UserPatch {
+            status: body.status,
+            password: body.password,
+        },
+    )
+    .await?;
     Ok(Json(user_json(&st, user).await?))
 }
