@@ -30,9 +30,10 @@ pub struct App {
 
 /// Connect to the database and apply migrations.
 pub async fn connect(config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(
+    let db = Db::connect_with_timeout(
         config.database.url.expose(),
         config.database.max_connections,
+        Duration::from_millis(config.database.timeout_ms),
     )
     .await?;
     db.migrate().await?;
@@ -84,6 +85,12 @@ pub async fn ensure_first_admin(
 
 impl App {
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<App> {
+        crate::recorder::check_writable(&config.journal_path()).map_err(|e| {
+            anyhow::anyhow!(
+                "`recorder.journal_path`: cannot write the journal in {}: {e}",
+                config.journal_path().display()
+            )
+        })?;
         let db = connect(&config).await?;
         let created_admin = ensure_first_admin(&db, &config, clock.now_ms()).await?;
         let redis = connect_redis(&config).await?;
@@ -113,6 +120,8 @@ impl App {
                 batch_size: config.recorder.batch_size,
                 flush_interval: Duration::from_millis(config.recorder.flush_interval_ms),
                 journal_dir: config.journal_path(),
+                journal_max_bytes: config.recorder.journal_max_bytes,
+                tz: config.timezone(),
                 reservations: reservations.clone(),
                 grants: grants.clone(),
             },

@@ -73,6 +73,9 @@ pub struct ServerConfig {
 pub struct DatabaseConfig {
     pub url: Secret,
     pub max_connections: u32,
+    /// Bound on waiting for a database connection (a hung database answers 503 past it), in
+    /// milliseconds.
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -115,6 +118,8 @@ pub struct RecorderConfig {
     pub batch_size: usize,
     pub flush_interval_ms: u64,
     pub journal_path: String,
+    /// Largest size of the journal in bytes; 0 = no limit but the disk's.
+    pub journal_max_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -140,6 +145,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: Secret::new("sqlite://data/tollgate.db"),
             max_connections: 16,
+            timeout_ms: 2000,
         }
     }
 }
@@ -192,6 +198,7 @@ impl Default for RecorderConfig {
             batch_size: 200,
             flush_interval_ms: 50,
             journal_path: "data/recorder-journal".into(),
+            journal_max_bytes: 0,
         }
     }
 }
@@ -281,6 +288,9 @@ impl Config {
         self.db_kind()?;
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be greater than 0".into());
+        }
+        if self.database.timeout_ms == 0 {
+            return bad("database.timeout_ms", "must be greater than 0".into());
         }
         let redis = self.redis.url.expose();
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {

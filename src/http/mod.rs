@@ -105,33 +105,42 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// The database answers, and Redis too when configured.
+/// Ready when the database answers; Redis down is reported as degraded, not as unready (the
+/// proxy goes on without it). Answers within a second whatever either does.
 async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
-    let db = st.db.ping().await.is_ok();
-    let redis = match &st.redis {
-        None => None,
-        Some(c) => {
-            let mut c = c.clone();
-            Some(
-                redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok(),
-            )
+    use std::time::Duration;
+    let db = async {
+        tokio::time::timeout(Duration::from_millis(800), st.db.ping())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    };
+    let redis = async {
+        match &st.redis {
+            None => None,
+            Some(c) => {
+                let mut c = c.clone();
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut c);
+                Some(
+                    tokio::time::timeout(Duration::from_millis(500), ping)
+                        .await
+                        .is_ok_and(|r| r.is_ok()),
+                )
+            }
         }
     };
-    let ok = db && redis.unwrap_or(true);
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (db, redis) = tokio::join!(db, redis);
+    let (status, word) = match (db, redis) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, Some(false)) => (StatusCode::OK, "degraded"),
+        (true, _) => (StatusCode::OK, "ready"),
     };
     (
         status,
         Json(json!({
-            "status": if ok { "ready" } else { "unavailable" },
+            "status": word,
             "database": if db { "ok" } else { "unreachable" },
-            "redis": match redis { None => "not configured", Some(true) => "ok", Some(false) => "unreachable" },
+            "redis": match redis { None => "not configured", Some(true) => "ok", Some(false) => "degraded" },
         })),
     )
 }

@@ -195,6 +195,14 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     let (parts, body) = req.into_parts();
     let key = authenticate(&st, &parts.headers, endpoint.protocol()).await?;
     let request = parse::parse(endpoint, body, st.config.server.max_body_bytes).await?;
+    if !st.recorder.accepting() {
+        // Neither the database nor the journal can take its usage (SPEC §11.5).
+        let m = "the gateway cannot record usage right now; try again";
+        return Err(ProxyError::new(
+            endpoint.protocol(),
+            error::Failure::Unavailable(m.into()),
+        ));
+    }
     let offer = admit::offer(&st, &key, &request).await?;
     let admitted = admit::admit(&st, &key, &request, &offer).await?;
     let upstream = rewrite::body(&request);

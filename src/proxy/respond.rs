@@ -38,12 +38,14 @@ pub async fn failed(mut ticket: Ticket, exhausted: Exhausted) -> Result<Response
             } else {
                 BillingStatus::Void
             };
-            ticket.finish(
-                status.as_u16(),
-                tokens,
-                billing,
-                Some(format!("upstream answered {status}")),
-            );
+            ticket
+                .finish(
+                    status.as_u16(),
+                    tokens,
+                    billing,
+                    Some(format!("upstream answered {status}")),
+                )
+                .await;
             let mut r = Response::new(Body::from(body));
             *r.status_mut() = status;
             *r.headers_mut() = headers;
@@ -122,7 +124,9 @@ pub async fn respond(
             None => (None, BillingStatus::Void),
         };
         let error = (!status.is_success()).then(|| format!("upstream answered {status}"));
-        ticket.finish(status.as_u16(), tokens, billing, error);
+        let durable = ticket.finish(status.as_u16(), tokens, billing, error);
+        // The answer goes out once its usage is in the journal (a kill -9 loses nothing answered).
+        durable.await;
         let mut r = Response::new(Body::from(body));
         *r.status_mut() = status;
         *r.headers_mut() = headers;
@@ -137,6 +141,7 @@ pub async fn respond(
         inner: resp.into_body(),
         tap: SseTap::new(ticket.endpoint, strip_usage),
         ticket: Some(ticket),
+        durable: None,
         idle,
         sleep: Box::pin(tokio::time::sleep(idle)),
         last_data: tokio::time::Instant::now(),
@@ -173,6 +178,8 @@ pub struct TapStream {
     inner: UpstreamBody,
     tap: SseTap,
     ticket: Option<Ticket>,
+    /// Set when the stream is over: its last bytes wait until the usage is in the journal.
+    durable: Option<crate::recorder::Durable>,
     idle: Duration,
     /// Fires at the idle limit; moved on lazily (only when it fires) from `last_data`, so
     /// a poll costs at most one clock read, not a timer update.
@@ -229,7 +236,7 @@ impl TapStream {
                 (Some(u), Some(_)) => (u, BillingStatus::Partial),
                 (None, _) => (t.estimate(self.tap.data_bytes), BillingStatus::Estimated),
             };
-            t.finish(self.status, Some(tokens), billing, error);
+            self.durable = Some(t.finish(self.status, Some(tokens), billing, error));
         }
     }
 }
@@ -244,6 +251,10 @@ impl Stream for TapStream {
         let mut got_data = false;
         loop {
             if this.ticket.is_none() {
+                if let Some(d) = this.durable.as_mut() {
+                    std::task::ready!(Pin::new(d).poll(cx));
+                    this.durable = None;
+                }
                 return Poll::Ready(OutBuf::take(&mut this.out).map(Ok));
             }
             match hyper::body::Body::poll_frame(Pin::new(&mut this.inner), cx) {

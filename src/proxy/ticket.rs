@@ -9,6 +9,7 @@ use super::Endpoint;
 use crate::billing::cost::{cost, Price, Tokens};
 use crate::billing::estimate::usage_estimate;
 use crate::billing::windows::day_string;
+use crate::recorder::Durable;
 use crate::state::AppState;
 use crate::store::keys::KeyAuth;
 use crate::usage::{BillingStatus, UsageEvent, WindowStarts};
@@ -67,14 +68,15 @@ impl Ticket {
         }
     }
 
-    /// Emit the usage event. `tokens` None = nothing billable.
+    /// Emit the usage event. `tokens` None = nothing billable. The answer's last byte waits
+    /// for the returned [`Durable`] (the event is in the recorder's journal).
     pub fn finish(
         &mut self,
         status: u16,
         tokens: Option<Tokens>,
         billing: BillingStatus,
         error: Option<String>,
-    ) {
+    ) -> Durable {
         let tokens = if self.endpoint.charged() {
             tokens.unwrap_or_default()
         } else {
@@ -121,7 +123,7 @@ impl Ticket {
                 0
             },
         };
-        st.recorder.record(event);
+        st.recorder.record(event)
     }
 
     /// Nothing reached upstream: release the reservation and log the failure.

@@ -1,19 +1,26 @@
-//! The recorder: the only writer of usage. The proxy hands it events without waiting; it applies
-//! them in batches, each batch in one database transaction (`Db::settle`), then adds them to the
-//! real-time stats.
+//! The recorder: the only writer of usage. The proxy hands it events without waiting; each
+//! event is first appended to the write-ahead journal (`wal`, on a thread of its own), which
+//! the answer's last byte waits for, then applied in batches, each batch in one database
+//! transaction (`Db::settle`), then added to the real-time stats.
 //!
-//! Nothing is lost: while the database is unreachable the current batch is retried with backoff
-//! and new events wait in the bounded queue; when the queue is full, events spill to an on-disk
-//! journal (JSON lines) that is applied when the database is back and replayed at start. On
-//! shutdown the queue is drained; whatever cannot be applied then is written to the journal.
+//! Nothing is lost: a `kill -9` leaves the journal, replayed at start. While the database is
+//! unreachable the current batch is retried with backoff and new events wait in the bounded
+//! queue; what the queue has no room for stays in the journal only and is applied from it
+//! once the database is back. When neither the journal nor the database can take events,
+//! [`Recorder::accepting`] says so and the proxy refuses new requests. On shutdown the queue
+//! is drained; whatever cannot be applied then stays in the journal for the next start.
+//!
+//! Redis failing makes the real-time stats stop (logged once); when it answers again, today's
+//! counters are recomputed from `usage_daily`.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use chrono_tz::Tz;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::billing::admission::{GrantCache, Reservations};
@@ -22,8 +29,18 @@ use crate::store::Db;
 use crate::usage::UsageEvent;
 
 pub mod stats;
+pub mod wal;
 
 use stats::Stats;
+pub use wal::{check_writable, Durable};
+use wal::{Journal, Msg, Queued};
+
+/// A settlement taking longer than this counts as failed (a hung database) and is retried.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one real-time stats update (a batch) in Redis.
+const STATS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the recorder looks after the journal and the stats when idle.
+const UPKEEP: Duration = Duration::from_secs(1);
 
 /// Counters the recorder exposes to `/metrics`.
 #[derive(Default)]
@@ -44,13 +61,20 @@ struct Shared {
     grants: Arc<GrantCache>,
     stats: Arc<Stats>,
     clock: Clock,
-    journal_dir: PathBuf,
-    /// Serialises appends to the spill journal.
+    tz: Tz,
+    journal: Arc<Journal>,
+    /// Serialises appends to the spill file (events recorded after the writer is gone).
     journal_lock: Mutex<()>,
+    /// One journal replay at a time.
+    replay_lock: tokio::sync::Mutex<()>,
     metrics: Arc<RecorderMetrics>,
-    /// Set at shutdown: the worker drains what is queued and stops; later events go to the
+    /// The last settlement succeeded (or none failed yet).
+    db_ok: AtomicBool,
+    /// The real-time stats missed events; recomputed from the database when Redis answers.
+    stats_dirty: AtomicBool,
+    /// Set at shutdown: the worker drains what is queued and stops; later events stay in the
     /// journal and are applied at the next start.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     close: tokio::sync::Notify,
     batch_size: usize,
     flush_interval: Duration,
@@ -59,13 +83,14 @@ struct Shared {
 /// A cheap, cloneable handle for producers.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<UsageEvent>,
+    wal: std_mpsc::Sender<Msg>,
     shared: Arc<Shared>,
 }
 
 /// Owns the worker; `shutdown` drains it.
 pub struct RecorderWorker {
     handle: JoinHandle<()>,
+    wal: std_mpsc::Sender<Msg>,
     shared: Arc<Shared>,
 }
 
@@ -74,6 +99,10 @@ pub struct RecorderOptions {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub journal_dir: PathBuf,
+    /// Largest size of the journal in bytes (0 = no limit but the disk's).
+    pub journal_max_bytes: u64,
+    /// The billing time zone (today's stats when they are caught up).
+    pub tz: Tz,
     /// Released as events are settled (or spilled).
     pub reservations: Arc<Reservations>,
     /// Users' cached grants, dropped when journal replay charges them.
@@ -89,51 +118,73 @@ impl Recorder {
         metrics: Arc<RecorderMetrics>,
     ) -> (Recorder, RecorderWorker) {
         let (tx, rx) = mpsc::channel(opts.queue_capacity);
+        let journal = Arc::new(Journal::new(opts.journal_dir, opts.journal_max_bytes));
         let shared = Arc::new(Shared {
             db,
             reservations: opts.reservations,
             grants: opts.grants,
             stats,
             clock,
-            journal_dir: opts.journal_dir,
+            tz: opts.tz,
+            journal: journal.clone(),
             journal_lock: Mutex::new(()),
-            metrics,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            replay_lock: tokio::sync::Mutex::new(()),
+            metrics: metrics.clone(),
+            db_ok: AtomicBool::new(true),
+            stats_dirty: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             close: tokio::sync::Notify::new(),
             batch_size: opts.batch_size,
             flush_interval: opts.flush_interval,
         });
+        let (wal_tx, wal_rx) = std_mpsc::channel();
+        let reservations = shared.reservations.clone();
+        let on_dropped = Box::new(move |e: &UsageEvent| {
+            if let Some(up) = e.user_package_id {
+                reservations.add(up, -e.reserved);
+            }
+        });
+        let writer = wal::Writer::new(journal, tx, on_dropped, metrics);
+        std::thread::Builder::new()
+            .name("tollgate-journal".into())
+            .spawn(move || writer.run(wal_rx))
+            .expect("the journal thread starts");
         let handle = tokio::spawn(run(rx, shared.clone()));
         (
             Recorder {
-                tx,
+                wal: wal_tx.clone(),
                 shared: shared.clone(),
             },
-            RecorderWorker { handle, shared },
+            RecorderWorker {
+                handle,
+                wal: wal_tx,
+                shared,
+            },
         )
     }
 
-    /// Hand an event to the recorder; never waits. A full queue spills to the journal.
-    pub fn record(&self, event: UsageEvent) {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            let one = std::slice::from_ref(&event);
-            self.shared.release_spilled(one);
-            self.shared.spill(one);
-            return;
-        }
-        match self.tx.try_send(event) {
-            Ok(()) => {
-                self.shared
-                    .metrics
-                    .queue_depth
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e)) => {
-                let one = std::slice::from_ref(&e);
-                self.shared.release_spilled(one);
-                self.shared.spill(one);
+    /// Hand an event to the recorder; never waits. The returned [`Durable`] resolves once the
+    /// event is in the journal: an answer's last byte waits for it.
+    pub fn record(&self, event: UsageEvent) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        match self.wal.send(Msg::Event(event, tx)) {
+            Ok(()) => Durable::waiting(rx),
+            Err(std_mpsc::SendError(msg)) => {
+                // The journal thread is gone (it never stops while a handle lives).
+                if let Msg::Event(e, _) = msg {
+                    let one = std::slice::from_ref(&e);
+                    self.shared.release_spilled(one);
+                    self.shared.spill(one);
+                }
+                Durable::ready()
             }
         }
+    }
+
+    /// Can usage be recorded now? False when neither the journal nor the database takes
+    /// events: new requests are then refused (503) until one can.
+    pub fn accepting(&self) -> bool {
+        self.shared.journal.writable() || self.shared.db_ok.load(Ordering::Relaxed)
     }
 
     pub fn metrics(&self) -> &RecorderMetrics {
@@ -147,72 +198,88 @@ impl Recorder {
 }
 
 impl RecorderWorker {
-    /// Apply everything queued, then stop. Events recorded after this go to the journal.
+    /// Apply everything queued, then stop. Events recorded after this stay in the journal.
     pub async fn shutdown(self) {
         self.shared.closed.store(true, Ordering::SeqCst);
+        // Everything handed over so far reaches the queue, and the open segment is closed
+        // (deleted as soon as it is settled).
+        let (tx, rx) = oneshot::channel();
+        if self.wal.send(Msg::Rotate(tx)).is_ok() {
+            let _ = rx.await;
+        }
         self.shared.close.notify_one();
         let _ = self.handle.await;
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<UsageEvent>, shared: Arc<Shared>) {
-    let mut last_replay = Instant::now();
+async fn run(mut rx: mpsc::Receiver<Queued>, shared: Arc<Shared>) {
+    let mut last_upkeep = Instant::now();
     loop {
         let first = tokio::select! {
-            e = rx.recv() => e,
+            e = rx.recv() => match e {
+                Some(e) => Some(e),
+                None => break,
+            },
             _ = shared.close.notified() => {
                 rx.close();
-                rx.recv().await
+                None
             }
+            _ = tokio::time::sleep(UPKEEP) => None,
         };
-        let Some(first) = first else {
-            break;
-        };
-        let mut batch = Vec::with_capacity(shared.batch_size);
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + shared.flush_interval;
-        while batch.len() < shared.batch_size {
-            // Take what is already queued without waiting; then wait for more until the deadline.
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(e)) => batch.push(e),
-                        Ok(None) | Err(_) => break,
+        if let Some(first) = first {
+            let mut batch = Vec::with_capacity(shared.batch_size);
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + shared.flush_interval;
+            while batch.len() < shared.batch_size {
+                // Take what is already queued without waiting; then wait until the deadline.
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(e)) => batch.push(e),
+                            Ok(None) | Err(_) => break,
+                        }
                     }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
             }
+            shared
+                .metrics
+                .queue_depth
+                .fetch_sub(batch.len(), Ordering::Relaxed);
+            let closing = shared.closed.load(Ordering::SeqCst);
+            shared.apply_until_done(batch, closing).await;
         }
-        shared
-            .metrics
-            .queue_depth
-            .fetch_sub(batch.len(), Ordering::Relaxed);
-        let closing = shared.closed.load(Ordering::SeqCst);
-        shared.apply_until_done(&batch, closing).await;
-        // Spilled events are applied once the queue has room to breathe.
-        if last_replay.elapsed() > Duration::from_secs(5) && rx.is_empty() {
-            last_replay = Instant::now();
-            if let Err(e) = shared.replay().await {
-                tracing::warn!(error = %e, "journal replay failed; will retry");
-            }
+        if last_upkeep.elapsed() >= UPKEEP && rx.is_empty() {
+            last_upkeep = Instant::now();
+            shared.upkeep().await;
         }
     }
-    if let Err(e) = shared.replay().await {
-        tracing::warn!(error = %e, "journal replay at shutdown failed; it is kept for the next start");
-    }
+    shared.upkeep().await;
 }
 
 impl Shared {
     /// Apply a batch, retrying with backoff while the database fails. When `closing` (the
-    /// process is shutting down) and the database keeps failing, the batch goes to the journal.
-    async fn apply_until_done(&self, batch: &[UsageEvent], closing: bool) {
+    /// process is shutting down) and the database keeps failing, the batch is left to the
+    /// journal (what is not on disk yet is written there).
+    async fn apply_until_done(&self, queued: Vec<Queued>, closing: bool) {
+        let (batch, segments): (Vec<UsageEvent>, Vec<Option<u64>>) =
+            queued.into_iter().map(|q| (q.event, q.segment)).unzip();
         let mut delay = Duration::from_millis(100);
         let mut attempts = 0;
         loop {
             let started = Instant::now();
-            match self.db.settle(batch, self.clock.now_ms()).await {
+            let res =
+                tokio::time::timeout(SETTLE_TIMEOUT, self.db.settle(&batch, self.clock.now_ms()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::store::StoreError::Db(sqlx::Error::PoolTimedOut))
+                    });
+            match res {
                 Ok(outcome) => {
+                    if !self.db_ok.swap(true, Ordering::Relaxed) {
+                        tracing::info!("settlement works again");
+                    }
                     let m = &self.metrics;
                     m.batches.fetch_add(1, Ordering::Relaxed);
                     m.batch_micros_total
@@ -226,17 +293,27 @@ impl Shared {
                     // commit, so a cached snapshot plus those charges is the database's figure.
                     // (Re-reading them after every batch made a database round trip part of
                     // some requests, which showed as p99 latency on MySQL.)
-                    self.release(batch);
-                    self.add_stats(batch, &outcome.fresh).await;
+                    self.release(&batch);
+                    self.journal.settled(segments.iter().flatten().copied());
+                    self.add_stats(&batch, &outcome.fresh).await;
                     return;
                 }
                 Err(e) => {
                     attempts += 1;
+                    self.db_ok.store(false, Ordering::Relaxed);
                     self.metrics.settle_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, attempts, events = batch.len(), "settlement failed; retrying");
                     if closing && attempts >= 3 {
-                        self.release_spilled(batch);
-                        self.spill(batch);
+                        self.release_spilled(&batch);
+                        let off_disk: Vec<UsageEvent> = batch
+                            .into_iter()
+                            .zip(&segments)
+                            .filter(|(_, s)| s.is_none())
+                            .map(|(e, _)| e)
+                            .collect();
+                        if !off_disk.is_empty() {
+                            self.spill(&off_disk);
+                        }
                         return;
                     }
                     tokio::time::sleep(delay).await;
@@ -246,9 +323,10 @@ impl Shared {
         }
     }
 
-    /// Add the events this batch applied (never the duplicates) to the real-time stats.
+    /// Add the events this batch applied (never the duplicates) to the real-time stats. While
+    /// they are behind (Redis failed), nothing is added: `catch_up_stats` recomputes them.
     async fn add_stats(&self, batch: &[UsageEvent], fresh: &[usize]) {
-        if fresh.is_empty() {
+        if fresh.is_empty() || self.stats_dirty.load(Ordering::Relaxed) {
             return;
         }
         let applied: Vec<UsageEvent>;
@@ -258,9 +336,54 @@ impl Shared {
             applied = fresh.iter().map(|&i| batch[i].clone()).collect();
             &applied
         };
-        if let Err(e) = self.stats.record(events).await {
-            self.metrics.stats_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "real-time stats update failed (the database has the events)");
+        let res = tokio::time::timeout(STATS_TIMEOUT, self.stats.record(events)).await;
+        let err = match res {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", STATS_TIMEOUT.as_millis()),
+        };
+        self.metrics.stats_failures.fetch_add(1, Ordering::Relaxed);
+        self.stats_dirty.store(true, Ordering::Relaxed);
+        tracing::warn!(error = %err, "real-time stats update failed (the database has the events); today's counters will be recomputed from the database when Redis answers");
+    }
+
+    /// Recompute today's real-time counters from `usage_daily` and overwrite them.
+    async fn catch_up_stats(&self) {
+        let day = crate::billing::windows::day_string(self.clock.now(), self.tz);
+        let filter = crate::store::usage::UsageFilter {
+            from: Some(day.clone()),
+            to: Some(day.clone()),
+            ..Default::default()
+        };
+        let rows = match tokio::time::timeout(
+            SETTLE_TIMEOUT,
+            self.db.usage_daily(&filter, i64::MAX),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => rows,
+            _ => return,
+        };
+        match tokio::time::timeout(STATS_TIMEOUT, self.stats.overwrite_day(&day, &rows)).await {
+            Ok(Ok(())) => {
+                self.stats_dirty.store(false, Ordering::Relaxed);
+                tracing::info!(day = %day, "real-time stats caught up from the database");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "real-time stats still unavailable"),
+            Err(_) => tracing::debug!("real-time stats still unavailable (timeout)"),
+        }
+    }
+
+    /// Between batches: have what only the journal holds applied, and the stats caught up.
+    async fn upkeep(&self) {
+        if self.journal.open_has_dropped() {
+            self.journal.request_rotation();
+        }
+        if let Err(e) = self.replay().await {
+            tracing::warn!(error = %e, "journal replay failed; will retry");
+        }
+        if self.stats_dirty.load(Ordering::Relaxed) {
+            self.catch_up_stats().await;
         }
     }
 
@@ -295,19 +418,20 @@ impl Shared {
         }
     }
 
-    fn journal_file(&self) -> PathBuf {
-        self.journal_dir.join("spill.jsonl")
+    fn spill_file(&self) -> PathBuf {
+        self.journal.dir.join("spill.jsonl")
     }
 
-    /// Append events to the journal (JSON lines, fsynced).
+    /// Append events to the spill file (JSON lines, fsynced): only for events that cannot go
+    /// through the journal thread (it is gone, or the process is shutting down).
     fn spill(&self, events: &[UsageEvent]) {
         let _g = self.journal_lock.lock().unwrap_or_else(|p| p.into_inner());
         let res = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.journal_dir)?;
+            std::fs::create_dir_all(&self.journal.dir)?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.journal_file())?;
+                .open(self.spill_file())?;
             let mut buf = Vec::new();
             for e in events {
                 serde_json::to_writer(&mut buf, e)?;
@@ -328,37 +452,47 @@ impl Shared {
         }
     }
 
-    /// Move the journal aside, apply it in batches, delete it once applied. Idempotent.
+    /// Apply every journal file that no live segment of this process is writing or waiting
+    /// on: those of earlier runs, the spill file, and closed segments holding events that
+    /// never reached the queue. Each file is deleted once applied. Idempotent.
     async fn replay(&self) -> anyhow::Result<usize> {
-        let file = self.journal_file();
-        let taken = {
+        let _one = self.replay_lock.lock().await;
+        for (_, bytes) in self.journal.take_replayable() {
+            self.journal.forget_bytes(bytes);
+        }
+        let file = self.spill_file();
+        {
             let _g = self.journal_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if !file.exists() {
-                None
-            } else {
+            if file.exists() {
                 let taken = self
-                    .journal_dir
+                    .journal
+                    .dir
                     .join(format!("replay-{}.jsonl", uuid::Uuid::now_v7()));
                 std::fs::rename(&file, &taken)?;
-                Some(taken)
-            }
-        };
-        let mut files = list_replay_files(&self.journal_dir)?;
-        if let Some(t) = taken {
-            if !files.contains(&t) {
-                files.push(t);
             }
         }
+        let mut files = list_replay_files(&self.journal.dir)?;
+        let live = self.journal.live_paths();
+        files.retain(|f| !live.contains(f));
         let mut total = 0;
         for f in files {
             let events = read_journal(&f)?;
             for chunk in events.chunks(self.batch_size.max(1)) {
-                let outcome = self.db.settle(chunk, self.clock.now_ms()).await?;
+                let outcome = tokio::time::timeout(
+                    SETTLE_TIMEOUT,
+                    self.db.settle(chunk, self.clock.now_ms()),
+                )
+                .await
+                .map_err(|_| anyhow::anyhow!("settlement timed out"))??;
                 self.forget_grants(chunk);
                 total += outcome.applied;
                 self.add_stats(chunk, &outcome.fresh).await;
             }
-            std::fs::remove_file(&f)?;
+            match std::fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         if total > 0 {
             tracing::info!(events = total, "applied events from the recorder journal");
@@ -374,9 +508,9 @@ fn list_replay_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("replay-") && n.ends_with(".jsonl"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                (n.starts_with("replay-") || n.starts_with("wal-")) && n.ends_with(".jsonl")
+            })
         })
         .collect();
     v.sort();

@@ -130,6 +130,56 @@ impl Stats {
         }
     }
 
+    /// Replace every counter of `day` with the figures of `usage_daily` (after Redis missed
+    /// updates: the database is the source of truth).
+    pub async fn overwrite_day(
+        &self,
+        day: &str,
+        rows: &[crate::store::usage::UsageDailyRow],
+    ) -> redis::RedisResult<()> {
+        let mut agg: HashMap<Key, Counters> = HashMap::new();
+        for r in rows {
+            let c = Counters {
+                requests: r.requests,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cache_read_tokens: r.cache_read_tokens,
+                cache_write_tokens: r.cache_write_tokens,
+                cost_nanos: r.cost,
+            };
+            let ids = [
+                r.user_id.to_string(),
+                r.api_key_id.to_string(),
+                r.account_id.to_string(),
+                r.model.clone(),
+                "all".to_string(),
+            ];
+            for (dim, id) in DIMS.iter().zip(ids) {
+                agg.entry((day.to_string(), dim, id)).or_default().merge(&c);
+            }
+        }
+        match self {
+            Stats::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                m.retain(|(d, _, _), _| d != day);
+                m.extend(agg);
+                Ok(())
+            }
+            Stats::Redis { conn, prefix } => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for ((day, dim, id), c) in &agg {
+                    let key = format!("{prefix}stats:{day}:{dim}:{id}");
+                    pipe.del(&key).ignore();
+                    pipe.hset_multiple(&key, &c.fields()).ignore();
+                    pipe.expire(&key, TTL_SECS).ignore();
+                }
+                let mut conn = conn.clone();
+                pipe.query_async::<()>(&mut conn).await
+            }
+        }
+    }
+
     /// Every counter of `day`.
     pub async fn day(&self, day: &str) -> redis::RedisResult<DayStats> {
         let mut out: DayStats = BTreeMap::new();

@@ -102,6 +102,16 @@ impl Db {
     /// Connect by URL scheme (`sqlite:` or `mysql://`). SQLite: the file and its folder are
     /// created if missing; WAL, foreign keys on, a busy timeout.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db> {
+        Self::connect_with_timeout(url, max_connections, Duration::from_secs(10)).await
+    }
+
+    /// [`Db::connect`] with a bound on waiting for a connection (`acquire_timeout`, which
+    /// includes the liveness check of an idle connection, so a hung database fails fast).
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Db> {
         match db_kind_of(url).map_err(|e| StoreError::Config(e.to_string()))? {
             DbKind::Sqlite => {
                 let opts = SqliteConnectOptions::from_str(url)?
@@ -122,7 +132,7 @@ impl Db {
                 }
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(acquire_timeout)
                     .connect_with(opts)
                     .await?;
                 Ok(Db::Sqlite(pool))
@@ -131,7 +141,7 @@ impl Db {
                 let url = url.replacen("mariadb://", "mysql://", 1);
                 let pool = MySqlPoolOptions::new()
                     .max_connections(max_connections)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(acquire_timeout)
                     .connect(&url)
                     .await?;
                 Ok(Db::MySql(pool))
