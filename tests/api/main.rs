@@ -2,6 +2,8 @@
 //! upstream, real SQLite files, and (with TOLLGATE_TEST_BACKEND=mysql) real MySQL and Redis.
 
 mod breadth;
+mod faultproxy;
+mod faults;
 mod foundation;
 mod helpers;
 mod ledger;
