@@ -82,9 +82,7 @@ pub async fn forward(
                     error = %what,
                     "upstream attempt failed"
                 );
-                st.metrics
-                    .upstream_attempt_failures
-                    .increment(1);
+                st.metrics.upstream_attempt_failures.increment(1);
                 st.proxy.health.cool_down(account.id, cooldown);
                 st.proxy
                     .account_errors
