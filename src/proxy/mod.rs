@@ -23,6 +23,7 @@ use crate::billing::balance::window_starts;
 use crate::billing::cost::{cost, Price, Tokens};
 use crate::billing::windows::day_string;
 use crate::cache::{self, TtlCache};
+use crate::domain::{KeyStatus, Provider, UserStatus};
 use crate::secrets::sha256_hex;
 use crate::state::AppState;
 use crate::store::accounts::Account;
@@ -58,10 +59,10 @@ impl Endpoint {
             _ => Protocol::OpenAi,
         }
     }
-    pub fn provider(self) -> &'static str {
+    pub fn provider(self) -> Provider {
         match self.protocol() {
-            Protocol::OpenAi => "openai",
-            Protocol::Anthropic => "anthropic",
+            Protocol::OpenAi => Provider::OpenAi,
+            Protocol::Anthropic => Provider::Anthropic,
         }
     }
     pub fn path(self) -> &'static str {
@@ -101,7 +102,7 @@ pub struct ProxyState {
     pub grants: Arc<GrantCache>,
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
-    accounts: TtlCache<&'static str, Vec<Account>>,
+    accounts: TtlCache<Provider, Vec<Account>>,
 }
 
 impl ProxyState {
@@ -190,7 +191,7 @@ pub async fn authenticate(
         .as_ref()
         .clone()
         .ok_or_else(|| fail("invalid API key: check the key you were given"))?;
-    if key.status != "active" || key.user_status != "active" {
+    if key.status != KeyStatus::Active || key.user_status != UserStatus::Active {
         return Err(fail("this API key has been revoked or its user disabled"));
     }
     if key.expires_at.is_some_and(|t| t <= st.now_ms()) {
@@ -357,14 +358,17 @@ fn upstream_headers(client: &HeaderMap, account: &Account) -> HeaderMap {
         }
         h.append(name.clone(), value.clone());
     }
-    let auth = match account.provider.as_str() {
-        "anthropic" => ("x-api-key", account.secret.clone()),
-        _ => ("authorization", format!("Bearer {}", account.secret)),
+    let auth = match account.provider {
+        Provider::Anthropic => ("x-api-key", account.secret.expose().to_string()),
+        Provider::OpenAi => (
+            "authorization",
+            format!("Bearer {}", account.secret.expose()),
+        ),
     };
     if let Ok(v) = HeaderValue::from_str(&auth.1) {
         h.insert(HeaderName::from_static(auth.0), v);
     }
-    if account.provider == "anthropic" && !h.contains_key("anthropic-version") {
+    if account.provider == Provider::Anthropic && !h.contains_key("anthropic-version") {
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
     }
     h.insert("content-type", HeaderValue::from_static("application/json"));

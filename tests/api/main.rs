@@ -9,3 +9,4 @@ mod logs;
 mod proxy;
 mod sdk;
 mod shutdown;
+mod vocabulary;

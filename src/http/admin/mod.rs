@@ -22,6 +22,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 
+use crate::domain::{Role, UserStatus};
 use crate::i18n::{Lang, Tr};
 use crate::secrets::{constant_time_eq, sha256_hex};
 use crate::state::AppState;
@@ -130,7 +131,7 @@ pub async fn session_user(
         return None;
     }
     let user = st.db.get_user(s.user_id).await.ok()?;
-    if user.role != "admin" || user.status != "active" {
+    if user.role != Role::Admin || user.status != UserStatus::Active {
         return None;
     }
     if now - s.last_seen_at > 60_000 {

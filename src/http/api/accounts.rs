@@ -5,6 +5,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{id_page, parse_id, status_in, PageQuery};
+use crate::config::Secret;
+use crate::domain::{AccountHealth, AccountStatus, Provider};
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
 use crate::store::accounts::{Account, AccountFields};
@@ -40,14 +42,14 @@ fn fields(b: AccountBody, creating: bool) -> Result<AccountFields, ApiError> {
             return Err(ApiError::invalid("name", "must be 1 to 128 characters"));
         }
     }
-    if let Some(p) = &b.provider {
-        if p != "openai" && p != "anthropic" {
-            return Err(ApiError::invalid(
-                "provider",
-                "must be `openai` or `anthropic`",
-            ));
-        }
-    }
+    let provider = b
+        .provider
+        .as_deref()
+        .map(|p| {
+            p.parse::<Provider>()
+                .map_err(|_| ApiError::invalid("provider", "must be `openai` or `anthropic`"))
+        })
+        .transpose()?;
     if let Some(u) = &b.base_url {
         let ok = url::Url::parse(u)
             .map(|x| matches!(x.scheme(), "http" | "https") && x.host().is_some())
@@ -73,13 +75,13 @@ fn fields(b: AccountBody, creating: bool) -> Result<AccountFields, ApiError> {
     let status = b
         .status
         .as_deref()
-        .map(|s| status_in(s, &["active", "disabled"]))
+        .map(status_in::<AccountStatus>)
         .transpose()?;
     Ok(AccountFields {
         name: b.name.map(|s| s.trim().to_string()),
-        provider: b.provider,
+        provider,
         base_url: b.base_url.map(|u| u.trim_end_matches('/').to_string()),
-        secret: b.api_key,
+        secret: b.api_key.map(Secret::new),
         models: b.models,
         priority: b.priority,
         weight: b.weight,
@@ -91,7 +93,14 @@ fn fields(b: AccountBody, creating: bool) -> Result<AccountFields, ApiError> {
 fn with_health(st: &AppState, a: &Account) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
     let left = st.proxy.health.cooldown_left(a.id);
-    v["health"] = Value::from(if left.is_some() { "cooling_down" } else { "ok" });
+    v["health"] = Value::from(
+        if left.is_some() {
+            AccountHealth::CoolingDown
+        } else {
+            AccountHealth::Ok
+        }
+        .as_str(),
+    );
     v["cooldown_remaining_secs"] = left.map(Value::from).unwrap_or(Value::Null);
     v
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{id_page, parse_id, parse_time, status_in, PageQuery};
+use crate::domain::KeyStatus;
 use crate::error::{ApiError, AppJson};
 use crate::secrets::new_api_key;
 use crate::state::AppState;
@@ -115,11 +116,11 @@ pub async fn update(
     AppJson(b): AppJson<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
     let id = parse_id("key", &id)?;
-    let status = status_in(&b.status, &["active", "revoked"])?;
+    let status = status_in::<KeyStatus>(&b.status)?;
     st.db
         .get_key(id)
         .await
         .map_err(|_| ApiError::not_found("key"))?;
-    let key = st.db.set_key_status(id, &status, st.now_ms()).await?;
+    let key = st.db.set_key_status(id, status, st.now_ms()).await?;
     Ok(Json(key))
 }

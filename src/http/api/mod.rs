@@ -7,6 +7,7 @@ use axum::routing::{get, patch, post, put};
 use axum::Router;
 use serde::Deserialize;
 
+use crate::domain::Vocabulary;
 use crate::error::ApiError;
 use crate::secrets::constant_time_eq;
 use crate::state::AppState;
@@ -129,16 +130,12 @@ pub fn id_page<T: serde::Serialize>(
     serde_json::json!({"data": rows, "next_cursor": next})
 }
 
-/// Parse a status value from a fixed set, naming the field on error.
-pub fn status_in(value: &str, allowed: &[&str]) -> Result<String, ApiError> {
-    if allowed.contains(&value) {
-        Ok(value.to_string())
-    } else {
-        Err(ApiError::invalid(
-            "status",
-            format!("must be one of: {}", allowed.join(", ")),
-        ))
-    }
+/// Parse a status value of one vocabulary, naming the field on error.
+pub fn status_in<T: Vocabulary>(value: &str) -> Result<T, ApiError> {
+    value.parse().map_err(|_| {
+        let allowed: Vec<&str> = T::ALL.iter().map(|v| v.as_str()).collect();
+        ApiError::invalid("status", format!("must be one of: {}", allowed.join(", ")))
+    })
 }
 
 /// A path id that must parse as a positive integer.

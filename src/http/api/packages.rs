@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use super::{id_page, parse_id, parse_time, status_in, PageQuery};
 use crate::billing::balance::package_status;
 use crate::billing::money::Usd;
+use crate::domain::{CatalogueStatus, GrantStatus, PackageKind};
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
 use crate::store::packages::{NewPackage, Package};
@@ -43,7 +44,7 @@ pub async fn create(
     let weekly = positive("weekly_quota", b.weekly_quota)?;
     let monthly = positive("monthly_quota", b.monthly_quota)?;
     let total = positive("quota_total", b.quota_total)?;
-    match b.kind.as_str() {
+    let kind = match b.kind.as_str() {
         "subscription" => {
             if daily.is_none() && weekly.is_none() && monthly.is_none() {
                 return Err(ApiError::invalid(
@@ -57,6 +58,7 @@ pub async fn create(
                     "is for `quota` packages; a subscription has daily/weekly/monthly quotas",
                 ));
             }
+            PackageKind::Subscription
         }
         "quota" => {
             if total.is_none() {
@@ -71,6 +73,7 @@ pub async fn create(
                     "a `quota` package has only quota_total; use `subscription` for windowed limits",
                 ));
             }
+            PackageKind::Quota
         }
         _ => {
             return Err(ApiError::invalid(
@@ -78,7 +81,7 @@ pub async fn create(
                 "must be `subscription` or `quota`",
             ))
         }
-    }
+    };
     if !(1..=36_500).contains(&b.duration_days) {
         return Err(ApiError::invalid(
             "duration_days",
@@ -90,7 +93,7 @@ pub async fn create(
         .create_package(
             &NewPackage {
                 name,
-                kind: &b.kind,
+                kind,
                 daily_quota: daily,
                 weekly_quota: weekly,
                 monthly_quota: monthly,
@@ -138,13 +141,13 @@ pub async fn update(
     AppJson(b): AppJson<StatusBody>,
 ) -> Result<Json<Package>, ApiError> {
     let id = parse_id("package", &id)?;
-    let status = status_in(&b.status, &["active", "disabled"])?;
+    let status = status_in::<CatalogueStatus>(&b.status)?;
     st.db
         .get_package(id)
         .await
         .map_err(|_| ApiError::not_found("package"))?;
     Ok(Json(
-        st.db.set_package_status(id, &status, st.now_ms()).await?,
+        st.db.set_package_status(id, status, st.now_ms()).await?,
     ))
 }
 
@@ -172,7 +175,7 @@ pub async fn grant(
             format!("package {} does not exist", b.package_id),
         )
     })?;
-    if pkg.status != "active" {
+    if pkg.status != CatalogueStatus::Active {
         return Err(ApiError::invalid("package_id", "this package is disabled"));
     }
     let now = st.now_ms();
@@ -214,14 +217,14 @@ pub async fn update_grant(
     AppJson(b): AppJson<StatusBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("user package", &id)?;
-    let status = status_in(&b.status, &["active", "cancelled"])?;
+    let status = status_in::<GrantStatus>(&b.status)?;
     st.db
         .get_user_package(id)
         .await
         .map_err(|_| ApiError::not_found("user package"))?;
     let up = st
         .db
-        .set_user_package_status(id, &status, st.now_ms())
+        .set_user_package_status(id, status, st.now_ms())
         .await?;
     Ok(Json(json!(package_status(&up, st.clock.now(), st.tz))))
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{id_page, parse_id, status_in, PageQuery};
 use crate::billing::balance::{balances, package_status};
+use crate::domain::{Role, UserStatus};
 use crate::error::{ApiError, AppJson};
 use crate::secrets::hash_password;
 use crate::state::AppState;
@@ -60,7 +61,7 @@ pub async fn create(
     };
     let user = st
         .db
-        .create_user(&body.username, &role, hash.as_deref(), st.now_ms())
+        .create_user(&body.username, role, hash.as_deref(), st.now_ms())
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Conflict => {
@@ -71,12 +72,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(user_json(&st, user).await?)))
 }
 
-fn status_in_role(role: &str) -> Result<String, ApiError> {
-    if role == "admin" || role == "user" {
-        Ok(role.to_string())
-    } else {
-        Err(ApiError::invalid("role", "must be `admin` or `user`"))
-    }
+fn status_in_role(role: &str) -> Result<Role, ApiError> {
+    role.parse()
+        .map_err(|_| ApiError::invalid("role", "must be `admin` or `user`"))
 }
 
 #[derive(Deserialize)]
@@ -178,7 +176,7 @@ pub async fn update(
     let status = body
         .status
         .as_deref()
-        .map(|s| status_in(s, &["active", "disabled"]))
+        .map(status_in::<UserStatus>)
         .transpose()?;
     if let Some(p) = &body.password {
         validate_password(p)?;
@@ -189,7 +187,7 @@ pub async fn update(
         .map_err(|_| ApiError::not_found("user"))?;
     let now = st.now_ms();
     if let Some(s) = status {
-        st.db.set_user_status(id, &s, now).await?;
+        st.db.set_user_status(id, s, now).await?;
     }
     if let Some(p) = &body.password {
         st.db.set_password_hash(id, &hash_password(p), now).await?;
