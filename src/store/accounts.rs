@@ -235,3 +235,40 @@ impl Db {
         Ok(on_db!(self, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_never_shows_its_secret() {
+        let a = Account {
+            id: 1,
+            name: "a".into(),
+            provider: Provider::OpenAi,
+            base_url: "http://x".into(),
+            secret: Secret::new("sk-upstream-secret"),
+            models: None,
+            priority: 0,
+            weight: 1,
+            status: AccountStatus::Active,
+            total_cost: 0,
+            request_count: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            last_error: None,
+            last_error_at: None,
+            last_used_at: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let debug = format!("{a:?}");
+        assert!(!debug.contains("sk-upstream-secret"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(!json.contains("sk-upstream-secret"), "{json}");
+        assert_eq!(a.secret.expose(), "sk-upstream-secret");
+    }
+}
