@@ -10,3 +10,4 @@ mod proxy;
 mod sdk;
 mod shutdown;
 mod validation;
+mod vocabulary;
