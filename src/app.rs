@@ -134,6 +134,7 @@ impl App {
             reservations,
             grants,
             account_errors,
+            clock.clone(),
         )?;
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {

@@ -142,11 +142,12 @@ impl ProxyState {
         reservations: Arc<Reservations>,
         grants: Arc<GrantCache>,
         account_errors: account_errors::AccountErrors,
+        clock: crate::clock::Clock,
     ) -> anyhow::Result<ProxyState> {
         let http = client::UpstreamClient::new(Duration::from_secs(cfg.connect_timeout_secs));
         Ok(ProxyState {
             http,
-            health: upstream::Health::default(),
+            health: upstream::Health::new(clock),
             limiter,
             reservations,
             grants,
