@@ -77,8 +77,13 @@ pub async fn ensure_first_admin(
     } else {
         (configured, false)
     };
-    db.create_user(&username, "admin", Some(&hash_password(&password)), now_ms)
-        .await?;
+    db.create_user(
+        &username,
+        crate::domain::Role::Admin,
+        Some(&hash_password(&password)),
+        now_ms,
+    )
+    .await?;
     tracing::info!(username = %username, "created the first admin account");
     Ok(generated.then_some((username, password)))
 }
@@ -138,6 +143,7 @@ impl App {
             reservations,
             grants,
             account_errors,
+            clock.clone(),
         )?;
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {

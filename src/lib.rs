@@ -11,6 +11,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod error;
 pub mod fake_upstream;
 pub mod http;

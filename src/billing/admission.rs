@@ -18,6 +18,7 @@ use super::windows::{window_at, WindowKind};
 use crate::billing::money::Usd;
 use crate::cache::TtlCache;
 use crate::clock::from_ms;
+use crate::domain::PackageKind;
 use crate::store::packages::UserPackage;
 
 /// Each user's active grants (for `cache::TTL`; dropped by admin writes and journal replay),
@@ -32,7 +33,11 @@ pub struct Denial {
 }
 
 fn order_key(up: &UserPackage) -> (u8, i64, i64) {
-    (u8::from(up.kind != "subscription"), up.expires_at, up.id)
+    (
+        u8::from(up.kind != PackageKind::Subscription),
+        up.expires_at,
+        up.id,
+    )
 }
 
 /// The first window of `up` without room at `now`, with its reset time; None when it has room.
@@ -43,12 +48,9 @@ fn exhausted(
     reserved: i64,
 ) -> Option<(String, Option<DateTime<Utc>>, i64)> {
     for kind in WindowKind::ALL {
-        let limit = match kind {
-            WindowKind::Daily => up.daily_quota,
-            WindowKind::Weekly => up.weekly_quota,
-            WindowKind::Monthly => up.monthly_quota,
+        let Some(limit) = up.limit(kind) else {
+            continue;
         };
-        let Some(limit) = limit else { continue };
         if used_in(up, kind, now, tz) + reserved >= limit {
             let resets = window_at(kind, now, from_ms(up.starts_at), from_ms(up.expires_at), tz)
                 .map(|w| w.end);
@@ -71,10 +73,7 @@ pub fn choose(
     reserved: impl Fn(i64) -> i64,
 ) -> Result<&UserPackage, Denial> {
     let now_ms = now.timestamp_millis();
-    let mut active: Vec<&UserPackage> = grants
-        .iter()
-        .filter(|g| g.status == "active" && g.starts_at <= now_ms && now_ms < g.expires_at)
-        .collect();
+    let mut active: Vec<&UserPackage> = grants.iter().filter(|g| g.is_active_at(now_ms)).collect();
     if active.is_empty() {
         return Err(Denial {
             message: "no active package: ask an administrator to grant one".to_string(),
@@ -233,33 +232,9 @@ impl Reservations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::GrantStatus;
+    use crate::store::packages::test_grant as grant;
     use chrono::TimeZone;
-
-    fn grant(id: i64, kind: &str, expires: i64) -> UserPackage {
-        UserPackage {
-            id,
-            user_id: 1,
-            package_id: 1,
-            name: format!("p{id}"),
-            kind: kind.into(),
-            daily_quota: (kind == "subscription").then_some(1_000),
-            weekly_quota: None,
-            monthly_quota: None,
-            quota_total: (kind == "quota").then_some(5_000),
-            daily_used: 0,
-            weekly_used: 0,
-            monthly_used: 0,
-            quota_used: 0,
-            daily_window_start: None,
-            weekly_window_start: None,
-            monthly_window_start: None,
-            starts_at: 0,
-            expires_at: expires,
-            status: "active".into(),
-            created_at: 0,
-            updated_at: 0,
-        }
-    }
 
     #[test]
     fn subscriptions_first_then_soonest_expiry_then_id() {
@@ -267,10 +242,10 @@ mod tests {
         let far = now.timestamp_millis() + 10 * 86_400_000;
         let near = now.timestamp_millis() + 86_400_000;
         let grants = vec![
-            grant(1, "quota", near),
-            grant(2, "subscription", far),
-            grant(3, "subscription", near),
-            grant(4, "subscription", near),
+            grant(1, PackageKind::Quota, near),
+            grant(2, PackageKind::Subscription, far),
+            grant(3, PackageKind::Subscription, near),
+            grant(4, PackageKind::Subscription, near),
         ];
         let tz = chrono_tz::UTC;
         assert_eq!(choose(&grants, now, tz, |_| 0).unwrap().id, 3);
@@ -288,7 +263,11 @@ mod tests {
     #[test]
     fn denial_names_window_and_reset() {
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 15, 0, 0).unwrap();
-        let mut g = grant(7, "subscription", now.timestamp_millis() + 30 * 86_400_000);
+        let mut g = grant(
+            7,
+            PackageKind::Subscription,
+            now.timestamp_millis() + 30 * 86_400_000,
+        );
         g.daily_used = 1_000;
         g.daily_window_start = Some(
             Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
@@ -319,10 +298,10 @@ mod tests {
     #[test]
     fn no_active_grant_is_denied() {
         let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        let mut g = grant(1, "quota", now.timestamp_millis());
+        let mut g = grant(1, PackageKind::Quota, now.timestamp_millis());
         assert!(choose(std::slice::from_ref(&g), now, chrono_tz::UTC, |_| 0).is_err());
         g.expires_at = now.timestamp_millis() + 1;
-        g.status = "cancelled".into();
+        g.status = GrantStatus::Cancelled;
         assert!(choose(std::slice::from_ref(&g), now, chrono_tz::UTC, |_| 0).is_err());
     }
 

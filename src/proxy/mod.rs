@@ -57,6 +57,7 @@ use serde_json::Value;
 use crate::billing::admission::{GrantCache, Reservations};
 use crate::billing::cost::Price;
 use crate::cache::{self, TtlCache};
+use crate::domain::Provider;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
@@ -96,10 +97,10 @@ impl Endpoint {
             _ => Protocol::OpenAi,
         }
     }
-    pub fn provider(self) -> &'static str {
+    pub fn provider(self) -> Provider {
         match self.protocol() {
-            Protocol::OpenAi => "openai",
-            Protocol::Anthropic => "anthropic",
+            Protocol::OpenAi => Provider::OpenAi,
+            Protocol::Anthropic => Provider::Anthropic,
         }
     }
     pub fn path(self) -> &'static str {
@@ -131,7 +132,7 @@ pub struct ProxyState {
     pub account_errors: account_errors::AccountErrors,
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
-    accounts: TtlCache<&'static str, Vec<Account>>,
+    accounts: TtlCache<Provider, Vec<Account>>,
 }
 
 impl ProxyState {
@@ -141,11 +142,12 @@ impl ProxyState {
         reservations: Arc<Reservations>,
         grants: Arc<GrantCache>,
         account_errors: account_errors::AccountErrors,
+        clock: crate::clock::Clock,
     ) -> anyhow::Result<ProxyState> {
         let http = client::UpstreamClient::new(Duration::from_secs(cfg.connect_timeout_secs));
         Ok(ProxyState {
             http,
-            health: upstream::Health::default(),
+            health: upstream::Health::new(clock),
             limiter,
             reservations,
             grants,

@@ -1,6 +1,9 @@
 //! One integration test binary: the real app on a random port with real HTTP, a real fake
 //! upstream, real SQLite files, and (with TOLLGATE_TEST_BACKEND=mysql) real MySQL and Redis.
 
+// Test code unwraps: a failure is a test failure with its backtrace.
+#![allow(clippy::unwrap_used)]
+
 mod breadth;
 mod faultproxy;
 mod faults;
@@ -12,3 +15,4 @@ mod proxy;
 mod sdk;
 mod shutdown;
 mod validation;
+mod vocabulary;
