@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tollgate::fake_upstream::FakeUpstream;
 use tollgate::store::Db;
@@ -585,6 +586,59 @@ async fn no_room_for_usage_refuses_new_requests() {
     );
     assert_eq!(lost, 0);
     assert!(server.sigterm().await.success());
+    assert_eq!(
+        journal_files(journal.path()),
+        0,
+        "the journal is applied and gone"
+    );
+}
+
+/// A queue with room for almost nothing: what it cannot take is applied from the journal,
+/// once, and the journal is gone afterwards.
+#[tokio::test]
+async fn events_the_queue_has_no_room_for_are_applied_from_the_journal() {
+    let journal = tempfile::tempdir().unwrap();
+    let dir = journal.path().to_path_buf();
+    let app = spawn_with(Options {
+        tweak: Some(Box::new(move |c| {
+            c.recorder.queue_capacity = 2;
+            c.recorder.journal_path = dir.display().to_string();
+        })),
+        ..Default::default()
+    })
+    .await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let (_, _, key) = crate::proxy::funded_key(&app, "tiny-queue").await;
+    const N: usize = 200;
+    let statuses: Vec<u16> = futures_util::stream::iter(0..N)
+        .map(|i| {
+            let (app, key) = (&app, &key);
+            async move {
+                let r = app
+                    .http
+                    .post(app.url("/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&chat_body(i % 2 == 0))
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status().as_u16();
+                r.bytes().await.unwrap();
+                s
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    app.wait_for_logs(N as i64).await;
+    let spilled = app.state.recorder.metrics().spilled.load(Ordering::Relaxed);
+    let (recorded, _) = sinks_agree(&app.state.db).await;
+    eprintln!("tiny queue: {N} answered, {spilled} applied from the journal, {recorded} recorded");
+    assert_eq!(recorded, N as i64);
+    assert!(spilled > 0, "the queue never overflowed");
+    let _db = app.shutdown().await;
     assert_eq!(
         journal_files(journal.path()),
         0,
