@@ -149,7 +149,7 @@ impl Reservations {
     }
 
     /// Reserved against `grant` as seen by usage read at `since`.
-    fn reserved(inner: &ResInner, grant: i64, since: u64) -> i64 {
+    fn held(inner: &ResInner, grant: i64, since: u64) -> i64 {
         let pending = inner.pending.get(&grant).copied().unwrap_or(0);
         let settled: i64 = inner.settled.get(&grant).map_or(0, |q| {
             q.iter()
@@ -170,7 +170,7 @@ impl Reservations {
     ) -> Result<T, E> {
         let mut inner = self.lock();
         let (grant, amount, out) = {
-            let view = |g: i64| Self::reserved(&inner, g, since);
+            let view = |g: i64| Self::held(&inner, g, since);
             choose(&view)?
         };
         *inner.pending.entry(grant).or_default() += amount;
@@ -222,6 +222,12 @@ impl Reservations {
             }
             !q.is_empty()
         });
+    }
+
+    /// What in-flight requests hold against `grant_id` now (nano-dollars; settled charges not
+    /// counted): for the admin API's `reserved`.
+    pub async fn reserved(&self, grant_id: i64) -> i64 {
+        self.lock().pending.get(&grant_id).copied().unwrap_or(0)
     }
 
     /// Pending reservations of every grant (settled ones not counted).

@@ -14,7 +14,6 @@ use super::parse::ProxyRequest;
 use crate::billing::admission;
 use crate::billing::balance::window_starts;
 use crate::billing::cost::Price;
-use crate::billing::estimate::admission_estimate;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
@@ -155,7 +154,13 @@ pub async fn admit<'a>(
             .await
             .map_err(db_err)?;
         let (since, grants) = (cached.0, &cached.1);
-        let est = admission_estimate(req.body.len(), req.max_output_tokens, &offer.price);
+        let est = st.proxy.learner.estimate(
+            key.id,
+            model,
+            req.body.len(),
+            req.max_output_tokens,
+            &offer.price,
+        );
         let g = res
             .admit(since, |reserved| {
                 admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))

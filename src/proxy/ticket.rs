@@ -87,6 +87,15 @@ impl Ticket {
         };
         let cost_nanos = cost(&tokens, &self.price).total.nanos();
         let st = &self.st;
+        if billing == BillingStatus::Complete && status < 400 && self.endpoint.charged() {
+            st.proxy.learner.learn(
+                self.api_key_id,
+                &self.model,
+                &tokens,
+                cost_nanos,
+                &self.price,
+            );
+        }
         if let Some(up) = self.user_package_id {
             // The reservation now holds the actual cost until the recorder settles it.
             st.proxy.reservations.add(up, cost_nanos - self.reserved);
