@@ -395,9 +395,13 @@ async fn cold_start_model_switch_and_failures() {
     let (r, held) = tokio::join!(failing, watch);
     assert_eq!(held, usage.cost(), "in flight: the model's figure");
     assert_eq!(r.unwrap().status(), 500);
-    assert_eq!(
-        app.state.proxy.reservations.reserved(g).await,
-        0,
-        "released at once"
-    );
+    // In process at once; in Redis by a task started as the request finished.
+    let t0 = std::time::Instant::now();
+    while app.state.proxy.reservations.reserved(g).await != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "not released at once"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
