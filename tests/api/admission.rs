@@ -405,3 +405,60 @@ async fn cold_start_model_switch_and_failures() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The Redis side on its own, as two instances see it: holds of both count, a settled charge
+/// counts for usage read before it and not after, a hold ends at once or by its TTL.
+#[tokio::test]
+async fn shared_reservations_across_instances() {
+    use tollgate::billing::shared::SharedReservations;
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis).unwrap())
+        .await
+        .unwrap();
+    let instance = |ttl_ms: u64| {
+        SharedReservations::new(
+            conn.clone(),
+            prefix.clone(),
+            Duration::from_secs(1),
+            Duration::from_millis(ttl_ms),
+            Duration::from_secs(10),
+        )
+    };
+    let (a, b) = (instance(60_000), instance(60_000));
+    let before = a.seq().await.unwrap();
+    let rooms = [(7, 150), (8, 1_000)];
+    assert_eq!(a.admit(before, "h1", 100, &rooms).await.unwrap().0, Some(7));
+    // B sees A's hold; its own estimate does not count, so it still fits.
+    let (chosen, seen) = b.admit(before, "h2", 100, &rooms).await.unwrap();
+    assert_eq!((chosen, seen), (Some(7), vec![100]));
+    // Grant 7 is full for a third: the next grant in order pays.
+    let (chosen, seen) = b.admit(before, "h3", 100, &rooms).await.unwrap();
+    assert_eq!((chosen, seen), (Some(8), vec![200, 0]));
+    assert_eq!(
+        b.admit(before, "h4", 5, &rooms[..1]).await.unwrap(),
+        (None, vec![200])
+    );
+    // A's request settles at 80: usage read before counts it, usage read after does not.
+    a.settled(&[(7, "h1", 80)]).await;
+    let after = b.seq().await.unwrap();
+    assert!(after > before);
+    let probe = [(7, 0)];
+    let seen = b.admit(before, "probe", 0, &probe).await.unwrap().1;
+    assert_eq!(seen, vec![180]);
+    let seen = b.admit(after, "probe", 0, &probe).await.unwrap().1;
+    assert_eq!(seen, vec![100]);
+    // B's request fails: its hold ends at once.
+    b.adjust(7, "h2", 0).await;
+    assert_eq!(a.held(7).await, Some(0));
+    assert_eq!(a.held(8).await, Some(100));
+    // A hold whose instance died ends by its TTL.
+    let short = instance(200);
+    assert_eq!(
+        short.admit(after, "h5", 40, &[(9, 100)]).await.unwrap().0,
+        Some(9)
+    );
+    assert_eq!(a.held(9).await, Some(40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.held(9).await, Some(0));
+}
