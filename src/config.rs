@@ -86,6 +86,7 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     pub url: Secret,
     pub key_prefix: String,
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -155,6 +156,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: Secret::default(),
             key_prefix: "tollgate:".into(),
+            timeout_ms: 50,
         }
     }
 }
@@ -318,6 +320,7 @@ impl Config {
                 "upstream.idle_timeout_secs",
                 self.upstream.idle_timeout_secs,
             ),
+            ("redis.timeout_ms", self.redis.timeout_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0".into());

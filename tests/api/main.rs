@@ -4,6 +4,7 @@
 // Test code unwraps: a failure is a test failure with its backtrace.
 #![allow(clippy::unwrap_used)]
 
+mod admission;
 mod breadth;
 mod foundation;
 mod helpers;
