@@ -462,3 +462,82 @@ async fn shared_reservations_across_instances() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.held(9).await, Some(0));
 }
+
+/// The grant's `reserved`, from the user detail and the user's grant list (which must agree).
+async fn reserved_now(app: &TestApp, uid: i64, gid: i64) -> String {
+    let path = format!("/users/{uid}");
+    let (_, user) = app.get(&path).await;
+    let (_, list) = app.get(&format!("{path}/packages")).await;
+    assert_eq!(user["packages"][0]["id"], gid);
+    let from_user = user["packages"][0]["reserved"].clone();
+    assert_eq!(from_user, list["data"][0]["reserved"], "both routes agree");
+    from_user.as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn grants_show_what_requests_in_flight_hold() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let uid = app.user("inflight").await;
+    let pid = app
+        .package(json!({"name": "if", "type": "quota", "quota_total": "10", "duration_days": 30}))
+        .await;
+    let gid = app.grant(uid, pid, None).await;
+    let (_, key) = app.key(uid, json!({"name": "k"})).await;
+    assert_eq!(reserved_now(&app, uid, gid).await, "0.000000000");
+    // Two slow requests in flight: each holds today's estimate (no history yet).
+    let slow = |n: i64| {
+        let http = app.http.clone();
+        let url = app.url("/v1/chat/completions");
+        let key = key.clone();
+        async move {
+            let body = json!({"model": "gpt-test", "max_tokens": 100 * n, "messages": [{"role": "user", "content": "hi"}]});
+            http.post(url)
+                .bearer_auth(key)
+                .header("x-fake-header-delay-ms", "1500")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let (a, b) = (tokio::spawn(slow(1)), tokio::spawn(slow(2)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = reserved_now(&app, uid, gid).await;
+    let page = app
+        .http
+        .get(app.url(&format!("/admin/users/{uid}?lang=en")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    println!("reserved while 2 requests are in flight: {held} USD");
+    // 100 and 200 output tokens at $10 per 1M, plus the body's input at $2.5 per 1M.
+    let held_nanos = held.parse::<Usd>().unwrap().0;
+    assert!(held_nanos >= 3_000_000, "{held}");
+    assert!(held_nanos < 3_000_000 + 2 * gpt_cost(1_000, 0, 0), "{held}");
+    assert_eq!(a.await.unwrap(), 200);
+    assert_eq!(b.await.unwrap(), 200);
+    app.wait_for_logs(2).await;
+    let mut after = String::new();
+    for _ in 0..200 {
+        after = reserved_now(&app, uid, gid).await;
+        if after == "0.000000000" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        after, "0.000000000",
+        "released once settled and no longer needed"
+    );
+    assert!(
+        page.contains("held by requests in flight:"),
+        "the user page shows the reservation while requests are in flight"
+    );
+}
