@@ -16,6 +16,9 @@ pub enum BillingStatus {
     Estimated,
     /// Nothing billable reached upstream (or upstream failed without usage).
     Void,
+    /// Upstream reported usage that cannot be true (negative, not an integer, above
+    /// `upstream.max_tokens_per_request`, or a cost that does not fit): charged at the estimate.
+    Disputed,
 }
 
 impl BillingStatus {
@@ -25,6 +28,7 @@ impl BillingStatus {
             BillingStatus::Partial => "partial",
             BillingStatus::Estimated => "estimated",
             BillingStatus::Void => "void",
+            BillingStatus::Disputed => "disputed",
         }
     }
 }

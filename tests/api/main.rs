@@ -1,6 +1,7 @@
 //! One integration test binary: the real app on a random port with real HTTP, a real fake
 //! upstream, real SQLite files, and (with TOLLGATE_TEST_BACKEND=mysql) real MySQL and Redis.
 
+mod absurd;
 mod breadth;
 mod foundation;
 mod helpers;
