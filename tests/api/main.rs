@@ -8,6 +8,7 @@ mod helpers;
 mod ledger;
 mod logs;
 mod proxy;
+mod refusals;
 mod sdk;
 mod shutdown;
 mod validation;
