@@ -129,6 +129,8 @@ pub struct ProxyState {
     pub reservations: Arc<Reservations>,
     pub grants: Arc<GrantCache>,
     pub account_errors: account_errors::AccountErrors,
+    /// Set when the shutdown grace ran out: streams cut then are recorded `partial`.
+    pub closing: std::sync::atomic::AtomicBool,
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
     accounts: TtlCache<&'static str, Vec<Account>>,
@@ -150,6 +152,7 @@ impl ProxyState {
             reservations,
             grants,
             account_errors,
+            closing: Default::default(),
             keys: TtlCache::new(cache::TTL),
             prices: TtlCache::new(cache::TTL),
             accounts: TtlCache::new(cache::TTL),

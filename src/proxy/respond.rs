@@ -232,6 +232,10 @@ impl TapStream {
                 }
                 (Some(Ok(u)), None) => (u, BillingStatus::Complete),
                 (Some(Ok(u)), Some(_)) => (u, BillingStatus::Partial),
+                // Cut by the gateway's shutdown: what was seen so far, an estimate of it.
+                (None, Some(_)) if t.closing() => {
+                    (t.estimate(self.tap.data_bytes), BillingStatus::Partial)
+                }
                 (None, _) => (t.estimate(self.tap.data_bytes), BillingStatus::Estimated),
             };
             t.finish(self.status, Some(tokens), billing, error);
@@ -296,8 +300,13 @@ impl Stream for TapStream {
 
 impl Drop for TapStream {
     fn drop(&mut self) {
-        if self.ticket.is_some() {
-            self.end(Some("client disconnected".into()));
+        if let Some(t) = &self.ticket {
+            let why = if t.closing() {
+                "the gateway shut down before the stream ended"
+            } else {
+                "client disconnected"
+            };
+            self.end(Some(why.into()));
         }
     }
 }

@@ -167,6 +167,14 @@ impl Ticket {
         self.finish(status, None, BillingStatus::Void, Some(error));
     }
 
+    /// The gateway is closing its remaining connections (the shutdown grace ran out).
+    pub fn closing(&self) -> bool {
+        self.st
+            .proxy
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `upstream.max_tokens_per_request`: larger reported counts are disputed.
     pub fn max_tokens(&self) -> i64 {
         self.st.config.upstream.max_tokens_per_request

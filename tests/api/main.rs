@@ -11,4 +11,5 @@ mod proxy;
 mod refusals;
 mod sdk;
 mod shutdown;
+mod slow_clients;
 mod validation;
