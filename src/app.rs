@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::billing::admission::Reservations;
+use crate::billing::admission::{Reservations, SETTLED_KEEP};
+use crate::billing::shared::SharedReservations;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::proxy::account_errors::AccountErrors;
@@ -37,6 +38,13 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
     .await?;
     db.migrate().await?;
     Ok(db)
+}
+
+/// How long a reservation in Redis lives without its instance: the longest an upstream may
+/// keep a request waiting (first byte, then a silence between chunks), plus a minute. A
+/// stream that lasts longer loses its hold then (it still counts in this process).
+fn hold_ttl(upstream: &crate::config::UpstreamConfig) -> Duration {
+    Duration::from_secs(upstream.first_byte_timeout_secs + upstream.idle_timeout_secs + 60)
 }
 
 async fn connect_redis(config: &Config) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
@@ -76,8 +84,13 @@ pub async fn ensure_first_admin(
     } else {
         (configured, false)
     };
-    db.create_user(&username, "admin", Some(&hash_password(&password)), now_ms)
-        .await?;
+    db.create_user(
+        &username,
+        crate::domain::Role::Admin,
+        Some(&hash_password(&password)),
+        now_ms,
+    )
+    .await?;
     tracing::info!(username = %username, "created the first admin account");
     Ok(generated.then_some((username, password)))
 }
@@ -102,7 +115,16 @@ impl App {
             None => (Stats::memory(), Limiter::memory()),
         };
         let stats = Arc::new(stats);
-        let reservations = Arc::new(Reservations::default());
+        let reservations = Arc::new(match &redis {
+            Some(c) => Reservations::with_redis(SharedReservations::new(
+                c.clone(),
+                config.redis.key_prefix.clone(),
+                Duration::from_millis(config.redis.timeout_ms),
+                hold_ttl(&config.upstream),
+                SETTLED_KEEP,
+            )),
+            None => Reservations::default(),
+        });
         let grants = Arc::new(crate::cache::TtlCache::new(crate::cache::TTL));
         let (recorder, worker) = Recorder::start(
             db.clone(),
@@ -129,6 +151,7 @@ impl App {
             reservations,
             grants,
             account_errors,
+            clock.clone(),
         )?;
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {

@@ -30,6 +30,12 @@ impl Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
@@ -81,6 +87,7 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     pub url: Secret,
     pub key_prefix: String,
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -152,6 +159,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: Secret::default(),
             key_prefix: "tollgate:".into(),
+            timeout_ms: 50,
         }
     }
 }
@@ -320,6 +328,7 @@ impl Config {
                 "server.header_timeout_secs",
                 self.server.header_timeout_secs,
             ),
+            ("redis.timeout_ms", self.redis.timeout_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0".into());

@@ -5,6 +5,7 @@ use crate::app::{bind, shutdown_signal, App};
 use crate::billing::cost::Price;
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
+use crate::domain::{PackageKind, Provider, Role};
 use crate::fake_upstream::FakeUpstream;
 use crate::secrets::{new_api_key, random_base62};
 use crate::store::accounts::AccountFields;
@@ -28,15 +29,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let db = &st.db;
     let now = st.now_ms();
     for (provider, base) in [
-        ("openai", fake.openai_base_url()),
-        ("anthropic", fake.anthropic_base_url()),
+        (Provider::OpenAi, fake.openai_base_url()),
+        (Provider::Anthropic, fake.anthropic_base_url()),
     ] {
         db.create_account(
             &AccountFields {
                 name: Some(format!("fake-{provider}")),
-                provider: Some(provider.into()),
+                provider: Some(provider),
                 base_url: Some(base),
-                secret: Some("fake-upstream-key".into()),
+                secret: Some(Secret::new("fake-upstream-key")),
                 ..Default::default()
             },
             now,
@@ -72,13 +73,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     .await?;
     let user = match db.find_user_by_username("demo").await? {
         Some(u) => u,
-        None => db.create_user("demo", "user", None, now).await?,
+        None => db.create_user("demo", Role::User, None, now).await?,
     };
     let pkg = db
         .create_package(
             &NewPackage {
                 name: "Demo monthly",
-                kind: "subscription",
+                kind: PackageKind::Subscription,
                 daily_quota: Some(usd("1")),
                 weekly_quota: Some(usd("5")),
                 monthly_quota: Some(usd("20")),

@@ -153,7 +153,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let user = db
                 .find_user_by_username(&username)
                 .await?
-                .filter(|u| u.role == "admin")
+                .filter(|u| u.role == tollgate::domain::Role::Admin)
                 .ok_or_else(|| anyhow::anyhow!("no admin named `{username}`"))?;
             let (password, generated) = match password {
                 Some(p) if p.chars().count() >= 8 => (p, false),

@@ -4,34 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::billing::cost::Tokens;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BillingStatus {
-    /// Usage as reported by upstream for the whole response.
-    Complete,
-    /// The client went away; usage reported so far.
-    Partial,
-    /// No usage reported; an estimate from what passed through.
-    Estimated,
-    /// Nothing billable reached upstream (or upstream failed without usage).
-    Void,
-    /// Upstream reported usage that cannot be true (negative, not an integer, above
-    /// `upstream.max_tokens_per_request`, or a cost that does not fit): charged at the estimate.
-    Disputed,
-}
-
-impl BillingStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BillingStatus::Complete => "complete",
-            BillingStatus::Partial => "partial",
-            BillingStatus::Estimated => "estimated",
-            BillingStatus::Void => "void",
-            BillingStatus::Disputed => "disputed",
-        }
-    }
-}
+pub use crate::domain::BillingStatus;
 
 /// Window starts (Unix ms) of the charged package at the time of the request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 
 use super::parse::{models, one_of};
 use super::{AdminError, Problem, Result};
+use crate::config::Secret;
+use crate::domain::{AccountStatus, Provider};
 use crate::state::AppState;
 use crate::store::accounts::{Account, AccountFields};
 
@@ -42,7 +44,7 @@ fn fields(b: AccountInput, creating: bool) -> Result<AccountFields> {
     let provider = b
         .provider
         .as_deref()
-        .map(|p| one_of("provider", p, &["openai", "anthropic"]))
+        .map(|p| one_of::<Provider>("provider", p))
         .transpose()?;
     if let Some(u) = &b.base_url {
         let ok = url::Url::parse(u)
@@ -67,13 +69,13 @@ fn fields(b: AccountInput, creating: bool) -> Result<AccountFields> {
     let status = b
         .status
         .as_deref()
-        .map(|s| one_of("status", s, &["active", "disabled"]))
+        .map(|s| one_of::<AccountStatus>("status", s))
         .transpose()?;
     Ok(AccountFields {
         name: b.name.map(|s| s.trim().to_string()),
         provider,
         base_url: b.base_url.map(|u| u.trim_end_matches('/').to_string()),
-        secret: b.api_key,
+        secret: b.api_key.map(Secret::new),
         models: b.models,
         priority: b.priority,
         weight: b.weight,

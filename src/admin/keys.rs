@@ -2,6 +2,7 @@
 
 use super::parse::{models, name, one_of, time};
 use super::{AdminError, Problem, Result};
+use crate::domain::KeyStatus;
 use crate::secrets::new_api_key;
 use crate::state::AppState;
 use crate::store::keys::ApiKey;
@@ -57,9 +58,9 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
 }
 
 pub async fn set_key_status(st: &AppState, id: i64, status: &str) -> Result<ApiKey> {
-    let status = one_of("status", status, &["active", "revoked"])?;
+    let status = one_of::<KeyStatus>("status", status)?;
     st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
-    let key = st.db.set_key_status(id, &status, st.now_ms()).await?;
+    let key = st.db.set_key_status(id, status, st.now_ms()).await?;
     st.proxy.forget_cached();
     Ok(key)
 }

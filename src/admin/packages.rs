@@ -3,6 +3,7 @@
 use super::parse::{name, one_of, time};
 use super::{AdminError, Problem, Result};
 use crate::billing::money::Usd;
+use crate::domain::{CatalogueStatus, GrantStatus, PackageKind};
 use crate::state::AppState;
 use crate::store::packages::{Package, UserPackage};
 
@@ -36,8 +37,8 @@ pub async fn create_package(st: &AppState, p: NewPackage) -> Result<Package> {
     let weekly = positive("weekly_quota", p.weekly_quota)?;
     let monthly = positive("monthly_quota", p.monthly_quota)?;
     let total = positive("quota_total", p.quota_total)?;
-    let kind = one_of("type", &p.kind, &["subscription", "quota"])?;
-    if kind == "subscription" {
+    let kind = one_of::<PackageKind>("type", &p.kind)?;
+    if kind == PackageKind::Subscription {
         if daily.is_none() && weekly.is_none() && monthly.is_none() {
             return Err(AdminError::invalid(
                 "daily_quota",
@@ -72,7 +73,7 @@ pub async fn create_package(st: &AppState, p: NewPackage) -> Result<Package> {
         .create_package(
             &crate::store::packages::NewPackage {
                 name: &name,
-                kind: &kind,
+                kind,
                 daily_quota: daily,
                 weekly_quota: weekly,
                 monthly_quota: monthly,
@@ -87,12 +88,12 @@ pub async fn create_package(st: &AppState, p: NewPackage) -> Result<Package> {
 }
 
 pub async fn set_package_status(st: &AppState, id: i64, status: &str) -> Result<Package> {
-    let status = one_of("status", status, &["active", "disabled"])?;
+    let status = one_of::<CatalogueStatus>("status", status)?;
     st.db
         .get_package(id)
         .await
         .map_err(AdminError::lookup("package"))?;
-    let pkg = st.db.set_package_status(id, &status, st.now_ms()).await?;
+    let pkg = st.db.set_package_status(id, status, st.now_ms()).await?;
     st.proxy.forget_cached();
     Ok(pkg)
 }
@@ -110,7 +111,7 @@ pub async fn grant_package(st: &AppState, user_id: i64, g: NewGrant) -> Result<U
         }
         e => AdminError::Store(e),
     })?;
-    if pkg.status != "active" {
+    if pkg.status != CatalogueStatus::Active {
         return Err(AdminError::invalid("package_id", Problem::PackageDisabled));
     }
     let now = st.now_ms();
@@ -126,14 +127,14 @@ pub async fn grant_package(st: &AppState, user_id: i64, g: NewGrant) -> Result<U
 
 /// Cancel a grant, or make it active again.
 pub async fn set_grant_status(st: &AppState, id: i64, status: &str) -> Result<UserPackage> {
-    let status = one_of("status", status, &["active", "cancelled"])?;
+    let status = one_of::<GrantStatus>("status", status)?;
     st.db
         .get_user_package(id)
         .await
         .map_err(AdminError::lookup("user package"))?;
     let up = st
         .db
-        .set_user_package_status(id, &status, st.now_ms())
+        .set_user_package_status(id, status, st.now_ms())
         .await?;
     st.proxy.forget_cached();
     Ok(up)

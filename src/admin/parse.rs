@@ -1,16 +1,14 @@
 //! Input strings to values, one function per kind of field, naming the field on error.
 
 use super::{AdminError, Problem, Result};
+use crate::domain::Vocabulary;
 
 /// A value from a fixed set of names (a status, a role, a provider, a package type).
-pub fn one_of(
-    field: &'static str,
-    value: &str,
-    allowed: &'static [&'static str],
-) -> Result<String> {
-    if allowed.contains(&value) {
-        return Ok(value.to_string());
+pub fn one_of<T: Vocabulary>(field: &'static str, value: &str) -> Result<T> {
+    if let Ok(v) = value.parse() {
+        return Ok(v);
     }
+    let allowed = T::NAMES;
     let problem = if field == "status" {
         Problem::UnknownStatus { allowed }
     } else {

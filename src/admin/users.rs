@@ -2,6 +2,7 @@
 
 use super::parse::one_of;
 use super::{AdminError, Problem, Result, Taken};
+use crate::domain::{Role, UserStatus};
 use crate::secrets::hash_password;
 use crate::state::AppState;
 use crate::store::users::User;
@@ -48,11 +49,7 @@ fn password(p: &str) -> Result<()> {
 
 pub async fn create_user(st: &AppState, u: NewUser) -> Result<User> {
     username(&u.username)?;
-    let role = one_of(
-        "role",
-        u.role.as_deref().unwrap_or("user"),
-        &["admin", "user"],
-    )?;
+    let role = one_of::<Role>("role", u.role.as_deref().unwrap_or("user"))?;
     let hash = match &u.password {
         Some(p) => {
             password(p)?;
@@ -62,7 +59,7 @@ pub async fn create_user(st: &AppState, u: NewUser) -> Result<User> {
     };
     let user = st
         .db
-        .create_user(&u.username, &role, hash.as_deref(), st.now_ms())
+        .create_user(&u.username, role, hash.as_deref(), st.now_ms())
         .await
         .map_err(|e| match e {
             StoreError::Conflict => AdminError::Conflict(Taken::Username(u.username.clone())),
@@ -76,7 +73,7 @@ pub async fn update_user(st: &AppState, id: i64, p: UserPatch) -> Result<User> {
     let status = p
         .status
         .as_deref()
-        .map(|s| one_of("status", s, &["active", "disabled"]))
+        .map(|s| one_of::<UserStatus>("status", s))
         .transpose()?;
     if let Some(pw) = &p.password {
         password(pw)?;
@@ -87,7 +84,7 @@ pub async fn update_user(st: &AppState, id: i64, p: UserPatch) -> Result<User> {
         .map_err(AdminError::lookup("user"))?;
     let now = st.now_ms();
     if let Some(s) = status {
-        st.db.set_user_status(id, &s, now).await?;
+        st.db.set_user_status(id, s, now).await?;
     }
     if let Some(pw) = &p.password {
         st.db.set_password_hash(id, &hash_password(pw), now).await?;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::money::Usd;
 use super::windows::{effective_used, window_at, WindowKind};
 use crate::clock::from_ms;
+use crate::domain::{GrantStatus, PackageKind};
 use crate::store::packages::UserPackage;
 use crate::usage::WindowStarts;
 
@@ -34,8 +35,8 @@ pub struct PackageStatus {
     pub package_id: i64,
     pub name: String,
     #[serde(rename = "type")]
-    pub kind: String,
-    pub status: String,
+    pub kind: PackageKind,
+    pub status: GrantStatus,
     pub starts_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     /// Active: status active and starts_at ≤ now < expires_at.
@@ -45,14 +46,6 @@ pub struct PackageStatus {
     /// Lifetime charges of this grant.
     pub total_used: Usd,
     pub has_room: bool,
-}
-
-fn limit_of(up: &UserPackage, kind: WindowKind) -> Option<i64> {
-    match kind {
-        WindowKind::Daily => up.daily_quota,
-        WindowKind::Weekly => up.weekly_quota,
-        WindowKind::Monthly => up.monthly_quota,
-    }
 }
 
 fn stored(up: &UserPackage, kind: WindowKind) -> (Option<i64>, i64) {
@@ -88,11 +81,10 @@ pub fn used_in(up: &UserPackage, kind: WindowKind, now: DateTime<Utc>, tz: Tz) -
 
 pub fn package_status(up: &UserPackage, now: DateTime<Utc>, tz: Tz) -> PackageStatus {
     let (s, e) = (from_ms(up.starts_at), from_ms(up.expires_at));
-    let now_ms = now.timestamp_millis();
-    let active = up.status == "active" && up.starts_at <= now_ms && now_ms < up.expires_at;
+    let active = up.is_active_at(now.timestamp_millis());
     let mut windows = Vec::new();
     for kind in WindowKind::ALL {
-        let Some(limit) = limit_of(up, kind) else {
+        let Some(limit) = up.limit(kind) else {
             continue;
         };
         // Before the grant starts, show its first window; after it ends, its last.
@@ -121,8 +113,8 @@ pub fn package_status(up: &UserPackage, now: DateTime<Utc>, tz: Tz) -> PackageSt
         id: up.id,
         package_id: up.package_id,
         name: up.name.clone(),
-        kind: up.kind.clone(),
-        status: up.status.clone(),
+        kind: up.kind,
+        status: up.status,
         starts_at: s,
         expires_at: e,
         active,

@@ -3,6 +3,7 @@
 
 use axum::http::header::{self, HeaderMap};
 
+use crate::domain::{Role, UserStatus};
 use crate::secrets::{constant_time_eq, sha256_hex};
 use crate::state::AppState;
 use crate::store::sessions::Session;
@@ -75,7 +76,7 @@ pub async fn session_user(
         Err(StoreError::NotFound) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if user.role != "admin" || user.status != "active" {
+    if user.role != Role::Admin || user.status != UserStatus::Active {
         return Ok(None);
     }
     if now - s.last_seen_at > 60_000 {

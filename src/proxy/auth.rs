@@ -3,6 +3,7 @@
 use axum::http::HeaderMap;
 
 use super::error::{Failure, Protocol, ProxyError};
+use crate::domain::{KeyStatus, UserStatus};
 use crate::secrets::sha256_hex;
 use crate::state::AppState;
 use crate::store::keys::KeyAuth;
@@ -51,7 +52,7 @@ pub async fn authenticate(
         .as_ref()
         .clone()
         .ok_or_else(|| fail("invalid API key: check the key you were given"))?;
-    if key.status != "active" || key.user_status != "active" {
+    if key.status != KeyStatus::Active || key.user_status != UserStatus::Active {
         return Err(fail("this API key has been revoked or its user disabled"));
     }
     if key.expires_at.is_some_and(|t| t <= st.now_ms()) {

@@ -46,7 +46,7 @@ pub async fn forward(
 
     for (n, account) in ordered.into_iter().take(attempts).enumerate() {
         let url = upstream_url(ticket.endpoint, &account.base_url);
-        let headers = upstream_headers(client_hdrs, &account.provider, &account.secret);
+        let headers = upstream_headers(client_hdrs, account.provider, account.secret.expose());
         let req = st.proxy.http.post(&url, headers, body.clone());
         let sent_at = Instant::now();
         let outcome = match tokio::time::timeout(first_byte, req).await {
@@ -82,9 +82,7 @@ pub async fn forward(
                     error = %what,
                     "upstream attempt failed"
                 );
-                st.metrics
-                    .upstream_attempt_failures
-                    .increment(1);
+                st.metrics.upstream_attempt_failures.increment(1);
                 st.proxy.health.cool_down(account.id, cooldown);
                 st.proxy
                     .account_errors

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::error::Protocol;
 use super::parse::ProxyRequest;
 use super::Endpoint;
+use crate::domain::Provider;
 
 /// The body for upstream.
 pub struct UpstreamBody {
@@ -75,7 +76,7 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Headers sent upstream to an account of `provider` with credential `secret`: the client's,
 /// minus its credentials, hop-by-hop headers and those the HTTP client sets itself;
 /// `accept-encoding` is dropped so usage can be read.
-pub fn upstream_headers(client: &HeaderMap, provider: &str, secret: &str) -> HeaderMap {
+pub fn upstream_headers(client: &HeaderMap, provider: Provider, secret: &str) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(client.len() + 2);
     let conn_listed: Vec<String> = client
         .get_all("connection")
@@ -102,13 +103,13 @@ pub fn upstream_headers(client: &HeaderMap, provider: &str, secret: &str) -> Hea
         h.append(name.clone(), value.clone());
     }
     let auth = match provider {
-        "anthropic" => ("x-api-key", secret.to_string()),
-        _ => ("authorization", format!("Bearer {secret}")),
+        Provider::Anthropic => ("x-api-key", secret.to_string()),
+        Provider::OpenAi => ("authorization", format!("Bearer {secret}")),
     };
     if let Ok(v) = HeaderValue::from_str(&auth.1) {
         h.insert(HeaderName::from_static(auth.0), v);
     }
-    if provider == "anthropic" && !h.contains_key("anthropic-version") {
+    if provider == Provider::Anthropic && !h.contains_key("anthropic-version") {
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
     }
     h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -172,14 +173,14 @@ mod tests {
             ("x-custom", "a"),
             ("x-custom", "b"),
         ]);
-        let h = upstream_headers(&client, "openai", "sk-up");
+        let h = upstream_headers(&client, Provider::OpenAi, "sk-up");
         assert_eq!(names(&h), ["authorization", "content-type", "x-custom"]);
         assert_eq!(h["authorization"], "Bearer sk-up");
         assert_eq!(h["content-type"], "application/json");
         let custom: Vec<_> = h.get_all("x-custom").iter().collect();
         assert_eq!(custom, ["a", "b"], "repeated headers kept in order");
 
-        let h = upstream_headers(&client, "anthropic", "sk-ant");
+        let h = upstream_headers(&client, Provider::Anthropic, "sk-ant");
         assert_eq!(
             names(&h),
             ["anthropic-version", "content-type", "x-api-key", "x-custom"]
@@ -191,7 +192,7 @@ mod tests {
             ("anthropic-version", "2024-01-01"),
             ("anthropic-beta", "b1"),
         ]);
-        let h = upstream_headers(&client, "anthropic", "sk-ant");
+        let h = upstream_headers(&client, Provider::Anthropic, "sk-ant");
         assert_eq!(h["anthropic-version"], "2024-01-01");
         assert_eq!(h["anthropic-beta"], "b1");
         assert_eq!(h.get("authorization"), None);

@@ -47,7 +47,7 @@ impl Ticket {
     ) -> Ticket {
         let day = day_string(admitted.now, st.tz);
         Ticket {
-            request_id: uuid::Uuid::now_v7().to_string(),
+            request_id: admitted.request_id.clone(),
             endpoint: request.endpoint,
             user_id: key.user_id,
             api_key_id: key.id,
@@ -103,9 +103,29 @@ impl Ticket {
             }
         };
         let st = &self.st;
+        if billing == BillingStatus::Complete && status < 400 && self.endpoint.charged() {
+            st.proxy.learner.learn(
+                self.api_key_id,
+                &self.model,
+                &tokens,
+                cost_nanos,
+                &self.price,
+            );
+        }
         if let Some(up) = self.user_package_id {
             // The reservation now holds the actual cost until the recorder settles it.
             st.proxy.reservations.add(up, cost_nanos - self.reserved);
+            // In Redis too, without waiting: a failed request releases its hold at once, and a
+            // client's next request does not find this one's estimate still held.
+            let shared = st.proxy.reservations.shared().is_some();
+            if shared && cost_nanos != self.reserved {
+                let (st2, hold) = (st.clone(), self.request_id.clone());
+                tokio::spawn(async move {
+                    if let Some(s) = st2.proxy.reservations.shared() {
+                        s.adjust(up, &hold, cost_nanos).await;
+                    }
+                });
+            }
         }
         if self.tpm_limited && tokens.total() > 0 {
             let st2 = st.clone();

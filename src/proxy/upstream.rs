@@ -4,27 +4,38 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 
+use crate::clock::Clock;
 use crate::store::accounts::Account;
 
-/// In-process health: which accounts are cooling down, until when.
-#[derive(Default)]
+/// In-process health: which accounts are cooling down, until when (on the gateway's clock, so
+/// tests move time instead of sleeping).
 pub struct Health {
-    until: Mutex<HashMap<i64, Instant>>,
+    clock: Clock,
+    /// Account id → end of its cooldown, Unix ms.
+    until: Mutex<HashMap<i64, i64>>,
 }
 
 impl Health {
+    pub fn new(clock: Clock) -> Health {
+        Health {
+            clock,
+            until: Mutex::default(),
+        }
+    }
+
     pub fn cooling(&self, id: i64) -> bool {
         let m = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&id).is_some_and(|t| *t > Instant::now())
+        m.get(&id).is_some_and(|t| *t > self.clock.now_ms())
     }
 
     pub fn cool_down(&self, id: i64, d: Duration) {
         let mut m = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(id, Instant::now() + d);
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        m.insert(id, self.clock.now_ms().saturating_add(ms));
     }
 
     pub fn recovered(&self, id: i64) {
@@ -35,9 +46,8 @@ impl Health {
     /// Seconds of cooldown left, for display.
     pub fn cooldown_left(&self, id: i64) -> Option<u64> {
         let m = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&id)
-            .and_then(|t| t.checked_duration_since(Instant::now()))
-            .map(|d| d.as_secs() + 1)
+        let left = m.get(&id)? - self.clock.now_ms();
+        (left > 0).then(|| left as u64 / 1000 + 1)
     }
 }
 
@@ -69,13 +79,13 @@ mod tests {
         Account {
             id,
             name: format!("a{id}"),
-            provider: "openai".into(),
+            provider: crate::domain::Provider::OpenAi,
             base_url: "http://x".into(),
-            secret: String::new(),
+            secret: Default::default(),
             models: None,
             priority,
             weight,
-            status: "active".into(),
+            status: crate::domain::AccountStatus::Active,
             total_cost: 0,
             request_count: 0,
             input_tokens: 0,
@@ -107,11 +117,18 @@ mod tests {
 
     #[test]
     fn cooldown_expires() {
-        let h = Health::default();
-        h.cool_down(1, Duration::from_millis(30));
+        let t0 = chrono::DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let clock = Clock::manual(t0);
+        let h = Health::new(clock.clone());
+        h.cool_down(1, Duration::from_millis(1500));
         assert!(h.cooling(1));
         assert!(!h.cooling(2));
-        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(h.cooldown_left(1), Some(2));
+        clock.set(t0 + chrono::Duration::milliseconds(1499));
+        assert!(h.cooling(1));
+        assert_eq!(h.cooldown_left(1), Some(1));
+        clock.set(t0 + chrono::Duration::milliseconds(1500));
         assert!(!h.cooling(1));
+        assert_eq!(h.cooldown_left(1), None);
     }
 }

@@ -3,22 +3,25 @@
 use serde::Serialize;
 
 use super::{column_to_list, execute, insert_id, list_to_column, on_db, ser, Db, Result};
-use crate::config::DbKind;
+use crate::config::{DbKind, Secret};
+use crate::domain::{AccountStatus, Provider};
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct Account {
     pub id: i64,
     pub name: String,
-    pub provider: String,
+    pub provider: Provider,
     pub base_url: String,
-    /// The upstream credential: never serialised, never shown.
+    /// The upstream credential: never serialised, never shown (`Debug` prints `[redacted]`);
+    /// exposed only to build the upstream request's auth header.
     #[serde(skip)]
-    pub secret: String,
+    #[sqlx(try_from = "String")]
+    pub secret: Secret,
     #[serde(serialize_with = "ser::list")]
     pub models: Option<String>,
     pub priority: i64,
     pub weight: i64,
-    pub status: String,
+    pub status: AccountStatus,
     #[serde(serialize_with = "ser::usd")]
     pub total_cost: i64,
     pub request_count: i64,
@@ -52,13 +55,13 @@ impl Account {
 #[derive(Default)]
 pub struct AccountFields {
     pub name: Option<String>,
-    pub provider: Option<String>,
+    pub provider: Option<Provider>,
     pub base_url: Option<String>,
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     pub models: Option<Vec<String>>,
     pub priority: Option<i64>,
     pub weight: Option<i64>,
-    pub status: Option<String>,
+    pub status: Option<AccountStatus>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
@@ -94,7 +97,8 @@ const PRICE_COLS: &str =
     "model, input_price, output_price, cache_read_price, cache_write_price, updated_at";
 
 impl Db {
-    /// Insert an account; `f` must carry name, provider, base_url and secret.
+    /// Insert an account; `f` must carry name, provider, base_url and secret (without a
+    /// provider the database refuses the row).
     pub async fn create_account(&self, f: &AccountFields, now: i64) -> Result<Account> {
         let id = insert_id!(
             self,
@@ -103,13 +107,13 @@ impl Db {
                  status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
             .bind(f.name.as_deref().unwrap_or_default())
-            .bind(f.provider.as_deref().unwrap_or_default())
+            .bind(f.provider)
             .bind(f.base_url.as_deref().unwrap_or_default())
-            .bind(f.secret.as_deref().unwrap_or_default())
+            .bind(f.secret.as_ref().map(Secret::expose).unwrap_or_default())
             .bind(f.models.as_deref().and_then(list_to_column))
             .bind(f.priority.unwrap_or(0))
             .bind(f.weight.unwrap_or(1))
-            .bind(f.status.as_deref().unwrap_or("active"))
+            .bind(f.status.unwrap_or(AccountStatus::Active))
             .bind(now)
             .bind(now)
         );
@@ -134,13 +138,14 @@ impl Db {
     }
 
     /// Active accounts of a provider, highest priority first.
-    pub async fn active_accounts(&self, provider: &str) -> Result<Vec<Account>> {
+    pub async fn active_accounts(&self, provider: Provider) -> Result<Vec<Account>> {
         let sql = format!(
-            "SELECT {ACC_COLS} FROM accounts WHERE provider = ? AND status = 'active' \
+            "SELECT {ACC_COLS} FROM accounts WHERE provider = ? AND status = ? \
              ORDER BY priority DESC, id"
         );
         Ok(on_db!(self, |p| sqlx::query_as(&sql)
             .bind(provider)
+            .bind(AccountStatus::Active)
             .fetch_all(p)
             .await)?)
     }
@@ -156,13 +161,13 @@ impl Db {
              priority = ?, weight = ?, status = ?, updated_at = ? WHERE id = ?"
         )
         .bind(f.name.as_deref().unwrap_or(&cur.name))
-        .bind(f.provider.as_deref().unwrap_or(&cur.provider))
+        .bind(f.provider.unwrap_or(cur.provider))
         .bind(f.base_url.as_deref().unwrap_or(&cur.base_url))
-        .bind(f.secret.as_deref().unwrap_or(&cur.secret))
+        .bind(f.secret.as_ref().unwrap_or(&cur.secret).expose())
         .bind(models)
         .bind(f.priority.unwrap_or(cur.priority))
         .bind(f.weight.unwrap_or(cur.weight))
-        .bind(f.status.as_deref().unwrap_or(&cur.status))
+        .bind(f.status.unwrap_or(cur.status))
         .bind(now)
         .bind(id))?;
         self.get_account(id).await
@@ -228,5 +233,42 @@ impl Db {
     pub async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
         let sql = format!("SELECT {PRICE_COLS} FROM model_prices ORDER BY model");
         Ok(on_db!(self, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_never_shows_its_secret() {
+        let a = Account {
+            id: 1,
+            name: "a".into(),
+            provider: Provider::OpenAi,
+            base_url: "http://x".into(),
+            secret: Secret::new("sk-upstream-secret"),
+            models: None,
+            priority: 0,
+            weight: 1,
+            status: AccountStatus::Active,
+            total_cost: 0,
+            request_count: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            last_error: None,
+            last_error_at: None,
+            last_used_at: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let debug = format!("{a:?}");
+        assert!(!debug.contains("sk-upstream-secret"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(!json.contains("sk-upstream-secret"), "{json}");
+        assert_eq!(a.secret.expose(), "sk-upstream-secret");
     }
 }

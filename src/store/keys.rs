@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{column_to_list, execute, insert_id, list_to_column, on_db, ser, Db, Result};
+use crate::domain::{KeyStatus, UserStatus};
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct ApiKey {
@@ -12,7 +13,7 @@ pub struct ApiKey {
     pub key_prefix: String,
     #[serde(skip)]
     pub key_hash: String,
-    pub status: String,
+    pub status: KeyStatus,
     #[serde(serialize_with = "ser::opt_ms")]
     pub expires_at: Option<i64>,
     #[serde(serialize_with = "ser::list")]
@@ -45,12 +46,12 @@ impl ApiKey {
 pub struct KeyAuth {
     pub id: i64,
     pub user_id: i64,
-    pub status: String,
+    pub status: KeyStatus,
     pub expires_at: Option<i64>,
     pub allowed_models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
-    pub user_status: String,
+    pub user_status: UserStatus,
 }
 
 pub struct NewKey<'a> {
@@ -75,12 +76,13 @@ impl Db {
             sqlx::query(
                 "INSERT INTO api_keys (user_id, name, key_prefix, key_hash, status, expires_at, \
                  allowed_models, rpm_limit, tpm_limit, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
             .bind(k.user_id)
             .bind(k.name)
             .bind(k.key_prefix)
             .bind(k.key_hash)
+            .bind(KeyStatus::Active)
             .bind(k.expires_at)
             .bind(list_to_column(k.allowed_models))
             .bind(k.rpm_limit)
@@ -119,7 +121,7 @@ impl Db {
             .await)?)
     }
 
-    pub async fn set_key_status(&self, id: i64, status: &str, now: i64) -> Result<ApiKey> {
+    pub async fn set_key_status(&self, id: i64, status: KeyStatus, now: i64) -> Result<ApiKey> {
         execute!(
             self,
             sqlx::query("UPDATE api_keys SET status = ?, updated_at = ? WHERE id = ?")

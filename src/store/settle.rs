@@ -219,7 +219,7 @@ impl Db {
                             .bind(e.tokens.cache_read)
                             .bind(e.tokens.cache_write)
                             .bind(e.cost_nanos)
-                            .bind(e.billing_status.as_str())
+                            .bind(e.billing_status)
                             .bind(e.latency_ms)
                             .bind(e.ttfb_ms)
                             .bind(e.error.as_deref());

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::{on_db, ser, Db, Result};
+use crate::usage::BillingStatus;
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct UsageDailyRow {
@@ -41,7 +42,7 @@ pub struct RequestLog {
     pub cache_write_tokens: i64,
     #[serde(serialize_with = "ser::usd")]
     pub cost: i64,
-    pub billing_status: String,
+    pub billing_status: BillingStatus,
     pub latency_ms: i64,
     pub ttfb_ms: Option<i64>,
     pub error: Option<String>,

@@ -3,15 +3,16 @@
 use serde::Serialize;
 
 use super::{execute, insert_id, on_db, ser, Db, Result};
+use crate::domain::{Role, UserStatus};
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
 pub struct User {
     pub id: i64,
     pub username: String,
-    pub role: String,
+    pub role: Role,
     #[serde(skip)]
     pub password_hash: Option<String>,
-    pub status: String,
+    pub status: UserStatus,
     #[serde(serialize_with = "ser::ms")]
     pub created_at: i64,
     #[serde(serialize_with = "ser::ms")]
@@ -24,7 +25,7 @@ impl Db {
     pub async fn create_user(
         &self,
         username: &str,
-        role: &str,
+        role: Role,
         password_hash: Option<&str>,
         now: i64,
     ) -> Result<User> {
@@ -32,11 +33,12 @@ impl Db {
             self,
             sqlx::query(
                 "INSERT INTO users (username, role, password_hash, status, created_at, updated_at) \
-                 VALUES (?, ?, ?, 'active', ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?)"
             )
             .bind(username)
             .bind(role)
             .bind(password_hash)
+            .bind(UserStatus::Active)
             .bind(now)
             .bind(now)
         );
@@ -91,7 +93,7 @@ impl Db {
         Ok(n)
     }
 
-    pub async fn set_user_status(&self, id: i64, status: &str, now: i64) -> Result<User> {
+    pub async fn set_user_status(&self, id: i64, status: UserStatus, now: i64) -> Result<User> {
         execute!(
             self,
             sqlx::query("UPDATE users SET status = ?, updated_at = ? WHERE id = ?")
@@ -115,8 +117,9 @@ impl Db {
 
     pub async fn count_admins(&self) -> Result<i64> {
         Ok(on_db!(self, |p| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM users WHERE role = 'admin'"
+            "SELECT COUNT(*) FROM users WHERE role = ?"
         )
+        .bind(Role::Admin)
         .fetch_one(p)
         .await)?)
     }

@@ -4,6 +4,7 @@
 use super::usage::{bind_usage_filter, sum_as as sum, UsageFilter, USAGE_FILTER_SQL};
 use super::users::User;
 use super::{on_db, placeholders, Db, Result};
+use crate::domain::{AccountStatus, GrantStatus, KeyStatus};
 
 /// Keys of one user: how many are active, how many exist.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -82,12 +83,12 @@ impl Db {
         }
         let sql = format!(
             "SELECT user_id, \
-             CAST(COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS SIGNED) \
+             CAST(COALESCE(SUM(CASE WHEN status = ? THEN 1 ELSE 0 END), 0) AS SIGNED) \
              AS active, COUNT(*) AS total FROM api_keys WHERE user_id IN ({}) GROUP BY user_id",
             placeholders(user_ids.len())
         );
         Ok(on_db!(self, |p| {
-            let mut q = sqlx::query_as(&sql);
+            let mut q = sqlx::query_as(&sql).bind(KeyStatus::Active);
             for id in user_ids {
                 q = q.bind(*id);
             }
@@ -189,11 +190,14 @@ impl Db {
     pub async fn counts(&self, now: i64) -> Result<Counts> {
         Ok(on_db!(self, |p| sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM users) AS users, \
-             (SELECT COUNT(*) FROM api_keys WHERE status = 'active') AS active_keys, \
-             (SELECT COUNT(*) FROM accounts WHERE status = 'active') AS active_accounts, \
-             (SELECT COUNT(*) FROM user_packages WHERE status = 'active' AND starts_at <= ? \
+             (SELECT COUNT(*) FROM api_keys WHERE status = ?) AS active_keys, \
+             (SELECT COUNT(*) FROM accounts WHERE status = ?) AS active_accounts, \
+             (SELECT COUNT(*) FROM user_packages WHERE status = ? AND starts_at <= ? \
               AND expires_at > ?) AS active_packages"
         )
+        .bind(KeyStatus::Active)
+        .bind(AccountStatus::Active)
+        .bind(GrantStatus::Active)
         .bind(now)
         .bind(now)
         .fetch_one(p)

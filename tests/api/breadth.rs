@@ -244,8 +244,11 @@ async fn weights_and_priorities_choose_the_account() {
 
 #[tokio::test]
 async fn a_failing_account_is_skipped_cooled_down_and_recovers() {
+    let t0 = chrono::Utc::now();
+    let clock = tollgate::clock::Clock::manual(t0);
     let app = spawn_with(Options {
         tweak: Some(Box::new(|c| c.upstream.cooldown_secs = 1)),
+        clock: Some(clock.clone()),
         ..Default::default()
     })
     .await;
@@ -272,7 +275,7 @@ async fn a_failing_account_is_skipped_cooled_down_and_recovers() {
     assert!(acc["cooldown_remaining_secs"].as_u64().unwrap() >= 1);
     // Recovery: A answers again after its cooldown.
     a.set_fail_status(None);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.set(t0 + chrono::Duration::milliseconds(1100));
     let before = a.request_count();
     for _ in 0..20 {
         assert_eq!(chat(&app, &key).await.status(), 200);
@@ -500,7 +503,10 @@ async fn a_client_that_disconnects_is_charged_for_what_upstream_produced() {
 
 #[tokio::test]
 async fn upstream_timeouts_answer_504_and_idle_streams_end() {
+    let start = chrono::Utc::now();
+    let clock = tollgate::clock::Clock::manual(start);
     let app = spawn_with(Options {
+        clock: Some(clock.clone()),
         tweak: Some(Box::new(|c| {
             c.upstream.first_byte_timeout_secs = 1;
             c.upstream.idle_timeout_secs = 1;
@@ -543,7 +549,7 @@ async fn upstream_timeouts_answer_504_and_idle_streams_end() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "api_error");
     // Idle: one event, then silence; the stream is ended after 1 s and charged for what came.
-    tokio::time::sleep(Duration::from_millis(1100)).await; // the timed-out account cools down
+    clock.set(start + chrono::Duration::milliseconds(1100)); // the timed-out account's cooldown ends
     let t0 = Instant::now();
     let r = app
         .http

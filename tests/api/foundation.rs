@@ -6,6 +6,8 @@ use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
 use tollgate::billing::cost::Tokens;
 use tollgate::billing::money::Usd;
+use tollgate::config::Secret;
+use tollgate::domain::{PackageKind, Provider, Role, UserStatus};
 use tollgate::secrets::{sha256_hex, verify_password};
 use tollgate::usage::{BillingStatus, UsageEvent, WindowStarts};
 
@@ -133,7 +135,9 @@ fn cli_migrate_and_reset_password() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let pool = tollgate::store::Db::connect(&url, 1).await.unwrap();
-        pool.create_user("admin", "admin", None, 0).await.unwrap();
+        pool.create_user("admin", Role::Admin, None, 0)
+            .await
+            .unwrap();
     });
     let out = Command::new(BIN)
         .args(["admin", "reset-password", "--password", "a-new-password-1"])
@@ -178,7 +182,7 @@ async fn first_admin_is_created_once_with_the_configured_password() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(admin.role, "admin");
+    assert_eq!(admin.role.as_str(), "admin");
     assert!(verify_password(
         "initial-admin-pass",
         admin.password_hash.as_deref().unwrap()
@@ -233,7 +237,10 @@ async fn health_and_readiness() {
 async fn store_story() {
     let app = spawn_app().await;
     let db = &app.state.db;
-    let u = db.create_user("story", "user", None, 1_000).await.unwrap();
+    let u = db
+        .create_user("story", Role::User, None, 1_000)
+        .await
+        .unwrap();
     assert_eq!(
         (
             u.username.as_str(),
@@ -244,19 +251,22 @@ async fn store_story() {
         ("story", "user", "active", 1_000)
     );
     assert!(matches!(
-        db.create_user("story", "user", None, 1).await,
+        db.create_user("story", Role::User, None, 1).await,
         Err(tollgate::store::StoreError::Conflict)
     ));
     assert_eq!(db.get_user(u.id).await.unwrap().username, "story");
-    let d = db.set_user_status(u.id, "disabled", 2_000).await.unwrap();
+    let d = db
+        .set_user_status(u.id, UserStatus::Disabled, 2_000)
+        .await
+        .unwrap();
     assert_eq!((d.status.as_str(), d.updated_at), ("disabled", 2_000));
     assert!(matches!(
         db.get_user(999_999).await,
         Err(tollgate::store::StoreError::NotFound)
     ));
     // LIKE wildcards in a search are literal.
-    db.create_user("a_b%c", "user", None, 1).await.unwrap();
-    db.create_user("axbyc", "user", None, 1).await.unwrap();
+    db.create_user("a_b%c", Role::User, None, 1).await.unwrap();
+    db.create_user("axbyc", Role::User, None, 1).await.unwrap();
     let found = db.list_users(Some("_b%"), None, 10).await.unwrap();
     assert_eq!(
         found
@@ -270,7 +280,7 @@ async fn store_story() {
         .create_package(
             &tollgate::store::packages::NewPackage {
                 name: "Pro",
-                kind: "subscription",
+                kind: PackageKind::Subscription,
                 daily_quota: Some(5_000_000_000),
                 weekly_quota: None,
                 monthly_quota: Some(100_000_000_000),
@@ -358,9 +368,9 @@ async fn store_story() {
         .create_account(
             &tollgate::store::accounts::AccountFields {
                 name: Some("acc".into()),
-                provider: Some("openai".into()),
+                provider: Some(Provider::OpenAi),
                 base_url: Some("http://127.0.0.1:1/v1".into()),
-                secret: Some("s3cret".into()),
+                secret: Some(Secret::new("s3cret")),
                 models: Some(vec!["m1".into()]),
                 priority: Some(5),
                 weight: Some(2),
@@ -374,7 +384,7 @@ async fn store_story() {
         (
             a.priority,
             a.weight,
-            a.secret.as_str(),
+            a.secret.expose(),
             a.serves("m1"),
             a.serves("m2")
         ),
@@ -745,7 +755,7 @@ async fn account_secrets_never_leave_the_server() {
     assert_eq!(p["priority"], 9);
     assert_eq!(p["total_cost"], "0.000000000");
     assert_eq!(
-        app.state.db.get_account(id).await.unwrap().secret,
+        app.state.db.get_account(id).await.unwrap().secret.expose(),
         "sk-rotated-secret"
     );
 }

@@ -1,7 +1,11 @@
 //! One integration test binary: the real app on a random port with real HTTP, a real fake
 //! upstream, real SQLite files, and (with TOLLGATE_TEST_BACKEND=mysql) real MySQL and Redis.
 
+// Test code unwraps: a failure is a test failure with its backtrace.
+#![allow(clippy::unwrap_used)]
+
 mod absurd;
+mod admission;
 mod breadth;
 mod foundation;
 mod helpers;
@@ -13,3 +17,4 @@ mod sdk;
 mod shutdown;
 mod slow_clients;
 mod validation;
+mod vocabulary;

@@ -299,42 +299,71 @@ async fn anthropic_stream_usage_is_not_double_counted() {
     );
 }
 
-async fn expect_error(
-    app: &TestApp,
-    path: &str,
-    key: Option<&str>,
-    body: reqwest::Body,
+/// One refusal the proxy must give: the request, and what the answer must be.
+struct Refusal {
+    name: &'static str,
+    path: &'static str,
+    key: Option<String>,
+    body: String,
     status: u16,
-    kind: &str,
-    code: Option<&str>,
-) -> Value {
+    /// `error.type` on both protocols.
+    kind: &'static str,
+    /// `error.code` (OpenAI routes only).
+    code: Option<&'static str>,
+    /// A text the message must contain.
+    says: Option<&'static str>,
+}
+
+/// Send one refusal case; the answer's body, or what was wrong with the answer.
+async fn check_refusal(app: &TestApp, case: &Refusal) -> Result<Value, String> {
     let mut req = app
         .http
-        .post(app.url(path))
+        .post(app.url(case.path))
         .header("content-type", "application/json")
-        .body(body);
-    if let Some(k) = key {
+        .body(case.body.clone());
+    if let Some(k) = &case.key {
         req = req.bearer_auth(k);
     }
-    let r = req.send().await.unwrap();
-    assert_eq!(r.status().as_u16(), status, "{path}");
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
     let retry = r.headers().get("retry-after").cloned();
-    let v: Value = r.json().await.unwrap();
-    if path.starts_with("/v1/messages") {
-        assert_eq!(v["type"], "error", "{v}");
-        assert_eq!(v["error"]["type"], kind, "{v}");
+    let v: Value = r
+        .json()
+        .await
+        .map_err(|e| format!("body is not JSON: {e}"))?;
+    let mut wrong = Vec::new();
+    if status != case.status {
+        wrong.push(format!("status {status}, want {}", case.status));
+    }
+    if case.path.starts_with("/v1/messages") {
+        if v["type"] != "error" {
+            wrong.push("type is not \"error\"".to_string());
+        }
+    } else if v["error"]["code"].as_str() != case.code {
+        wrong.push(format!("code {}, want {:?}", v["error"]["code"], case.code));
+    }
+    if v["error"]["type"] != case.kind {
+        wrong.push(format!(
+            "error.type {}, want {}",
+            v["error"]["type"], case.kind
+        ));
+    }
+    if let Some(text) = case.says {
+        if !v["error"]["message"].as_str().unwrap_or("").contains(text) {
+            wrong.push(format!("message does not say {text:?}"));
+        }
+    }
+    if v.to_string().contains("sk-upstream") {
+        wrong.push("a secret in the error".to_string());
+    }
+    if status == 429 && case.kind.starts_with("rate") && retry.is_none() {
+        wrong.push("no Retry-After on a rate limit".to_string());
+    }
+    if wrong.is_empty() {
+        Ok(v)
     } else {
-        assert_eq!(v["error"]["type"], kind, "{v}");
-        assert_eq!(v["error"]["code"].as_str(), code, "{v}");
+        Err(format!("{}: {} (body {v})", case.name, wrong.join("; ")))
     }
-    assert!(
-        !v.to_string().contains("sk-upstream"),
-        "no secrets in errors"
-    );
-    if status == 429 && kind.starts_with("rate") {
-        assert!(retry.is_some(), "Retry-After on rate limits");
-    }
-    v
 }
 
 #[tokio::test]
@@ -347,129 +376,28 @@ async fn admission_errors_in_each_providers_shape_change_nothing() {
     let fake = FakeUpstream::start().await.unwrap();
     let (oa_id, an_id) = app.wire_upstream(&fake).await;
     let (uid, kid, key) = funded_key(&app, "adm").await;
-    let chat = || reqwest::Body::from(chat_body(false).to_string());
-    let msg = || reqwest::Body::from(messages_body(false).to_string());
-    const C: &str = "/v1/chat/completions";
-    const M: &str = "/v1/messages";
 
-    // Keys: missing, unknown.
-    expect_error(
-        &app,
-        C,
-        None,
-        chat(),
-        401,
-        "invalid_request_error",
-        Some("invalid_api_key"),
-    )
-    .await;
-    expect_error(&app, M, None, msg(), 401, "authentication_error", None).await;
-    expect_error(
-        &app,
-        C,
-        Some("sk-nope"),
-        chat(),
-        401,
-        "invalid_request_error",
-        Some("invalid_api_key"),
-    )
-    .await;
-    // Revoked.
+    // Keys that must be refused: revoked, expired, of a disabled user, limited to other models.
     let (rid, revoked) = app.key(uid, json!({"name": "r"})).await;
     app.patch(&format!("/keys/{rid}"), json!({"status": "revoked"}))
         .await;
-    expect_error(
-        &app,
-        C,
-        Some(&revoked),
-        chat(),
-        401,
-        "invalid_request_error",
-        Some("invalid_api_key"),
-    )
-    .await;
-    expect_error(
-        &app,
-        M,
-        Some(&revoked),
-        msg(),
-        401,
-        "authentication_error",
-        None,
-    )
-    .await;
-    // Expired.
     let (_, expired) = app
         .key(
             uid,
             json!({"name": "e", "expires_at": "2020-01-01T00:00:00Z"}),
         )
         .await;
-    expect_error(
-        &app,
-        C,
-        Some(&expired),
-        chat(),
-        401,
-        "invalid_request_error",
-        Some("invalid_api_key"),
-    )
-    .await;
-    // Disabled user → like a revoked key.
     let other = app.user("disabled-user").await;
-    let (_, dkey) = app.key(other, json!({"name": "d"})).await;
+    let (_, disabled) = app.key(other, json!({"name": "d"})).await;
     app.patch(&format!("/users/{other}"), json!({"status": "disabled"}))
         .await;
-    expect_error(
-        &app,
-        C,
-        Some(&dkey),
-        chat(),
-        401,
-        "invalid_request_error",
-        Some("invalid_api_key"),
-    )
-    .await;
-    // Model not allowed.
-    let (_, narrow) = app
+    let (_, claude_only) = app
         .key(uid, json!({"name": "n", "allowed_models": ["claude-test"]}))
         .await;
-    expect_error(
-        &app,
-        C,
-        Some(&narrow),
-        chat(),
-        403,
-        "invalid_request_error",
-        Some("model_not_allowed"),
-    )
-    .await;
-    let (_, narrow2) = app
+    let (_, gpt_only) = app
         .key(uid, json!({"name": "n2", "allowed_models": ["gpt-test"]}))
         .await;
-    expect_error(
-        &app,
-        M,
-        Some(&narrow2),
-        msg(),
-        403,
-        "permission_error",
-        None,
-    )
-    .await;
-    // Unpriced model; priced but unserved model.
-    let unpriced =
-        reqwest::Body::from(json!({"model": "no-such-model", "messages": []}).to_string());
-    expect_error(
-        &app,
-        C,
-        Some(&key),
-        unpriced,
-        404,
-        "invalid_request_error",
-        Some("model_not_found"),
-    )
-    .await;
+    // A priced model that no account serves.
     app.put("/models/orphan", json!({"input": 1, "output": 1}))
         .await;
     app.patch(
@@ -477,90 +405,19 @@ async fn admission_errors_in_each_providers_shape_change_nothing() {
         json!({"models": ["gpt-test"]}),
     )
     .await;
-    let orphan = reqwest::Body::from(json!({"model": "orphan", "messages": []}).to_string());
-    expect_error(
-        &app,
-        C,
-        Some(&key),
-        orphan,
-        404,
-        "invalid_request_error",
-        Some("model_not_found"),
-    )
-    .await;
-    let orphan = reqwest::Body::from(
-        json!({"model": "orphan", "messages": [], "max_tokens": 1}).to_string(),
-    );
     app.patch(
         &format!("/accounts/{an_id}"),
         json!({"models": ["claude-test"]}),
     )
     .await;
-    expect_error(&app, M, Some(&key), orphan, 404, "not_found_error", None).await;
-    // Bad JSON, missing model, wrong types.
-    for bad in [
-        "{nope",
-        "[1,2]",
-        "{\"messages\":[]}",
-        "{\"model\": 5}",
-        "{\"model\":\"gpt-test\",\"stream\":\"yes\"}",
-    ] {
-        expect_error(
-            &app,
-            C,
-            Some(&key),
-            reqwest::Body::from(bad),
-            400,
-            "invalid_request_error",
-            Some("invalid_request_error"),
-        )
-        .await;
-        expect_error(
-            &app,
-            M,
-            Some(&key),
-            reqwest::Body::from(bad),
-            400,
-            "invalid_request_error",
-            None,
-        )
-        .await;
-    }
-    // Over the body limit.
-    let big =
-        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
-            .to_string();
-    let r = app
-        .http
-        .post(app.url(C))
-        .bearer_auth(&key)
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let v: Value = r.json().await.unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("4096"));
-    let r = app
-        .http
-        .post(app.url(M))
-        .bearer_auth(&key)
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["type"], "error");
-    // No package with room: a user whose only package is a used-up quota.
+    // A user whose only package is a quota spent by one real request, and one with none.
     let poor = app.user("poor").await;
     let q = app.package(json!({"name": "tiny", "type": "quota", "quota_total": "0.000000001", "duration_days": 1})).await;
     let g = app.grant(poor, q, None).await;
     let (pkid, pkey) = app.key(poor, json!({"name": "p"})).await;
-    // Spend it with one real request, then the next is refused.
     let r = app
         .http
-        .post(app.url(C))
+        .post(app.url("/v1/chat/completions"))
         .bearer_auth(&pkey)
         .json(&chat_body(false))
         .send()
@@ -576,38 +433,230 @@ async fn admission_errors_in_each_providers_shape_change_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let v = expect_error(
-        &app,
-        C,
-        Some(&pkey),
-        chat(),
-        429,
-        "insufficient_quota",
-        Some("insufficient_quota"),
-    )
-    .await;
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("quota"),
-        "{v}"
-    );
-    let v = expect_error(&app, M, Some(&pkey), msg(), 402, "billing_error", None).await;
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("tiny"),
-        "{v}"
-    );
-    // A user with no package at all.
     let none = app.user("nopkg").await;
     let (_, nkey) = app.key(none, json!({"name": "x"})).await;
-    expect_error(
-        &app,
-        C,
-        Some(&nkey),
-        chat(),
-        429,
-        "insufficient_quota",
-        Some("insufficient_quota"),
-    )
-    .await;
+
+    const C: &str = "/v1/chat/completions";
+    const M: &str = "/v1/messages";
+    let chat = chat_body(false).to_string();
+    let msg = messages_body(false).to_string();
+    let big =
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
+            .to_string();
+    let k = |s: &str| Some(s.to_string());
+    let openai = |name, key: Option<String>, body: &str, status, kind, code, says| Refusal {
+        name,
+        path: C,
+        key,
+        body: body.to_string(),
+        status,
+        kind,
+        code: Some(code),
+        says,
+    };
+    let anthropic = |name, key: Option<String>, body: &str, status, kind, says| Refusal {
+        name,
+        path: M,
+        key,
+        body: body.to_string(),
+        status,
+        kind,
+        code: None,
+        says,
+    };
+    const BAD_KEY: (u16, &str, &str) = (401, "invalid_request_error", "invalid_api_key");
+    let mut cases = vec![
+        openai(
+            "openai: missing key",
+            None,
+            &chat,
+            BAD_KEY.0,
+            BAD_KEY.1,
+            BAD_KEY.2,
+            None,
+        ),
+        anthropic(
+            "anthropic: missing key",
+            None,
+            &msg,
+            401,
+            "authentication_error",
+            None,
+        ),
+        openai(
+            "openai: unknown key",
+            k("sk-nope"),
+            &chat,
+            BAD_KEY.0,
+            BAD_KEY.1,
+            BAD_KEY.2,
+            None,
+        ),
+        openai(
+            "openai: revoked key",
+            k(&revoked),
+            &chat,
+            BAD_KEY.0,
+            BAD_KEY.1,
+            BAD_KEY.2,
+            None,
+        ),
+        anthropic(
+            "anthropic: revoked key",
+            k(&revoked),
+            &msg,
+            401,
+            "authentication_error",
+            None,
+        ),
+        openai(
+            "openai: expired key",
+            k(&expired),
+            &chat,
+            BAD_KEY.0,
+            BAD_KEY.1,
+            BAD_KEY.2,
+            None,
+        ),
+        openai(
+            "openai: key of a disabled user",
+            k(&disabled),
+            &chat,
+            BAD_KEY.0,
+            BAD_KEY.1,
+            BAD_KEY.2,
+            None,
+        ),
+        openai(
+            "openai: model not allowed",
+            k(&claude_only),
+            &chat,
+            403,
+            "invalid_request_error",
+            "model_not_allowed",
+            None,
+        ),
+        anthropic(
+            "anthropic: model not allowed",
+            k(&gpt_only),
+            &msg,
+            403,
+            "permission_error",
+            None,
+        ),
+        openai(
+            "openai: unpriced model",
+            k(&key),
+            &json!({"model": "no-such-model", "messages": []}).to_string(),
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            None,
+        ),
+        openai(
+            "openai: priced model no account serves",
+            k(&key),
+            &json!({"model": "orphan", "messages": []}).to_string(),
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            None,
+        ),
+        anthropic(
+            "anthropic: priced model no account serves",
+            k(&key),
+            &json!({"model": "orphan", "messages": [], "max_tokens": 1}).to_string(),
+            404,
+            "not_found_error",
+            None,
+        ),
+        openai(
+            "openai: over the body limit",
+            k(&key),
+            &big,
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            Some("4096"),
+        ),
+        anthropic(
+            "anthropic: over the body limit",
+            k(&key),
+            &big,
+            413,
+            "request_too_large",
+            None,
+        ),
+        openai(
+            "openai: used-up quota",
+            k(&pkey),
+            &chat,
+            429,
+            "insufficient_quota",
+            "insufficient_quota",
+            Some("quota"),
+        ),
+        anthropic(
+            "anthropic: used-up quota",
+            k(&pkey),
+            &msg,
+            402,
+            "billing_error",
+            Some("tiny"),
+        ),
+        openai(
+            "openai: no package at all",
+            k(&nkey),
+            &chat,
+            429,
+            "insufficient_quota",
+            "insufficient_quota",
+            None,
+        ),
+    ];
+    // Bad JSON, missing model, wrong types.
+    for (what, bad) in [
+        ("not JSON", "{nope"),
+        ("an array", "[1,2]"),
+        ("no model", "{\"messages\":[]}"),
+        ("model not a string", "{\"model\": 5}"),
+        (
+            "stream not a boolean",
+            "{\"model\":\"gpt-test\",\"stream\":\"yes\"}",
+        ),
+    ] {
+        let name = |p: &str| -> &'static str { format!("{p}: body {what}").leak() };
+        cases.push(openai(
+            name("openai"),
+            k(&key),
+            bad,
+            400,
+            "invalid_request_error",
+            "invalid_request_error",
+            None,
+        ));
+        cases.push(anthropic(
+            name("anthropic"),
+            k(&key),
+            bad,
+            400,
+            "invalid_request_error",
+            None,
+        ));
+    }
+    let mut failures = Vec::new();
+    for case in &cases {
+        if let Err(e) = check_refusal(&app, case).await {
+            failures.push(e);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} refusals wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 
     // None of that reached upstream or changed a sink: only the one paid request did.
     assert_eq!(fake.request_count(), 1);
@@ -693,31 +742,55 @@ async fn a_database_failure_is_503_gateway_unavailable_never_401_or_502() {
     app.wait_for_logs(1).await;
 
     app.state.db.close().await;
-    let chat = || reqwest::Body::from(chat_body(false).to_string());
-    let msg = || reqwest::Body::from(messages_body(false).to_string());
-    // A key that is not cached cannot be checked.
-    for (path, body, kind, code) in [
-        (
+    let (chat, msg) = (
+        chat_body(false).to_string(),
+        messages_body(false).to_string(),
+    );
+    let case = |name, path, key: &str, body: &str, kind, code| Refusal {
+        name,
+        path,
+        key: Some(key.to_string()),
+        body: body.to_string(),
+        status: 503,
+        kind,
+        code,
+        says: None,
+    };
+    let cases = [
+        // A key that is not cached cannot be checked.
+        case(
+            "openai: uncached key",
             "/v1/chat/completions",
-            chat(),
+            &unused,
+            &chat,
             "server_error",
             Some("gateway_unavailable"),
         ),
-        ("/v1/messages", msg(), "overloaded_error", None),
-    ] {
-        expect_error(&app, path, Some(&unused), body, 503, kind, code).await;
+        case(
+            "anthropic: uncached key",
+            "/v1/messages",
+            &unused,
+            &msg,
+            "overloaded_error",
+            None,
+        ),
+        // A known key, but a price that is not cached.
+        case(
+            "anthropic: uncached price",
+            "/v1/messages",
+            &key,
+            &msg,
+            "overloaded_error",
+            None,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for c in &cases {
+        if let Err(e) = check_refusal(&app, c).await {
+            failures.push(e);
+        }
     }
-    // A known key, but a price that is not cached.
-    expect_error(
-        &app,
-        "/v1/messages",
-        Some(&key),
-        msg(),
-        503,
-        "overloaded_error",
-        None,
-    )
-    .await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The model list reads the prices.
     let r = app
         .http

@@ -1009,7 +1009,7 @@ async fn account_secrets_never_reach_the_browser() {
     let r = save("https://api.anthropic.example", "").await;
     assert_eq!(r.status, 303, "{}", r.body);
     let stored = app.state.db.get_account(id).await.unwrap();
-    assert_eq!(stored.secret, secret);
+    assert_eq!(stored.secret.expose(), secret);
     assert_eq!(
         (stored.name.as_str(), stored.priority, stored.weight),
         ("primary-renamed", 7, 3)
@@ -1019,7 +1019,7 @@ async fn account_secrets_never_reach_the_browser() {
     let r = save("https://api.anthropic.example", "sk-new-secret").await;
     assert_eq!(r.status, 303);
     assert_eq!(
-        app.state.db.get_account(id).await.unwrap().secret,
+        app.state.db.get_account(id).await.unwrap().secret.expose(),
         "sk-new-secret"
     );
     // A bad URL is refused with the API's reason, and the form keeps what was typed (but no secret).
@@ -1040,7 +1040,7 @@ async fn account_secrets_never_reach_the_browser() {
         .await;
     assert_eq!(r.status, 303);
     assert_eq!(
-        app.state.db.get_account(id).await.unwrap().status,
+        app.state.db.get_account(id).await.unwrap().status.as_str(),
         "disabled"
     );
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::view::{self, form_int, model_list, FormValues, Money, StatusForm};
 use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin;
+use crate::domain::AccountStatus;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 
@@ -39,7 +40,7 @@ impl Row {
         let models = a.models();
         Row {
             id: a.id,
-            provider: a.provider,
+            provider: a.provider.to_string(),
             base_url: a.base_url,
             models: if models.is_empty() {
                 ctx.t("keys.all_models").to_string()
@@ -48,8 +49,8 @@ impl Row {
             },
             priority: a.priority,
             weight: a.weight,
-            active: a.status == "active",
-            status_label: view::status_label(ctx.tr, &a.status),
+            active: a.status == AccountStatus::Active,
+            status_label: view::status_label(ctx.tr, a.status.as_str()),
             cooling: st.proxy.health.cooldown_left(a.id),
             cost: Money::nanos(a.total_cost),
             requests: format::count(a.request_count),
@@ -203,9 +204,10 @@ async fn edit_page(
     let form = sent.unwrap_or_else(|| {
         let (priority, weight) = (a.priority.to_string(), a.weight.to_string());
         let models = a.models().join(", ");
+        let provider = a.provider.to_string();
         FormValues::from_pairs([
             ("name", Some(&a.name)),
-            ("provider", Some(&a.provider)),
+            ("provider", Some(&provider)),
             ("base_url", Some(&a.base_url)),
             ("models", Some(&models)),
             ("priority", Some(&priority)),

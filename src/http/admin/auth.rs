@@ -19,6 +19,7 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use super::{format, render, Ctx, Runtime};
+use crate::domain::{Role, UserStatus};
 use crate::http::session::{cookie, cookie_attrs, session_cookie, session_user, SESSION_COOKIE};
 use crate::secrets::{constant_time_eq, hash_password, random_base62, sha256_hex, verify_password};
 use crate::state::AppState;
@@ -201,7 +202,10 @@ pub async fn login(
         .await
         .unwrap_or(false);
     let user = user.filter(|u| {
-        verified && u.password_hash.is_some() && u.role == "admin" && u.status == "active"
+        verified
+            && u.password_hash.is_some()
+            && u.role == Role::Admin
+            && u.status == UserStatus::Active
     });
     let Some(user) = user else {
         rt.throttle.fail(&keys, now);

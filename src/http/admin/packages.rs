@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::view::{self, form_int, form_money, FormValues, Money, StatusForm};
 use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin;
+use crate::domain::CatalogueStatus;
 use crate::state::AppState;
 
 struct Row {
@@ -57,14 +58,14 @@ async fn page(
         .into_iter()
         .map(|p| Row {
             id: p.id,
-            kind: view::kind_label(tr, &p.kind),
+            kind: view::kind_label(tr, p.kind.as_str()),
             daily: opt(p.daily_quota),
             weekly: opt(p.weekly_quota),
             monthly: opt(p.monthly_quota),
             total: opt(p.quota_total),
             duration_days: p.duration_days,
-            active: p.status == "active",
-            status_label: view::status_label(tr, &p.status),
+            active: p.status == CatalogueStatus::Active,
+            status_label: view::status_label(tr, p.status.as_str()),
             created: format::time(p.created_at, st.tz),
             name: p.name,
         })

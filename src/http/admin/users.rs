@@ -15,6 +15,7 @@ use super::view::{
 use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin::{self, AdminError};
 use crate::billing::balance::{balances, package_status};
+use crate::domain::{CatalogueStatus, Role, UserStatus};
 use crate::http::session::{cookie, cookie_attrs};
 use crate::state::AppState;
 use crate::store::usage::LogFilter;
@@ -116,9 +117,9 @@ async fn list_page(
             let (active_keys, all_keys) = keys.get(&u.id).map_or((0, 0), |k| (k.active, k.total));
             Row {
                 id: u.id,
-                is_admin: u.role == "admin",
-                active: u.status == "active",
-                status_label: view::status_label(tr, &u.status),
+                is_admin: u.role == Role::Admin,
+                active: u.status == UserStatus::Active,
+                status_label: view::status_label(tr, u.status.as_str()),
                 quota: Money::opt(b.quota_balance),
                 daily: Money::opt(b.subscription_daily_balance),
                 weekly: Money::opt(b.subscription_weekly_balance),
@@ -307,7 +308,7 @@ async fn detail_page(
         .list_packages(None, 1000)
         .await?
         .into_iter()
-        .filter(|p| p.status == "active")
+        .filter(|p| p.status == CatalogueStatus::Active)
         .map(|p| (p.id, p.name))
         .collect();
     let api_keys = st.db.list_keys(Some(id), None, 1000).await?;
@@ -342,9 +343,9 @@ async fn detail_page(
         &UserPage {
             ctx,
             id,
-            is_admin: user.role == "admin",
-            active: user.status == "active",
-            status_label: view::status_label(tr, &user.status),
+            is_admin: user.role == Role::Admin,
+            active: user.status == UserStatus::Active,
+            status_label: view::status_label(tr, user.status.as_str()),
             created: format::time(user.created_at, st.tz),
             username: user.username,
             quota: Money::opt(b.quota_balance),

@@ -10,6 +10,7 @@ use super::format;
 use crate::billing::balance::{PackageStatus, WindowStatus};
 use crate::billing::money::Usd;
 use crate::billing::windows::WindowKind;
+use crate::domain::{GrantStatus, KeyStatus};
 use crate::i18n::Tr;
 use crate::store::keys::ApiKey;
 use crate::store::usage::RequestLog;
@@ -164,7 +165,7 @@ impl Grant {
     pub fn new(tr: Tr, p: &PackageStatus, now_ms: i64, tz: Tz) -> Grant {
         let starts = p.starts_at.timestamp_millis();
         let expires = p.expires_at.timestamp_millis();
-        let state = if p.status != "active" {
+        let state = if p.status != GrantStatus::Active {
             "cancelled"
         } else if now_ms < starts {
             "pending"
@@ -186,10 +187,10 @@ impl Grant {
         Grant {
             id: p.id,
             name: p.name.clone(),
-            kind: kind_label(tr, &p.kind),
+            kind: kind_label(tr, p.kind.as_str()),
             state,
             state_label: status_label(tr, state),
-            cancelled: p.status != "active",
+            cancelled: p.status != GrantStatus::Active,
             starts: format::time(starts, tz),
             expires: format::time(expires, tz),
             bars,
@@ -233,8 +234,8 @@ impl Key {
             username,
             name: k.name.clone(),
             prefix: k.key_prefix.clone(),
-            active: k.status == "active",
-            status_label: status_label(tr, &k.status),
+            active: k.status == KeyStatus::Active,
+            status_label: status_label(tr, k.status.as_str()),
             models: if models.is_empty() {
                 tr.t("keys.all_models").to_string()
             } else {
@@ -333,7 +334,7 @@ impl Log {
             .map(format::count)
             .join(" / "),
             cost: Money::nanos(l.cost),
-            billing_status: l.billing_status.clone(),
+            billing_status: l.billing_status.to_string(),
             latency: match l.ttfb_ms {
                 Some(t) => format!("{} ms ({t} ms)", format::count(l.latency_ms)),
                 None => format!("{} ms", format::count(l.latency_ms)),
