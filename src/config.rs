@@ -72,6 +72,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub public_url: String,
     pub shutdown_grace_secs: u64,
+    pub header_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -113,6 +114,7 @@ pub struct UpstreamConfig {
     pub idle_timeout_secs: u64,
     pub max_attempts: u32,
     pub cooldown_secs: u64,
+    pub max_tokens_per_request: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -138,6 +140,7 @@ impl Default for ServerConfig {
             max_body_bytes: 33_554_432,
             public_url: String::new(),
             shutdown_grace_secs: 30,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Default for UpstreamConfig {
             idle_timeout_secs: 120,
             max_attempts: 3,
             cooldown_secs: 30,
+            max_tokens_per_request: 10_000_000,
         }
     }
 }
@@ -320,11 +324,21 @@ impl Config {
                 "upstream.idle_timeout_secs",
                 self.upstream.idle_timeout_secs,
             ),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
             ("redis.timeout_ms", self.redis.timeout_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0".into());
             }
+        }
+        if self.upstream.max_tokens_per_request <= 0 {
+            return bad(
+                "upstream.max_tokens_per_request",
+                "must be greater than 0".into(),
+            );
         }
         if self.upstream.max_attempts == 0 {
             return bad("upstream.max_attempts", "must be at least 1".into());

@@ -134,6 +134,8 @@ pub struct ProxyState {
     /// What recent requests cost, per key and model (the admission estimate).
     pub learner: Learner,
     pub account_errors: account_errors::AccountErrors,
+    /// Set when the shutdown grace ran out: streams cut then are recorded `partial`.
+    pub closing: std::sync::atomic::AtomicBool,
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
     accounts: TtlCache<Provider, Vec<Account>>,
@@ -157,6 +159,7 @@ impl ProxyState {
             grants,
             learner: Learner::default(),
             account_errors,
+            closing: Default::default(),
             keys: TtlCache::new(cache::TTL),
             prices: TtlCache::new(cache::TTL),
             accounts: TtlCache::new(cache::TTL),
