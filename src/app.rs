@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::billing::admission::Reservations;
+use crate::billing::admission::{Reservations, SETTLED_KEEP};
+use crate::billing::shared::SharedReservations;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::proxy::account_errors::AccountErrors;
@@ -38,6 +39,13 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
     .await?;
     db.migrate().await?;
     Ok(db)
+}
+
+/// How long a reservation in Redis lives without its instance: the longest an upstream may
+/// keep a request waiting (first byte, then a silence between chunks), plus a minute. A
+/// stream that lasts longer loses its hold then (it still counts in this process).
+fn hold_ttl(upstream: &crate::config::UpstreamConfig) -> Duration {
+    Duration::from_secs(upstream.first_byte_timeout_secs + upstream.idle_timeout_secs + 60)
 }
 
 async fn connect_redis(config: &Config) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
@@ -106,15 +114,25 @@ impl App {
                     conn: c.clone(),
                     prefix: prefix.clone(),
                 },
-                Limiter::Redis {
-                    conn: c.clone(),
+                Limiter::redis(
+                    c.clone(),
                     prefix,
-                },
+                    Duration::from_millis(config.redis.timeout_ms),
+                ),
             ),
             None => (Stats::memory(), Limiter::memory()),
         };
         let stats = Arc::new(stats);
-        let reservations = Arc::new(Reservations::default());
+        let reservations = Arc::new(match &redis {
+            Some(c) => Reservations::with_redis(SharedReservations::new(
+                c.clone(),
+                config.redis.key_prefix.clone(),
+                Duration::from_millis(config.redis.timeout_ms),
+                hold_ttl(&config.upstream),
+                SETTLED_KEEP,
+            )),
+            None => Reservations::default(),
+        });
         let grants = Arc::new(crate::cache::TtlCache::new(crate::cache::TTL));
         let (recorder, worker) = Recorder::start(
             db.clone(),
@@ -165,48 +183,115 @@ impl App {
     }
 
     /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
-    /// requests finish (up to `server.shutdown_grace_secs`), drain the recorder, close the pool.
+    /// requests finish (up to `server.shutdown_grace_secs`), close what is still open (its
+    /// streams are recorded `partial`), drain the recorder, close the pool: the process is
+    /// done within grace + 10 s whatever the database does.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+        use tower::ServiceExt;
+
         let App { state, worker, .. } = self;
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let router = crate::http::router(state.clone());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        // The peer address is kept for the admin login throttle (per client address).
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        // Streams are written event by event: without TCP_NODELAY, Nagle's algorithm meets the
-        // client's delayed ACK and holds small writes back ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(());
-        });
-        let server = tokio::spawn(async move { server.await });
-        // Wait for the signal, then give in-flight requests the grace period.
-        let mut server = server;
-        tokio::select! {
-            r = &mut server => { r??; }
-            _ = stop_rx => {
-                tracing::info!("shutting down: finishing in-flight requests");
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(r) => { r??; }
-                    Err(_) => {
-                        tracing::warn!("in-flight requests did not finish within the grace period");
-                        server.abort();
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A request head still incomplete after `server.header_timeout_secs` drops the
+        // connection (a slow client cannot hold it open); hyper needs a timer for that.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(state.config.server.header_timeout_secs));
+        // Each connection is told to finish gracefully when this changes (or is dropped).
+        let (close_tx, close_rx) = tokio::sync::watch::channel(());
+        let mut conns = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: pause rather than spin.
+                            tracing::warn!(error = %e, "cannot accept a connection");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Streams are written event by event: without TCP_NODELAY, Nagle's
+                    // algorithm meets the client's delayed ACK and holds small writes ~40 ms.
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
+                    // The peer address is kept for the admin login throttle (per address).
+                    let service = router.clone().map_request(
+                        move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                            req.extensions_mut()
+                                .insert(axum::extract::ConnectInfo(peer));
+                            req.map(axum::body::Body::new)
+                        },
+                    );
+                    let service = hyper_util::service::TowerToHyperService::new(service);
+                    let builder = builder.clone();
+                    let mut close = close_rx.clone();
+                    conns.spawn(async move {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                        let mut conn = std::pin::pin!(conn);
+                        tokio::select! {
+                            r = conn.as_mut() => {
+                                if let Err(e) = r {
+                                    tracing::trace!(error = %e, "connection ended with an error");
+                                }
+                                return;
+                            }
+                            _ = close.changed() => conn.as_mut().graceful_shutdown(),
+                        }
+                        let _ = conn.await;
+                    });
                 }
             }
         }
+        drop(listener);
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = close_tx.send(());
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = conns.len(),
+                "in-flight requests did not finish within the grace period; closing them"
+            );
+            // Dropping a connection drops its streams, which record what they saw (`partial`).
+            state
+                .proxy
+                .closing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            conns.abort_all();
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while conns.join_next().await.is_some() {}
+            })
+            .await;
+        }
         tracing::info!("draining the recorder");
-        worker.shutdown().await;
-        state.db.close().await;
+        if tokio::time::timeout(Duration::from_secs(8), worker.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the recorder did not finish draining within 8 s; exiting anyway \
+                 (what is in the journal is applied at the next start)"
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(1), state.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database pool did not close within 1 s");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -72,6 +72,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub public_url: String,
     pub shutdown_grace_secs: u64,
+    pub header_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -89,6 +90,7 @@ pub struct DatabaseConfig {
 pub struct RedisConfig {
     pub url: Secret,
     pub key_prefix: String,
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -115,6 +117,7 @@ pub struct UpstreamConfig {
     pub idle_timeout_secs: u64,
     pub max_attempts: u32,
     pub cooldown_secs: u64,
+    pub max_tokens_per_request: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -142,6 +145,7 @@ impl Default for ServerConfig {
             max_body_bytes: 33_554_432,
             public_url: String::new(),
             shutdown_grace_secs: 30,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -161,6 +165,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: Secret::default(),
             key_prefix: "tollgate:".into(),
+            timeout_ms: 50,
         }
     }
 }
@@ -193,6 +198,7 @@ impl Default for UpstreamConfig {
             idle_timeout_secs: 120,
             max_attempts: 3,
             cooldown_secs: 30,
+            max_tokens_per_request: 10_000_000,
         }
     }
 }
@@ -328,10 +334,21 @@ impl Config {
                 "upstream.idle_timeout_secs",
                 self.upstream.idle_timeout_secs,
             ),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            ("redis.timeout_ms", self.redis.timeout_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be greater than 0".into());
             }
+        }
+        if self.upstream.max_tokens_per_request <= 0 {
+            return bad(
+                "upstream.max_tokens_per_request",
+                "must be greater than 0".into(),
+            );
         }
         if self.upstream.max_attempts == 0 {
             return bad("upstream.max_attempts", "must be at least 1".into());

@@ -204,6 +204,10 @@ vocabulary! {
         Estimated = "estimated",
         /// Nothing billable reached upstream (or upstream failed without usage).
         Void = "void",
+        /// Upstream reported usage that cannot be true (negative, not an integer, above
+        /// `upstream.max_tokens_per_request`, or a cost that does not fit): charged at the
+        /// estimate.
+        Disputed = "disputed",
     }
 }
 
@@ -250,7 +254,7 @@ mod tests {
         round_trips::<AccountStatus>(&["active", "disabled"]);
         round_trips::<Provider>(&["openai", "anthropic"]);
         round_trips::<AccountHealth>(&["ok", "cooling_down", "auth_failed"]);
-        round_trips::<BillingStatus>(&["complete", "partial", "estimated", "void"]);
+        round_trips::<BillingStatus>(&["complete", "partial", "estimated", "void", "disputed"]);
     }
 
     #[test]

@@ -115,7 +115,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command, config)) {
+    let result = rt.block_on(run(cli.command, config));
+    // A blocking task stuck on a hung database must not hold the exit back.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollgate: {e:#}");

@@ -3,8 +3,8 @@
 //! Order: subscriptions first, then quota packages; inside each, the one that expires soonest;
 //! ties by id. A grant has room when every limited window has effective used + reserved < limit
 //! (and for a quota package, quota_used + reserved < quota_total), where `reserved` is what
-//! requests already admitted against it in this process and not yet settled are expected to
-//! cost. A request's own estimate does not count against it, so a grant with any room left
+//! requests already admitted against it and not yet settled are expected to cost: in this
+//! process, or with Redis in every instance ([`super::shared`]). A request's own estimate does not count against it, so a grant with any room left
 //! admits at least one request, which is then charged in full (SPEC §10 "Room").
 
 use std::collections::HashMap;
@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::balance::used_in;
+use super::shared::SharedReservations;
 use super::windows::{window_at, WindowKind};
 use crate::billing::money::Usd;
 use crate::cache::TtlCache;
@@ -23,8 +24,16 @@ use crate::store::packages::UserPackage;
 
 /// Each user's active grants (for `cache::TTL`; dropped by admin writes and journal replay),
 /// read by admission and dropped by the recorder. The value is (the settlement sequence
-/// number before the load, the grants): see [`Reservations`].
-pub type GrantCache = TtlCache<i64, (u64, Vec<UserPackage>)>;
+/// numbers before the load, the grants): see [`Reservations`].
+pub type GrantCache = TtlCache<i64, (Since, Vec<UserPackage>)>;
+
+/// The settlement sequence numbers read before a load of grants' usage: this process's, and
+/// Redis's when it answered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Since {
+    pub local: u64,
+    pub shared: Option<i64>,
+}
 
 /// Why no grant can pay: the message names the window and when it resets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +74,36 @@ fn exhausted(
     None
 }
 
+/// The active grants in admission order.
+fn in_order(grants: &[UserPackage], now: DateTime<Utc>) -> Vec<&UserPackage> {
+    let now_ms = now.timestamp_millis();
+    let mut active: Vec<&UserPackage> = grants.iter().filter(|g| g.is_active_at(now_ms)).collect();
+    active.sort_by_key(|g| order_key(g));
+    active
+}
+
+/// The active grants in admission order, each with its room (limit − effective used of its
+/// tightest window; `i64::MAX` without limits): a grant has room while reserved < room, which
+/// is what [`choose`] decides. For a reservation store that chooses by itself (Redis).
+pub fn rooms(grants: &[UserPackage], now: DateTime<Utc>, tz: Tz) -> Vec<(i64, i64)> {
+    in_order(grants, now)
+        .into_iter()
+        .map(|g| {
+            let windows = WindowKind::ALL.into_iter().filter_map(|kind| {
+                let limit = match kind {
+                    WindowKind::Daily => g.daily_quota,
+                    WindowKind::Weekly => g.weekly_quota,
+                    WindowKind::Monthly => g.monthly_quota,
+                }?;
+                Some(limit - used_in(g, kind, now, tz))
+            });
+            let quota = g.quota_total.map(|t| t - g.quota_used);
+            let room = windows.chain(quota).min().unwrap_or(i64::MAX);
+            (g.id, room)
+        })
+        .collect()
+}
+
 /// Choose the grant that pays for a request, among the user's active grants.
 pub fn choose(
     grants: &[UserPackage],
@@ -72,14 +111,12 @@ pub fn choose(
     tz: Tz,
     reserved: impl Fn(i64) -> i64,
 ) -> Result<&UserPackage, Denial> {
-    let now_ms = now.timestamp_millis();
-    let mut active: Vec<&UserPackage> = grants.iter().filter(|g| g.is_active_at(now_ms)).collect();
+    let active = in_order(grants, now);
     if active.is_empty() {
         return Err(Denial {
             message: "no active package: ask an administrator to grant one".to_string(),
         });
     }
-    active.sort_by_key(|g| order_key(g));
     let mut first_denial = None;
     for g in active {
         match exhausted(g, now, tz, reserved(g.id)) {
@@ -115,9 +152,14 @@ pub fn choose(
 /// a while: an admission that read the grant's usage before commit S (its `since` < S) still
 /// counts it; one that read it after does not (the database figure has it). So no admission
 /// misses a charge, whatever the interleaving of loads, caches and commits.
+///
+/// With Redis ([`Reservations::with_redis`]) every reservation is also held in Redis, where
+/// admission chooses against what every instance holds; the in-process figures are the
+/// fallback when Redis does not answer in time.
 #[derive(Default)]
 pub struct Reservations {
     inner: Mutex<ResInner>,
+    shared: Option<SharedReservations>,
 }
 
 #[derive(Default)]
@@ -131,7 +173,7 @@ struct ResInner {
 
 /// Settled amounts older than this are visible to every load still in use (grant caches live
 /// seconds, loads milliseconds).
-const SETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+pub const SETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
 // A cached grant list may be served until `TTL + GRACE` after it was read; the charges settled
 // since then must still be here to be counted.
 const _: () =
@@ -142,13 +184,37 @@ impl Reservations {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reservations held in Redis too (see [`SharedReservations`]).
+    pub fn with_redis(shared: SharedReservations) -> Reservations {
+        Reservations {
+            inner: Mutex::default(),
+            shared: Some(shared),
+        }
+    }
+
+    /// The Redis side, when configured.
+    pub fn shared(&self) -> Option<&SharedReservations> {
+        self.shared.as_ref()
+    }
+
     /// The settlement sequence number now; read it *before* reading grants' usage.
     pub fn seq(&self) -> u64 {
         self.lock().seq
     }
 
+    /// This process's and Redis's settlement sequence numbers now; read them *before* reading
+    /// grants' usage.
+    pub async fn since(&self) -> Since {
+        let local = self.seq();
+        let shared = match &self.shared {
+            Some(s) => s.seq().await,
+            None => None,
+        };
+        Since { local, shared }
+    }
+
     /// Reserved against `grant` as seen by usage read at `since`.
-    fn reserved(inner: &ResInner, grant: i64, since: u64) -> i64 {
+    fn held(inner: &ResInner, grant: i64, since: u64) -> i64 {
         let pending = inner.pending.get(&grant).copied().unwrap_or(0);
         let settled: i64 = inner.settled.get(&grant).map_or(0, |q| {
             q.iter()
@@ -169,7 +235,7 @@ impl Reservations {
     ) -> Result<T, E> {
         let mut inner = self.lock();
         let (grant, amount, out) = {
-            let view = |g: i64| Self::reserved(&inner, g, since);
+            let view = |g: i64| Self::held(&inner, g, since);
             choose(&view)?
         };
         *inner.pending.entry(grant).or_default() += amount;
@@ -221,6 +287,18 @@ impl Reservations {
             }
             !q.is_empty()
         });
+    }
+
+    /// What in-flight requests hold against `grant_id` now (nano-dollars; settled charges not
+    /// counted): for the admin API's `reserved`. With Redis, what every instance's requests
+    /// hold (this instance's when Redis does not answer).
+    pub async fn reserved(&self, grant_id: i64) -> i64 {
+        if let Some(s) = &self.shared {
+            if let Some(v) = s.held(grant_id).await {
+                return v;
+            }
+        }
+        self.lock().pending.get(&grant_id).copied().unwrap_or(0)
     }
 
     /// Pending reservations of every grant (settled ones not counted).

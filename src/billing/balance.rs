@@ -46,6 +46,9 @@ pub struct PackageStatus {
     /// Lifetime charges of this grant.
     pub total_used: Usd,
     pub has_room: bool,
+    /// What in-flight requests hold against it now; 0 until [`with_reserved`] asks the
+    /// reservations (this pure function cannot).
+    pub reserved: Usd,
 }
 
 fn stored(up: &UserPackage, kind: WindowKind) -> (Option<i64>, i64) {
@@ -119,6 +122,7 @@ pub fn package_status(up: &UserPackage, now: DateTime<Utc>, tz: Tz) -> PackageSt
         expires_at: e,
         active,
         windows,
+        reserved: Usd(0),
         quota,
         total_used: Usd(up.quota_used),
         has_room,
@@ -160,4 +164,21 @@ pub fn balances<'a>(
         }
     }
     b
+}
+
+/// Each grant as of `now` ([`package_status`]), with what in-flight requests hold against it
+/// (from every instance when the reservations are shared in Redis).
+pub async fn with_reserved(
+    grants: &[UserPackage],
+    now: DateTime<Utc>,
+    tz: Tz,
+    reservations: &crate::billing::admission::Reservations,
+) -> Vec<PackageStatus> {
+    let mut out = Vec::with_capacity(grants.len());
+    for g in grants {
+        let mut status = package_status(g, now, tz);
+        status.reserved = Usd(reservations.reserved(g.id).await);
+        out.push(status);
+    }
+    out
 }

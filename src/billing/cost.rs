@@ -23,7 +23,10 @@ pub struct Tokens {
 
 impl Tokens {
     pub fn total(&self) -> i64 {
-        self.input + self.output + self.cache_read + self.cache_write
+        self.input
+            .saturating_add(self.output)
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write)
     }
 }
 
@@ -47,26 +50,43 @@ pub struct Cost {
     pub cache_write: Decimal,
 }
 
-/// The cost function.
-pub fn cost(tokens: &Tokens, price: &Price) -> Cost {
-    let part = |n: i64, per_million_nanos: i64| -> Decimal {
+/// The cost function. None when the cost does not fit (a price or a count so large that the
+/// money overflows): such a cost is never clamped, the caller disputes it.
+pub fn checked_cost(tokens: &Tokens, price: &Price) -> Option<Cost> {
+    let part = |n: i64, per_million_nanos: i64| -> Option<Decimal> {
         // nanos per 1M tokens → USD per token: / 1e9 / 1e6.
-        Decimal::from(n) * Decimal::new(per_million_nanos, NANOS_SCALE) / Decimal::from(1_000_000)
+        Decimal::from(n)
+            .checked_mul(Decimal::new(per_million_nanos, NANOS_SCALE))?
+            .checked_div(Decimal::from(1_000_000))
     };
-    let input = part(tokens.input, price.input);
-    let output = part(tokens.output, price.output);
-    let cache_read = part(tokens.cache_read, price.cache_read.unwrap_or(price.input));
-    let cache_write = part(tokens.cache_write, price.cache_write.unwrap_or(price.input));
-    let exact = input + output + cache_read + cache_write;
+    let input = part(tokens.input, price.input)?;
+    let output = part(tokens.output, price.output)?;
+    let cache_read = part(tokens.cache_read, price.cache_read.unwrap_or(price.input))?;
+    let cache_write = part(tokens.cache_write, price.cache_write.unwrap_or(price.input))?;
+    let exact = input
+        .checked_add(output)?
+        .checked_add(cache_read)?
+        .checked_add(cache_write)?;
     let rounded = exact.round_dp_with_strategy(NANOS_SCALE, RoundingStrategy::MidpointNearestEven);
-    let total = Usd::from_decimal(rounded).unwrap_or(Usd(i64::MAX));
-    Cost {
-        total,
+    Some(Cost {
+        total: Usd::from_decimal(rounded)?,
         input,
         output,
         cache_read,
         cache_write,
-    }
+    })
+}
+
+/// The cost of bounded counts (estimates, whose token counts the gateway chose): as
+/// [`checked_cost`], saturating at the largest amount when even those do not fit.
+pub fn cost(tokens: &Tokens, price: &Price) -> Cost {
+    checked_cost(tokens, price).unwrap_or(Cost {
+        total: Usd(i64::MAX),
+        input: Decimal::ZERO,
+        output: Decimal::ZERO,
+        cache_read: Decimal::ZERO,
+        cache_write: Decimal::ZERO,
+    })
 }
 
 #[cfg(test)]
@@ -172,5 +192,72 @@ mod tests {
             ..Tokens::default()
         };
         assert_eq!(cost(&two_halves, &p).total, Usd(1));
+    }
+
+    #[test]
+    fn a_cost_that_does_not_fit_is_none_never_clamped() {
+        let price = Price {
+            input: usd("2.5"),
+            output: usd("10"),
+            cache_read: None,
+            cache_write: None,
+        };
+        // i64::MAX tokens at $2.50 per 1M: ~2.3e13 USD, far beyond i64 nano-dollars.
+        let huge = Tokens {
+            input: i64::MAX,
+            ..Tokens::default()
+        };
+        assert_eq!(checked_cost(&huge, &price), None);
+        // A Decimal overflow (count × a price with many digits) is None too, not a panic.
+        let dear = Price {
+            input: i64::MAX,
+            output: i64::MAX,
+            cache_read: None,
+            cache_write: None,
+        };
+        let all = Tokens {
+            input: i64::MAX,
+            output: i64::MAX,
+            cache_read: i64::MAX,
+            cache_write: i64::MAX,
+        };
+        assert_eq!(checked_cost(&all, &dear), None);
+        // The sum of parts that each fit can overflow: None.
+        let max_part = Tokens {
+            input: 1_000_000,
+            output: 1_000_000,
+            ..Tokens::default()
+        };
+        let edge = Price {
+            input: i64::MAX / 2 + 1,
+            output: i64::MAX / 2 + 1,
+            cache_read: None,
+            cache_write: None,
+        };
+        assert_eq!(checked_cost(&max_part, &edge), None);
+        // The largest cost that fits is exact.
+        let one_million = Tokens {
+            input: 1_000_000,
+            ..Tokens::default()
+        };
+        let top = Price {
+            input: i64::MAX,
+            output: 0,
+            cache_read: None,
+            cache_write: None,
+        };
+        assert_eq!(
+            checked_cost(&one_million, &top).map(|c| c.total),
+            Some(Usd(i64::MAX))
+        );
+        // Ten million tokens (the default plausibility limit) at $2.50 per 1M: exact.
+        let ten_million = Tokens {
+            input: 10_000_000,
+            ..Tokens::default()
+        };
+        assert_eq!(
+            checked_cost(&ten_million, &price).map(|c| c.total),
+            Some(Usd(25_000_000_000))
+        );
     }
 }

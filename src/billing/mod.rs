@@ -5,4 +5,5 @@ pub mod balance;
 pub mod cost;
 pub mod estimate;
 pub mod money;
+pub mod shared;
 pub mod windows;

@@ -12,6 +12,9 @@ use super::sse::{named_event, sse_response, StreamPlan};
 use super::FakeState;
 
 pub(super) fn anthropic_usage(k: &Knobs, output_tokens: u64) -> Value {
+    if let Some(u) = &k.usage {
+        return u.clone();
+    }
     json!({
         "input_tokens": k.prompt,
         "cache_creation_input_tokens": k.cache_write,

@@ -67,6 +67,8 @@ pub(super) struct Knobs {
     pub(super) status: Option<StatusCode>,
     pub(super) terminal: Terminal,
     pub(super) no_usage: bool,
+    /// `x-fake-usage`: reported as the usage object verbatim (a hostile upstream).
+    pub(super) usage: Option<Value>,
 }
 
 impl Knobs {
@@ -98,6 +100,9 @@ impl Knobs {
                 text("x-fake-no-usage").as_deref(),
                 Some("1" | "true" | "yes")
             ),
+            usage: h
+                .get("x-fake-usage")
+                .and_then(|v| serde_json::from_slice(v.as_bytes()).ok()),
         }
     }
 

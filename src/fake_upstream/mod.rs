@@ -21,6 +21,7 @@
 //! | `x-fake-status` | none | answer with this status (200..=599) and the provider's error body |
 //! | `x-fake-terminal` | `completed` | `/v1/responses`: `completed`, `incomplete` or `failed` |
 //! | `x-fake-no-usage` | off | `1`/`true`: OpenAI streams carry no usage at all |
+//! | `x-fake-usage` | none | a JSON object reported verbatim as every usage object (Anthropic: in `message_start` and `message_delta`) |
 //!
 //! Token semantics: OpenAI `prompt_tokens`/`input_tokens` include the cached
 //! tokens (`prompt + cached`, with `cached_tokens = cached`); Anthropic keeps

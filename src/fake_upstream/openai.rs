@@ -14,6 +14,9 @@ use super::sse::{data_event, sse_response, StreamPlan};
 use super::{FakeState, EMBEDDING};
 
 pub(super) fn chat_usage(k: &Knobs) -> Value {
+    if let Some(u) = &k.usage {
+        return u.clone();
+    }
     let p = k.openai_input();
     json!({
         "prompt_tokens": p,
@@ -110,10 +113,12 @@ pub(super) async fn completions(State(st): State<Arc<FakeState>>, inc: Incoming)
     let model = model_of(&body);
     let created = unix_now();
     let p = k.openai_input();
-    let usage = json!({
-        "prompt_tokens": p,
-        "completion_tokens": k.completion,
-        "total_tokens": p + k.completion
+    let usage = k.usage.clone().unwrap_or_else(|| {
+        json!({
+            "prompt_tokens": p,
+            "completion_tokens": k.completion,
+            "total_tokens": p + k.completion
+        })
     });
     if !wants_stream(&body) {
         let out = json!({

@@ -12,6 +12,9 @@ use super::sse::{named_event, sse_response, StreamPlan};
 use super::FakeState;
 
 pub(super) fn responses_usage(k: &Knobs) -> Value {
+    if let Some(u) = &k.usage {
+        return u.clone();
+    }
     let p = k.openai_input();
     json!({
         "input_tokens": p,

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use rust_decimal::prelude::ToPrimitive;
 use serde_json::json;
 
-use crate::billing::balance::{balances, package_status, PackageStatus};
+use crate::billing::balance::{balances, with_reserved, PackageStatus};
 use crate::billing::money::Usd;
 use crate::proxy::authenticate;
 use crate::proxy::error::Protocol;
@@ -40,7 +40,7 @@ async fn grants(
         .list_user_packages(user_id)
         .await
         .map_err(|e| crate::error::ApiError::internal(e).into_response())?;
-    let status = all.iter().map(|g| package_status(g, now, st.tz)).collect();
+    let status = with_reserved(&all, now, st.tz, &st.proxy.reservations).await;
     Ok((all, status))
 }
 

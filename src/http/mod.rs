@@ -7,9 +7,10 @@
 //! the provider's shape).
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -31,8 +32,73 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(|| async { Redirect::to("/admin") }))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
+}
+
+/// Unknown paths under `/v1/` and `/api/admin/` answer in that surface's JSON error shape
+/// (SPEC §11.7), naming what was asked; elsewhere a bare 404.
+async fn unknown_route(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/v1/") || path == "/v1" {
+        let mut message = format!("Unknown endpoint: {method} {path}.");
+        if path.starts_with("/v1/v1/") {
+            message.push_str(
+                " The path has /v1 twice: the client's base URL probably already ends in /v1 \
+                 and should be the gateway's address with a single /v1.",
+            );
+        }
+        return openai_error(StatusCode::NOT_FOUND, message, "unknown_endpoint");
+    }
+    if path.starts_with("/api/admin/") || path == "/api/admin" {
+        return crate::error::ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found_error",
+            code: "unknown_endpoint",
+            message: format!("no admin API endpoint {method} {path}"),
+            param: None,
+        }
+        .into_response();
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+/// A known path with a method it does not take: 405 with a JSON body on the API surfaces.
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path.starts_with("/v1/") {
+        let message = format!("Method {method} is not allowed on {path}.");
+        return openai_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            message,
+            "method_not_allowed",
+        );
+    }
+    if path.starts_with("/api/admin/") {
+        return crate::error::ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "invalid_request_error",
+            code: "method_not_allowed",
+            message: format!("{method} is not allowed on {path}"),
+            param: None,
+        }
+        .into_response();
+    }
+    StatusCode::METHOD_NOT_ALLOWED.into_response()
+}
+
+/// OpenAI's error shape (the one every `/v1/` client understands).
+fn openai_error(status: StatusCode, message: String, code: &str) -> Response {
+    let body = json!({"error": {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": null,
+        "code": code,
+    }});
+    (status, Json(body)).into_response()
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

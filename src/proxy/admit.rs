@@ -11,13 +11,14 @@ use chrono::{DateTime, Utc};
 
 use super::error::{Failure, ProxyError};
 use super::parse::ProxyRequest;
-use crate::billing::admission;
+use crate::billing::admission::{self, Denial, Since};
 use crate::billing::balance::window_starts;
 use crate::billing::cost::Price;
-use crate::billing::estimate::admission_estimate;
+use crate::billing::shared::SharedReservations;
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
+use crate::store::packages::UserPackage;
 use crate::store::StoreError;
 use crate::usage::WindowStarts;
 
@@ -30,6 +31,8 @@ pub struct Offer {
 
 /// An admitted request.
 pub struct Admitted<'a> {
+    /// Its id (also the id of its reservation in Redis).
+    pub request_id: String,
     pub price: Price,
     /// The accounts that serve the model and are not cooling down, in no order yet.
     pub accounts: Vec<&'a Account>,
@@ -142,6 +145,7 @@ pub async fn admit<'a>(
             })?;
     }
 
+    let request_id = uuid::Uuid::now_v7().to_string();
     let charge = if req.endpoint.charged() {
         let res = &st.proxy.reservations;
         let user = [key.user_id];
@@ -149,18 +153,35 @@ pub async fn admit<'a>(
             .proxy
             .grants
             .get_or_load(&key.user_id, || async {
-                let since = res.seq();
+                let since = res.since().await;
                 Ok((since, st.db.active_user_packages(&user, now_ms).await?))
             })
             .await
             .map_err(db_err)?;
         let (since, grants) = (cached.0, &cached.1);
-        let est = admission_estimate(req.body.len(), req.max_output_tokens, &offer.price);
-        let g = res
-            .admit(since, |reserved| {
-                admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))
-            })
-            .map_err(|d| fail(Failure::NoQuota(d.message)))?;
+        let est = st.proxy.learner.estimate(
+            key.id,
+            model,
+            req.body.len(),
+            req.max_output_tokens,
+            &offer.price,
+        );
+        let shared = match res.shared() {
+            Some(shared) => choose_shared(st, shared, since, grants, now, &request_id, est).await,
+            None => None,
+        };
+        let g = match shared {
+            Some(Ok(g)) => {
+                res.add(g.id, est);
+                g
+            }
+            Some(Err(d)) => return Err(fail(Failure::NoQuota(d.message))),
+            None => res
+                .admit(since.local, |reserved| {
+                    admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))
+                })
+                .map_err(|d| fail(Failure::NoQuota(d.message)))?,
+        };
         Charge {
             user_package_id: Some(g.id),
             windows: window_starts(g, now, st.tz),
@@ -170,9 +191,44 @@ pub async fn admit<'a>(
         Charge::default()
     };
     Ok(Admitted {
+        request_id,
         price: offer.price,
         accounts: healthy,
         now,
         charge,
     })
+}
+
+/// Choose and reserve in Redis, against every instance's reservations; None when Redis does
+/// not answer in time (or the grants were read while it did not: then which settled charges
+/// they include is unknown), and the caller chooses in process.
+async fn choose_shared<'g>(
+    st: &AppState,
+    shared: &SharedReservations,
+    since: Since,
+    grants: &'g [UserPackage],
+    now: DateTime<Utc>,
+    hold: &str,
+    est: i64,
+) -> Option<Result<&'g UserPackage, Denial>> {
+    let since = since.shared?;
+    let rooms = admission::rooms(grants, now, st.tz);
+    if rooms.is_empty() {
+        return None;
+    }
+    let (chosen, seen) = shared.admit(since, hold, est, &rooms).await?;
+    match chosen {
+        Some(id) => grants.iter().find(|g| g.id == id).map(Ok),
+        None => {
+            let held = |id: i64| {
+                rooms
+                    .iter()
+                    .zip(&seen)
+                    .find(|((g, _), _)| *g == id)
+                    .map_or(0, |(_, r)| *r)
+            };
+            // Same rule as Redis applied, so this names the first grant without room.
+            admission::choose(grants, now, st.tz, held).err().map(Err)
+        }
+    }
 }

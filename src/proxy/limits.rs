@@ -1,17 +1,28 @@
 //! Per-key RPM and TPM limits, in fixed one-minute windows. In Redis when configured (so they
-//! hold across instances), in process otherwise. Redis failures let the request through
-//! (limits are a guard, billing is the source of truth) and are logged.
+//! hold across instances), in process otherwise. Every Redis call is bounded by
+//! `redis.timeout_ms`; past it, or when Redis fails, the window is counted in process instead
+//! (limits are a guard, billing is the source of truth), logged once per outage.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+/// In-process windows: (key id, minute, RPM or TPM) → count.
+type Windows = Mutex<HashMap<(i64, i64, u8), i64>>;
+
 pub enum Limiter {
-    Memory(Mutex<HashMap<(i64, i64, u8), i64>>),
+    Memory(Windows),
     Redis {
         conn: ConnectionManager,
         prefix: String,
+        timeout: Duration,
+        /// The fallback while Redis does not answer.
+        local: Windows,
+        /// Redis failed last time (so the outage is logged once).
+        down: AtomicBool,
     },
 }
 
@@ -24,9 +35,36 @@ fn retry_after(now_ms: i64) -> u64 {
     ((60_000 - into) as u64).div_ceil(1000).max(1)
 }
 
+fn lock(m: &Windows) -> std::sync::MutexGuard<'_, HashMap<(i64, i64, u8), i64>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Add `n` to a window in process; the new count.
+fn local_add(m: &Windows, key_id: i64, minute: i64, kind: u8, n: i64) -> i64 {
+    let mut m = lock(m);
+    m.retain(|(_, min, _), _| *min >= minute - 1);
+    let v = m.entry((key_id, minute, kind)).or_default();
+    *v += n;
+    *v
+}
+
+fn local_get(m: &Windows, key_id: i64, minute: i64, kind: u8) -> i64 {
+    lock(m).get(&(key_id, minute, kind)).copied().unwrap_or(0)
+}
+
 impl Limiter {
     pub fn memory() -> Limiter {
         Limiter::Memory(Mutex::new(HashMap::new()))
+    }
+
+    pub fn redis(conn: ConnectionManager, prefix: String, timeout: Duration) -> Limiter {
+        Limiter::Redis {
+            conn,
+            prefix,
+            timeout,
+            local: Mutex::new(HashMap::new()),
+            down: AtomicBool::new(false),
+        }
     }
 
     fn redis_key(prefix: &str, kind: u8, key_id: i64, minute: i64) -> String {
@@ -34,33 +72,48 @@ impl Limiter {
         format!("{prefix}rl:{k}:{key_id}:{minute}")
     }
 
+    /// Run a Redis call within the timeout; None (and the outage logged once) when it fails.
+    async fn bounded<T>(
+        timeout: Duration,
+        down: &AtomicBool,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let err = match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(v)) => {
+                if down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("rate limiter: Redis answers again");
+                }
+                return Some(v);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+        };
+        if !down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "rate limiter: Redis unavailable; counting in process until it answers");
+        }
+        None
+    }
+
     /// Count a request against the key's RPM; Err(retry_after secs) when over.
     pub async fn hit_rpm(&self, key_id: i64, limit: i64, now_ms: i64) -> Result<(), u64> {
         let minute = now_ms.div_euclid(60_000);
         let n = match self {
-            Limiter::Memory(m) => {
-                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-                m.retain(|(_, min, _), _| *min >= minute - 1);
-                let v = m.entry((key_id, minute, RPM)).or_default();
-                *v += 1;
-                *v
-            }
-            Limiter::Redis { conn, prefix } => {
+            Limiter::Memory(m) => local_add(m, key_id, minute, RPM, 1),
+            Limiter::Redis {
+                conn,
+                prefix,
+                timeout,
+                local,
+                down,
+            } => {
                 let key = Self::redis_key(prefix, RPM, key_id, minute);
                 let mut c = conn.clone();
-                let r: redis::RedisResult<(i64,)> = redis::pipe()
-                    .atomic()
-                    .incr(&key, 1)
-                    .expire(&key, 120)
-                    .ignore()
-                    .query_async(&mut c)
-                    .await;
+                let mut pipe = redis::pipe();
+                pipe.atomic().incr(&key, 1).expire(&key, 120).ignore();
+                let r = Self::bounded(*timeout, down, pipe.query_async::<(i64,)>(&mut c)).await;
                 match r {
-                    Ok((n,)) => n,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rate limiter: redis unavailable, allowing");
-                        return Ok(());
-                    }
+                    Some((n,)) => n,
+                    None => local_add(local, key_id, minute, RPM, 1),
                 }
             }
         };
@@ -75,23 +128,21 @@ impl Limiter {
     pub async fn check_tpm(&self, key_id: i64, limit: i64, now_ms: i64) -> Result<(), u64> {
         let minute = now_ms.div_euclid(60_000);
         let used = match self {
-            Limiter::Memory(m) => {
-                let m = m.lock().unwrap_or_else(|p| p.into_inner());
-                m.get(&(key_id, minute, TPM)).copied().unwrap_or(0)
-            }
-            Limiter::Redis { conn, prefix } => {
+            Limiter::Memory(m) => local_get(m, key_id, minute, TPM),
+            Limiter::Redis {
+                conn,
+                prefix,
+                timeout,
+                local,
+                down,
+            } => {
                 let mut c = conn.clone();
                 let key = Self::redis_key(prefix, TPM, key_id, minute);
-                match redis::cmd("GET")
-                    .arg(&key)
-                    .query_async::<Option<i64>>(&mut c)
-                    .await
-                {
-                    Ok(v) => v.unwrap_or(0),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rate limiter: redis unavailable, allowing");
-                        0
-                    }
+                let cmd = redis::cmd("GET").arg(&key).to_owned();
+                let r = Self::bounded(*timeout, down, cmd.query_async::<Option<i64>>(&mut c)).await;
+                match r {
+                    Some(v) => v.unwrap_or(0),
+                    None => local_get(local, key_id, minute, TPM),
                 }
             }
         };
@@ -107,22 +158,26 @@ impl Limiter {
         let minute = now_ms.div_euclid(60_000);
         match self {
             Limiter::Memory(m) => {
-                let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-                *m.entry((key_id, minute, TPM)).or_default() += tokens;
+                local_add(m, key_id, minute, TPM, tokens);
             }
-            Limiter::Redis { conn, prefix } => {
+            Limiter::Redis {
+                conn,
+                prefix,
+                timeout,
+                local,
+                down,
+            } => {
                 let mut c = conn.clone();
                 let key = Self::redis_key(prefix, TPM, key_id, minute);
-                let r: redis::RedisResult<()> = redis::pipe()
-                    .atomic()
+                let mut pipe = redis::pipe();
+                pipe.atomic()
                     .incr(&key, tokens)
                     .ignore()
                     .expire(&key, 120)
-                    .ignore()
-                    .query_async(&mut c)
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "rate limiter: cannot add tokens to redis");
+                    .ignore();
+                let r = Self::bounded(*timeout, down, pipe.query_async::<()>(&mut c)).await;
+                if r.is_none() {
+                    local_add(local, key_id, minute, TPM, tokens);
                 }
             }
         }

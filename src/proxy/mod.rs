@@ -40,7 +40,8 @@
 //!    [`respond::TapStream`] (`tap::SseTap`) event by event.
 //! 9. [`ticket::Ticket::finish`], once the body is read or the stream ends, breaks, stalls or
 //!    is dropped: the usage event to the recorder, the reservation moved to the actual cost,
-//!    the tokens added to the key's TPM.
+//!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
+//!    admission estimates of its key and model (`billing::estimate::Learner`).
 //!
 //! Steps 1 to 5 fail with a [`ProxyError`] in the provider's shape and record nothing.
 
@@ -56,6 +57,7 @@ use serde_json::Value;
 
 use crate::billing::admission::{GrantCache, Reservations};
 use crate::billing::cost::Price;
+use crate::billing::estimate::Learner;
 use crate::cache::{self, TtlCache};
 use crate::domain::Provider;
 use crate::state::AppState;
@@ -129,7 +131,11 @@ pub struct ProxyState {
     pub limiter: limits::Limiter,
     pub reservations: Arc<Reservations>,
     pub grants: Arc<GrantCache>,
+    /// What recent requests cost, per key and model (the admission estimate).
+    pub learner: Learner,
     pub account_errors: account_errors::AccountErrors,
+    /// Set when the shutdown grace ran out: streams cut then are recorded `partial`.
+    pub closing: std::sync::atomic::AtomicBool,
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
     accounts: TtlCache<Provider, Vec<Account>>,
@@ -151,7 +157,9 @@ impl ProxyState {
             limiter,
             reservations,
             grants,
+            learner: Learner::default(),
             account_errors,
+            closing: Default::default(),
             keys: TtlCache::new(cache::TTL),
             prices: TtlCache::new(cache::TTL),
             accounts: TtlCache::new(cache::TTL),

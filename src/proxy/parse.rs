@@ -68,6 +68,23 @@ pub fn read(endpoint: Endpoint, bytes: Bytes) -> Result<ProxyRequest, ProxyError
             _ => invalid(protocol, format!("the request body is not valid JSON: {e}")),
         }
     })?;
+    // serde_json checks UTF-8 and depth only in what it reads; the skipped fields go upstream
+    // as they came, so the whole body is checked here.
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        return Err(invalid(
+            protocol,
+            format!(
+                "the request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        ));
+    }
+    if too_deep(&bytes) {
+        return Err(invalid(
+            protocol,
+            format!("the request body nests JSON deeper than {MAX_DEPTH} levels"),
+        ));
+    }
     let model = match head.model.map(|r| serde_json::from_str::<String>(r.get())) {
         Some(Ok(m)) if !m.is_empty() => m,
         Some(_) => return Err(invalid(protocol, "`model` must be a non-empty string")),
@@ -98,6 +115,46 @@ pub fn read(endpoint: Endpoint, bytes: Bytes) -> Result<ProxyRequest, ProxyError
         max_output_tokens,
         client_asked_usage,
     })
+}
+
+/// The deepest JSON nesting accepted (serde_json's own limit where it parses).
+const MAX_DEPTH: usize = 128;
+
+/// The body (valid JSON) nests deeper than [`MAX_DEPTH`]. Only a body with more openings than
+/// that can, so most bodies stop at the first cheap count.
+fn too_deep(bytes: &[u8]) -> bool {
+    if memchr::memchr2_iter(b'{', b'[', bytes)
+        .take(MAX_DEPTH + 1)
+        .count()
+        <= MAX_DEPTH
+    {
+        return false;
+    }
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `stream_options` is an object with `include_usage: true`.
@@ -166,5 +223,38 @@ mod tests {
             rejected(r#"{"model":"m","stream":"yes"}"#),
             "`stream` must be true or false"
         );
+    }
+
+    #[test]
+    fn rejects_invalid_utf8_and_deep_nesting_even_in_fields_it_skips() {
+        let with_byte = |prefix: &[u8]| {
+            let mut b = prefix.to_vec();
+            b.push(0xff);
+            b.extend_from_slice(br#""}"#);
+            read(Endpoint::ChatCompletions, Bytes::from(b))
+                .err()
+                .map(|e| e.message())
+        };
+        assert_eq!(
+            with_byte(br#"{"model":"m","messages":"a"#).as_deref(),
+            Some("the request body is not valid UTF-8 (at byte 26)")
+        );
+        // Where serde_json reads the value itself, its own message.
+        assert!(with_byte(br#"{"model":"m"#)
+            .unwrap()
+            .starts_with("the request body is not valid JSON: "));
+        // `n` arrays in the object: n + 1 levels.
+        let deep = |n: usize| format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(chat(&deep(127)).is_ok(), "128 levels are fine");
+        for n in [128, 200, 100_000] {
+            assert_eq!(
+                rejected(&deep(n)),
+                "the request body nests JSON deeper than 128 levels"
+            );
+        }
+        // Brackets inside strings are not nesting.
+        let in_string = format!(r#"{{"model":"m","x":"\"{}"}}"#, "[".repeat(500));
+        assert!(chat(&in_string).is_ok());
+        assert!(!too_deep(format!("[{}]", "{}".repeat(1000)).as_bytes()));
     }
 }

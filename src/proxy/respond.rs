@@ -32,20 +32,16 @@ pub async fn failed(mut ticket: Ticket, exhausted: Exhausted) -> Result<Response
             let status = resp.status();
             let headers = client_headers(resp.headers(), &ticket.request_id);
             let body = read_body(resp.into_body()).await.unwrap_or_default();
-            let tokens = tap::usage_from_body(ticket.endpoint, &body);
-            let billing = if tokens.is_some() {
-                BillingStatus::Complete
-            } else {
-                BillingStatus::Void
+            let max = ticket.max_tokens();
+            let error = Some(format!("upstream answered {status}"));
+            let durable = match tap::usage_from_body(ticket.endpoint, &body, max) {
+                Some(Ok(t)) => {
+                    ticket.finish(status.as_u16(), Some(t), BillingStatus::Complete, error)
+                }
+                Some(Err(d)) => ticket.disputed(status.as_u16(), &d, body.len(), error),
+                None => ticket.finish(status.as_u16(), None, BillingStatus::Void, error),
             };
-            ticket
-                .finish(
-                    status.as_u16(),
-                    tokens,
-                    billing,
-                    Some(format!("upstream answered {status}")),
-                )
-                .await;
+            durable.await;
             let mut r = Response::new(Body::from(body));
             *r.status_mut() = status;
             *r.headers_mut() = headers;
@@ -115,16 +111,17 @@ pub async fn respond(
             }
         };
         let post = Instant::now();
-        let tokens = tap::usage_from_body(ticket.endpoint, &body);
-        let (tokens, billing) = match tokens {
-            Some(t) => (Some(t), BillingStatus::Complete),
-            None if status.is_success() => {
-                (Some(ticket.estimate(body.len())), BillingStatus::Estimated)
-            }
-            None => (None, BillingStatus::Void),
-        };
+        let max = st.config.upstream.max_tokens_per_request;
         let error = (!status.is_success()).then(|| format!("upstream answered {status}"));
-        let durable = ticket.finish(status.as_u16(), tokens, billing, error);
+        let durable = match tap::usage_from_body(ticket.endpoint, &body, max) {
+            Some(Ok(t)) => ticket.finish(status.as_u16(), Some(t), BillingStatus::Complete, error),
+            Some(Err(d)) => ticket.disputed(status.as_u16(), &d, body.len(), error),
+            None if status.is_success() => {
+                let est = ticket.estimate(body.len());
+                ticket.finish(status.as_u16(), Some(est), BillingStatus::Estimated, error)
+            }
+            None => ticket.finish(status.as_u16(), None, BillingStatus::Void, error),
+        };
         // The answer goes out once its usage is in the journal (a kill -9 loses nothing answered).
         durable.await;
         let mut r = Response::new(Body::from(body));
@@ -139,7 +136,11 @@ pub async fn respond(
     st.metrics.gateway_overhead.observe(admitted_in);
     let mut stream = TapStream {
         inner: resp.into_body(),
-        tap: SseTap::new(ticket.endpoint, strip_usage),
+        tap: SseTap::new(
+            ticket.endpoint,
+            strip_usage,
+            st.config.upstream.max_tokens_per_request,
+        ),
         ticket: Some(ticket),
         durable: None,
         idle,
@@ -232,8 +233,16 @@ impl TapStream {
         if let Some(mut t) = self.ticket.take() {
             let usage = self.tap.usage();
             let (tokens, billing) = match (usage, &error) {
-                (Some(u), None) => (u, BillingStatus::Complete),
-                (Some(u), Some(_)) => (u, BillingStatus::Partial),
+                (Some(Err(d)), _) => {
+                    self.durable = Some(t.disputed(self.status, &d, self.tap.data_bytes, error));
+                    return;
+                }
+                (Some(Ok(u)), None) => (u, BillingStatus::Complete),
+                (Some(Ok(u)), Some(_)) => (u, BillingStatus::Partial),
+                // Cut by the gateway's shutdown: what was seen so far, an estimate of it.
+                (None, Some(_)) if t.closing() => {
+                    (t.estimate(self.tap.data_bytes), BillingStatus::Partial)
+                }
                 (None, _) => (t.estimate(self.tap.data_bytes), BillingStatus::Estimated),
             };
             self.durable = Some(t.finish(self.status, Some(tokens), billing, error));
@@ -302,8 +311,13 @@ impl Stream for TapStream {
 
 impl Drop for TapStream {
     fn drop(&mut self) {
-        if self.ticket.is_some() {
-            self.end(Some("client disconnected".into()));
+        if let Some(t) = &self.ticket {
+            let why = if t.closing() {
+                "the gateway shut down before the stream ended"
+            } else {
+                "client disconnected"
+            };
+            self.end(Some(why.into()));
         }
     }
 }

@@ -26,78 +26,109 @@ macro_rules! find {
     }};
 }
 
-/// Anthropic's usage fields, latest value of each.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Usage upstream reported that cannot be true: the field and the value it had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispute {
+    pub field: String,
+    pub value: String,
+}
+
+/// What upstream reported: believable token counts, or why they are not believed.
+pub type Reported = Result<Tokens, Dispute>;
+
+/// One token count: absent or `null` is 0; anything but an integer in `0..=max` is disputed
+/// (negative, a float such as 1.5, a string, an implausible count).
+fn count(v: Option<&Value>, field: &str, max: i64) -> Result<i64, Dispute> {
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(n) => match n.as_i64() {
+            Some(n) if (0..=max).contains(&n) => Ok(n),
+            _ => Err(Dispute {
+                field: field.to_string(),
+                value: n.to_string(),
+            }),
+        },
+    }
+}
+
+/// Anthropic's usage fields, latest value of each (the first bad one disputes the whole).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct AnthropicUsage {
     input: Option<i64>,
     output: Option<i64>,
     cache_read: Option<i64>,
     cache_write: Option<i64>,
+    dispute: Option<Dispute>,
 }
 
 impl AnthropicUsage {
-    fn merge(&mut self, u: &Value) {
-        let f = |k: &str| u.get(k).and_then(Value::as_i64);
-        if let Some(v) = f("input_tokens") {
-            self.input = Some(v);
-        }
-        if let Some(v) = f("output_tokens") {
-            self.output = Some(v);
-        }
-        if let Some(v) = f("cache_read_input_tokens") {
-            self.cache_read = Some(v);
-        }
-        if let Some(v) = f("cache_creation_input_tokens") {
-            self.cache_write = Some(v);
+    fn merge(&mut self, u: &Value, max: i64) {
+        for (k, slot) in [
+            ("input_tokens", &mut self.input),
+            ("output_tokens", &mut self.output),
+            ("cache_read_input_tokens", &mut self.cache_read),
+            ("cache_creation_input_tokens", &mut self.cache_write),
+        ] {
+            match u.get(k) {
+                None | Some(Value::Null) => {}
+                v => match count(v, k, max) {
+                    Ok(n) => *slot = Some(n),
+                    Err(d) => {
+                        self.dispute.get_or_insert(d);
+                    }
+                },
+            }
         }
     }
-    fn tokens(&self) -> Tokens {
-        Tokens {
+    fn tokens(&self) -> Reported {
+        if let Some(d) = &self.dispute {
+            return Err(d.clone());
+        }
+        Ok(Tokens {
             input: self.input.unwrap_or(0),
             output: self.output.unwrap_or(0),
             cache_read: self.cache_read.unwrap_or(0),
             cache_write: self.cache_write.unwrap_or(0),
-        }
+        })
     }
 }
 
-fn i(v: &Value, path: &[&str]) -> i64 {
-    let mut cur = v;
+/// The count at `path` (joined with `.` in a dispute).
+fn i(v: &Value, path: &[&str], max: i64) -> Result<i64, Dispute> {
+    let mut cur = Some(v);
     for p in path {
-        match cur.get(p) {
-            Some(n) => cur = n,
-            None => return 0,
-        }
+        cur = cur.and_then(|c| c.get(p));
     }
-    cur.as_i64().unwrap_or(0)
+    count(cur, &path.join("."), max)
 }
 
 /// OpenAI chat/completions/embeddings `usage` → disjoint classes.
-fn openai_usage(u: &Value) -> Tokens {
-    let prompt = i(u, &["prompt_tokens"]);
-    let cached = i(u, &["prompt_tokens_details", "cached_tokens"]).min(prompt);
-    Tokens {
+fn openai_usage(u: &Value, max: i64) -> Reported {
+    let prompt = i(u, &["prompt_tokens"], max)?;
+    let cached = i(u, &["prompt_tokens_details", "cached_tokens"], max)?.min(prompt);
+    Ok(Tokens {
         input: prompt - cached,
-        output: i(u, &["completion_tokens"]),
+        output: i(u, &["completion_tokens"], max)?,
         cache_read: cached,
         cache_write: 0,
-    }
+    })
 }
 
 /// OpenAI Responses `usage` → disjoint classes.
-fn responses_usage(u: &Value) -> Tokens {
-    let input = i(u, &["input_tokens"]);
-    let cached = i(u, &["input_tokens_details", "cached_tokens"]).min(input);
-    Tokens {
+fn responses_usage(u: &Value, max: i64) -> Reported {
+    let input = i(u, &["input_tokens"], max)?;
+    let cached = i(u, &["input_tokens_details", "cached_tokens"], max)?.min(input);
+    Ok(Tokens {
         input: input - cached,
-        output: i(u, &["output_tokens"]),
+        output: i(u, &["output_tokens"], max)?,
         cache_read: cached,
         cache_write: 0,
-    }
+    })
 }
 
-/// Usage of a whole (non-streaming) JSON response; None when it reports none.
-pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Tokens> {
+/// Usage of a whole (non-streaming) JSON response; None when it reports none. `max` is
+/// `upstream.max_tokens_per_request`.
+pub fn usage_from_body(endpoint: Endpoint, body: &[u8], max: i64) -> Option<Reported> {
     // Only `usage` is built; everything else in the body is skipped without allocating.
     #[derive(serde::Deserialize)]
     struct WithUsage {
@@ -106,11 +137,13 @@ pub fn usage_from_body(endpoint: Endpoint, body: &[u8]) -> Option<Tokens> {
     let v: WithUsage = serde_json::from_slice(body).ok()?;
     let u = v.usage.as_ref().filter(|u| u.is_object())?;
     Some(match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => openai_usage(u),
-        Endpoint::Responses => responses_usage(u),
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
+            openai_usage(u, max)
+        }
+        Endpoint::Responses => responses_usage(u, max),
         Endpoint::Messages | Endpoint::CountTokens => {
             let mut a = AnthropicUsage::default();
-            a.merge(u);
+            a.merge(u, max);
             a.tokens()
         }
     })
@@ -131,7 +164,9 @@ pub struct SseTap {
     strip_usage: bool,
     /// The start of an event whose end has not arrived yet.
     buf: BytesMut,
-    openai: Option<Tokens>,
+    /// `upstream.max_tokens_per_request`.
+    max_tokens: i64,
+    openai: Option<Reported>,
     anthropic: AnthropicUsage,
     anthropic_seen: bool,
     /// Upstream sent its terminal event (`[DONE]`, a terminal Responses event, `message_stop`).
@@ -150,11 +185,12 @@ enum Action {
 }
 
 impl SseTap {
-    pub fn new(endpoint: Endpoint, strip_usage: bool) -> Self {
+    pub fn new(endpoint: Endpoint, strip_usage: bool, max_tokens: i64) -> Self {
         SseTap {
             endpoint,
             strip_usage,
             buf: BytesMut::new(),
+            max_tokens,
             openai: None,
             anthropic: AnthropicUsage::default(),
             anthropic_seen: false,
@@ -165,12 +201,12 @@ impl SseTap {
     }
 
     /// Usage reported so far, if any.
-    pub fn usage(&self) -> Option<Tokens> {
+    pub fn usage(&self) -> Option<Reported> {
         match self.endpoint {
             Endpoint::Messages | Endpoint::CountTokens => {
                 self.anthropic_seen.then(|| self.anthropic.tokens())
             }
-            _ => self.openai,
+            _ => self.openai.clone(),
         }
     }
 
@@ -256,7 +292,7 @@ impl SseTap {
                     }
                     if let Ok(c) = serde_json::from_slice::<Chunk>(&data) {
                         if let Some(u) = c.usage.as_ref().filter(|u| u.is_object()) {
-                            self.openai = Some(openai_usage(u));
+                            self.openai = Some(openai_usage(u, self.max_tokens));
                             if self.strip_usage && c.choices.is_some_and(|c| c.is_empty()) {
                                 action = Action::Drop;
                             }
@@ -282,7 +318,7 @@ impl SseTap {
                     if let Ok(t) = serde_json::from_slice::<Terminal>(&data) {
                         if let Some(u) = t.response.and_then(|r| r.usage).filter(|u| u.is_object())
                         {
-                            self.openai = Some(responses_usage(&u));
+                            self.openai = Some(responses_usage(&u, self.max_tokens));
                         }
                     }
                     self.finished = true;
@@ -300,7 +336,7 @@ impl SseTap {
                     if let Ok(ev) = serde_json::from_slice::<Event>(&data) {
                         let u = ev.message.and_then(|m| m.usage).or(ev.usage);
                         if let Some(u) = u.filter(|u| u.is_object()) {
-                            self.anthropic.merge(&u);
+                            self.anthropic.merge(&u, self.max_tokens);
                             self.anthropic_seen = true;
                         }
                     }
@@ -392,34 +428,37 @@ fn strip_null_usage(event: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The default `upstream.max_tokens_per_request`.
+    const MAX: i64 = 10_000_000;
+
     #[test]
     fn openai_cached_tokens_are_split_out() {
         let body = br#"{"usage":{"prompt_tokens":100,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":40}}}"#;
         assert_eq!(
-            usage_from_body(Endpoint::ChatCompletions, body),
-            Some(Tokens {
+            usage_from_body(Endpoint::ChatCompletions, body, MAX),
+            Some(Ok(Tokens {
                 input: 60,
                 output: 7,
                 cache_read: 40,
                 cache_write: 0
-            })
+            }))
         );
         let body = br#"{"usage":{"input_tokens":30,"input_tokens_details":{"cached_tokens":10},"output_tokens":5}}"#;
         assert_eq!(
-            usage_from_body(Endpoint::Responses, body),
-            Some(Tokens {
+            usage_from_body(Endpoint::Responses, body, MAX),
+            Some(Ok(Tokens {
                 input: 20,
                 output: 5,
                 cache_read: 10,
                 cache_write: 0
-            })
+            }))
         );
-        assert_eq!(usage_from_body(Endpoint::ChatCompletions, b"{}"), None);
+        assert_eq!(usage_from_body(Endpoint::ChatCompletions, b"{}", MAX), None);
     }
 
     #[test]
     fn anthropic_stream_takes_latest_values_not_sums() {
-        let mut t = SseTap::new(Endpoint::Messages, false);
+        let mut t = SseTap::new(Endpoint::Messages, false, MAX);
         let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":50,\"output_tokens\":1}}}\n\n\
             event: content_block_delta\ndata: {\"type\":\"content_block_delta\"}\n\n\
             event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":50,\"output_tokens\":8}}\n\n\
@@ -434,12 +473,12 @@ mod tests {
         assert!(t.finished);
         assert_eq!(
             t.usage(),
-            Some(Tokens {
+            Some(Ok(Tokens {
                 input: 12,
                 output: 8,
                 cache_read: 100,
                 cache_write: 50
-            })
+            }))
         );
     }
 
@@ -448,7 +487,7 @@ mod tests {
         let upstream = "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
             data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3}}\n\n\
             data: [DONE]\n\n";
-        let mut t = SseTap::new(Endpoint::ChatCompletions, true);
+        let mut t = SseTap::new(Endpoint::ChatCompletions, true, MAX);
         let out = t.push(Bytes::from(upstream));
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
@@ -456,16 +495,16 @@ mod tests {
         );
         assert_eq!(
             t.usage(),
-            Some(Tokens {
+            Some(Ok(Tokens {
                 input: 9,
                 output: 3,
                 cache_read: 0,
                 cache_write: 0
-            })
+            }))
         );
         assert!(t.finished);
         // When the client asked, everything passes unchanged.
-        let mut t = SseTap::new(Endpoint::ChatCompletions, false);
+        let mut t = SseTap::new(Endpoint::ChatCompletions, false, MAX);
         assert_eq!(&t.push(Bytes::from(upstream))[..], upstream.as_bytes());
     }
 
@@ -477,7 +516,7 @@ mod tests {
         let b =
             "data: {\"choices\":[],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
         let c = "data: [DONE]\n\n";
-        let mut t = SseTap::new(Endpoint::ChatCompletions, false);
+        let mut t = SseTap::new(Endpoint::ChatCompletions, false, MAX);
         let first = Bytes::from(format!("{a}{b}{}", &c[..4]));
         let out = t.push(first.clone());
         assert_eq!(&out[..], format!("{a}{b}").as_bytes());
@@ -488,12 +527,12 @@ mod tests {
         assert_eq!(t.events, 3);
         assert_eq!(
             t.usage(),
-            Some(Tokens {
+            Some(Ok(Tokens {
                 input: 5,
                 output: 2,
                 cache_read: 0,
                 cache_write: 0
-            })
+            }))
         );
         // A usage member inside a content string is not usage.
         assert!(!has_usage_object(
@@ -504,18 +543,101 @@ mod tests {
     }
 
     #[test]
+    fn absurd_counts_are_disputed_naming_the_field() {
+        let chat = |usage: &str| {
+            let body = format!(r#"{{"usage":{usage}}}"#);
+            usage_from_body(Endpoint::ChatCompletions, body.as_bytes(), MAX)
+        };
+        let disputed = |field: &str, value: &str| {
+            Some(Err(Dispute {
+                field: field.into(),
+                value: value.into(),
+            }))
+        };
+        assert_eq!(
+            chat(r#"{"prompt_tokens":9223372036854775807,"completion_tokens":1}"#),
+            disputed("prompt_tokens", "9223372036854775807")
+        );
+        assert_eq!(
+            chat(r#"{"prompt_tokens":1,"completion_tokens":-1000000}"#),
+            disputed("completion_tokens", "-1000000")
+        );
+        assert_eq!(
+            chat(r#"{"prompt_tokens":"abc"}"#),
+            disputed("prompt_tokens", "\"abc\"")
+        );
+        assert_eq!(
+            chat(r#"{"prompt_tokens":1.5}"#),
+            disputed("prompt_tokens", "1.5")
+        );
+        assert_eq!(
+            chat(r#"{"prompt_tokens":10,"prompt_tokens_details":{"cached_tokens":-1}}"#),
+            disputed("prompt_tokens_details.cached_tokens", "-1")
+        );
+        assert_eq!(
+            chat(r#"{"prompt_tokens":20000000}"#),
+            disputed("prompt_tokens", "20000000")
+        );
+        // Beyond i64 (and u64): still disputed, never wrapped.
+        assert_eq!(
+            chat(r#"{"prompt_tokens":18446744073709551616}"#),
+            disputed("prompt_tokens", "1.8446744073709552e+19")
+        );
+        // null is absent; the limit itself is believed.
+        assert_eq!(
+            chat(r#"{"prompt_tokens":null,"completion_tokens":10000000}"#),
+            Some(Ok(Tokens {
+                output: MAX,
+                ..Tokens::default()
+            }))
+        );
+        assert_eq!(
+            usage_from_body(
+                Endpoint::Responses,
+                br#"{"usage":{"input_tokens":3,"output_tokens":-2}}"#,
+                MAX
+            ),
+            disputed("output_tokens", "-2")
+        );
+        assert_eq!(
+            usage_from_body(
+                Endpoint::Messages,
+                br#"{"usage":{"input_tokens":3,"cache_read_input_tokens":"7"}}"#,
+                MAX
+            ),
+            disputed("cache_read_input_tokens", "\"7\"")
+        );
+    }
+
+    #[test]
+    fn an_absurd_anthropic_delta_disputes_the_stream() {
+        let mut t = SseTap::new(Endpoint::Messages, false, MAX);
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":-5}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n";
+        t.push(Bytes::from(stream));
+        assert_eq!(
+            t.usage(),
+            Some(Err(Dispute {
+                field: "output_tokens".into(),
+                value: "-5".into()
+            }))
+        );
+    }
+
+    #[test]
     fn crlf_events_are_split() {
-        let mut t = SseTap::new(Endpoint::Responses, false);
+        let mut t = SseTap::new(Endpoint::Responses, false, MAX);
         let s = "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\r\n\r\n";
         assert_eq!(&t.push(Bytes::from(s))[..], s.as_bytes());
         assert_eq!(
             t.usage(),
-            Some(Tokens {
+            Some(Ok(Tokens {
                 input: 4,
                 output: 2,
                 cache_read: 0,
                 cache_write: 0
-            })
+            }))
         );
     }
 }
@@ -550,11 +672,11 @@ mod split_tests {
     ];
 
     /// What a tap made of a stream: forwarded bytes, usage, finished, events, data bytes.
-    type Seen = (Vec<u8>, Option<Tokens>, bool, u64, usize);
+    type Seen = (Vec<u8>, Option<Reported>, bool, u64, usize);
 
     /// Feed `stream` to a tap in pieces cut at `cuts` (sorted positions).
     fn run(endpoint: Endpoint, strip_usage: bool, stream: &[u8], cuts: &[usize]) -> Seen {
-        let mut t = SseTap::new(endpoint, strip_usage);
+        let mut t = SseTap::new(endpoint, strip_usage, 10_000_000);
         let mut out = Vec::new();
         let mut from = 0;
         for &at in cuts.iter().chain(std::iter::once(&stream.len())) {

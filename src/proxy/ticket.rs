@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use super::admit::Admitted;
 use super::parse::ProxyRequest;
+use super::tap::Dispute;
 use super::Endpoint;
-use crate::billing::cost::{cost, Price, Tokens};
+use crate::billing::cost::{checked_cost, Price, Tokens};
 use crate::billing::estimate::usage_estimate;
 use crate::billing::windows::day_string;
 use crate::recorder::Durable;
@@ -47,7 +48,7 @@ impl Ticket {
     ) -> Ticket {
         let day = day_string(admitted.now, st.tz);
         Ticket {
-            request_id: uuid::Uuid::now_v7().to_string(),
+            request_id: admitted.request_id.clone(),
             endpoint: request.endpoint,
             user_id: key.user_id,
             api_key_id: key.id,
@@ -87,11 +88,46 @@ impl Ticket {
         } else {
             BillingStatus::Void
         };
-        let cost_nanos = cost(&tokens, &self.price).total.nanos();
+        let (tokens, billing, cost_nanos) = match checked_cost(&tokens, &self.price) {
+            Some(c) => (tokens, billing, c.total.nanos()),
+            None => {
+                // Never clamped: a cost that does not fit is disputed like absurd counts.
+                tracing::warn!(
+                    request_id = %self.request_id,
+                    account_id = ?self.account_id,
+                    api_key_id = self.api_key_id,
+                    model = %self.model,
+                    "the cost of the reported usage does not fit; recorded disputed at the estimate"
+                );
+                let est = self.estimate(0);
+                let c = checked_cost(&est, &self.price).map_or(self.reserved, |c| c.total.nanos());
+                (est, BillingStatus::Disputed, c)
+            }
+        };
         let st = &self.st;
+        if billing == BillingStatus::Complete && status < 400 && self.endpoint.charged() {
+            st.proxy.learner.learn(
+                self.api_key_id,
+                &self.model,
+                &tokens,
+                cost_nanos,
+                &self.price,
+            );
+        }
         if let Some(up) = self.user_package_id {
             // The reservation now holds the actual cost until the recorder settles it.
             st.proxy.reservations.add(up, cost_nanos - self.reserved);
+            // In Redis too, without waiting: a failed request releases its hold at once, and a
+            // client's next request does not find this one's estimate still held.
+            let shared = st.proxy.reservations.shared().is_some();
+            if shared && cost_nanos != self.reserved {
+                let (st2, hold) = (st.clone(), self.request_id.clone());
+                tokio::spawn(async move {
+                    if let Some(s) = st2.proxy.reservations.shared() {
+                        s.adjust(up, &hold, cost_nanos).await;
+                    }
+                });
+            }
         }
         if self.tpm_limited && tokens.total() > 0 {
             let st2 = st.clone();
@@ -126,10 +162,44 @@ impl Ticket {
         st.recorder.record(event)
     }
 
+    /// Upstream reported usage that cannot be true: logged, and charged at the usage estimate
+    /// (`output_bytes` of answer seen) as `disputed`.
+    pub fn disputed(
+        &mut self,
+        status: u16,
+        dispute: &Dispute,
+        output_bytes: usize,
+        error: Option<String>,
+    ) -> Durable {
+        tracing::warn!(
+            request_id = %self.request_id,
+            account_id = ?self.account_id,
+            api_key_id = self.api_key_id,
+            field = %dispute.field,
+            value = %dispute.value,
+            "upstream reported usage that cannot be true; recorded disputed at the estimate"
+        );
+        let est = self.estimate(output_bytes);
+        self.finish(status, Some(est), BillingStatus::Disputed, error)
+    }
+
     /// Nothing reached upstream: release the reservation and log the failure.
     pub fn fail_before_upstream(&mut self, status: u16, error: String) {
         self.account_id = None;
         self.finish(status, None, BillingStatus::Void, Some(error));
+    }
+
+    /// The gateway is closing its remaining connections (the shutdown grace ran out).
+    pub fn closing(&self) -> bool {
+        self.st
+            .proxy
+            .closing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `upstream.max_tokens_per_request`: larger reported counts are disputed.
+    pub fn max_tokens(&self) -> i64 {
+        self.st.config.upstream.max_tokens_per_request
     }
 
     /// A rough usage figure when upstream reported none (`billing::estimate`).

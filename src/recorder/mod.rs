@@ -138,10 +138,20 @@ impl Recorder {
             flush_interval: opts.flush_interval,
         });
         let (wal_tx, wal_rx) = std_mpsc::channel();
+        // As `release_spilled`, from the journal's thread (so on a handle to the runtime).
         let reservations = shared.reservations.clone();
+        let rt = tokio::runtime::Handle::current();
         let on_dropped = Box::new(move |e: &UsageEvent| {
             if let Some(up) = e.user_package_id {
                 reservations.add(up, -e.reserved);
+                if reservations.shared().is_some() {
+                    let (r, hold) = (reservations.clone(), e.request_id.clone());
+                    rt.spawn(async move {
+                        if let Some(s) = r.shared() {
+                            s.adjust(up, &hold, 0).await;
+                        }
+                    });
+                }
             }
         });
         let writer = wal::Writer::new(journal, tx, on_dropped, metrics);
@@ -293,7 +303,7 @@ impl Shared {
                     // commit, so a cached snapshot plus those charges is the database's figure.
                     // (Re-reading them after every batch made a database round trip part of
                     // some requests, which showed as p99 latency on MySQL.)
-                    self.release(&batch);
+                    self.release(&batch).await;
                     self.journal.settled(segments.iter().flatten().copied());
                     self.add_stats(&batch, &outcome.fresh).await;
                     return;
@@ -399,13 +409,25 @@ impl Shared {
         }
     }
 
-    /// The events' package reservations are settled: their cost is in the database.
-    fn release(&self, batch: &[UsageEvent]) {
+    /// The events' package reservations are settled: their cost is in the database. In Redis
+    /// after this process's (so, as in process, a charge is always either pending or settled
+    /// there).
+    async fn release(&self, batch: &[UsageEvent]) {
         self.reservations.settled(
             batch
                 .iter()
                 .filter_map(|e| e.user_package_id.map(|up| (up, e.reserved))),
         );
+        if let Some(shared) = self.reservations.shared() {
+            let items: Vec<(i64, &str, i64)> = batch
+                .iter()
+                .filter_map(|e| {
+                    e.user_package_id
+                        .map(|up| (up, e.request_id.as_str(), e.reserved))
+                })
+                .collect();
+            shared.settled(&items).await;
+        }
     }
 
     /// Spilled events are not in the database yet; their reservations end anyway (the journal
@@ -414,6 +436,22 @@ impl Shared {
         for e in batch {
             if let Some(up) = e.user_package_id {
                 self.reservations.add(up, -e.reserved);
+            }
+        }
+        if self.reservations.shared().is_some() {
+            let holds: Vec<(i64, String)> = batch
+                .iter()
+                .filter_map(|e| e.user_package_id.map(|up| (up, e.request_id.clone())))
+                .collect();
+            let reservations = self.reservations.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Some(s) = reservations.shared() {
+                        for (up, hold) in holds {
+                            s.adjust(up, &hold, 0).await;
+                        }
+                    }
+                });
             }
         }
     }

@@ -30,13 +30,15 @@ struct Agg {
 }
 
 impl Agg {
+    /// Saturating: no batch, however odd its events, can overflow (and so panic or wedge).
     fn add(&mut self, e: &UsageEvent) {
         self.requests += 1;
-        self.tokens.input += e.tokens.input;
-        self.tokens.output += e.tokens.output;
-        self.tokens.cache_read += e.tokens.cache_read;
-        self.tokens.cache_write += e.tokens.cache_write;
-        self.cost += e.cost_nanos;
+        let t = &mut self.tokens;
+        t.input = t.input.saturating_add(e.tokens.input);
+        t.output = t.output.saturating_add(e.tokens.output);
+        t.cache_read = t.cache_read.saturating_add(e.tokens.cache_read);
+        t.cache_write = t.cache_write.saturating_add(e.tokens.cache_write);
+        self.cost = self.cost.saturating_add(e.cost_nanos);
         self.last_ms = self.last_ms.max(e.created_at_ms);
     }
 }
@@ -137,9 +139,11 @@ fn totals(fresh: &[&UsageEvent]) -> Totals {
         t.accounts.entry(account_id).or_default().add(e);
         if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
             if e.cost_nanos != 0 {
-                *t.packages
+                let used = t
+                    .packages
                     .entry((up, w.daily, w.weekly, w.monthly))
-                    .or_default() += e.cost_nanos;
+                    .or_default();
+                *used = used.saturating_add(e.cost_nanos);
             }
         }
     }

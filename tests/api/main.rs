@@ -4,6 +4,8 @@
 // Test code unwraps: a failure is a test failure with its backtrace.
 #![allow(clippy::unwrap_used)]
 
+mod absurd;
+mod admission;
 mod breadth;
 mod faultproxy;
 mod faults;
@@ -12,7 +14,9 @@ mod helpers;
 mod ledger;
 mod logs;
 mod proxy;
+mod refusals;
 mod sdk;
 mod shutdown;
+mod slow_clients;
 mod validation;
 mod vocabulary;

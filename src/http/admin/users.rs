@@ -14,7 +14,7 @@ use super::view::{
 };
 use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin::{self, AdminError};
-use crate::billing::balance::{balances, package_status};
+use crate::billing::balance::{balances, with_reserved};
 use crate::domain::{CatalogueStatus, Role, UserStatus};
 use crate::http::session::{cookie, cookie_attrs};
 use crate::state::AppState;
@@ -299,9 +299,10 @@ async fn detail_page(
     let all = st.db.list_user_packages(id).await?;
     let active: Vec<_> = st.db.active_user_packages(&[id], now_ms).await?;
     let b = balances(&active, now, st.tz);
-    let grants = all
+    let grants = with_reserved(&all, now, st.tz, &st.proxy.reservations)
+        .await
         .iter()
-        .map(|g| Grant::new(tr, &package_status(g, now, st.tz), now_ms, st.tz))
+        .map(|g| Grant::new(tr, g, now_ms, st.tz))
         .collect();
     let packages = st
         .db

@@ -159,6 +159,8 @@ pub struct Grant {
     pub expires: String,
     pub bars: Vec<Bar>,
     pub total_used: Money,
+    /// Held by requests in flight; shown only while there are any.
+    pub reserved: Option<Money>,
 }
 
 impl Grant {
@@ -195,6 +197,7 @@ impl Grant {
             expires: format::time(expires, tz),
             bars,
             total_used: Money::new(p.total_used),
+            reserved: (p.reserved.0 != 0).then(|| Money::new(p.reserved)),
         }
     }
 }

@@ -6,11 +6,12 @@ use serde_json::{json, Value};
 
 use super::{id_page, parse_id, PageQuery};
 use crate::admin::{self, AdminError};
-use crate::billing::balance::package_status;
+use crate::billing::balance::{with_reserved, PackageStatus};
 use crate::billing::money::Usd;
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
 use crate::store::packages::Package;
+use crate::store::packages::UserPackage;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,10 +106,7 @@ pub async fn grant(
         },
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!(package_status(&up, st.clock.now(), st.tz))),
-    ))
+    Ok((StatusCode::CREATED, Json(json!(one_status(&st, &up).await))))
 }
 
 pub async fn list_grants(
@@ -121,13 +119,8 @@ pub async fn list_grants(
         .await
         .map_err(AdminError::lookup("user"))?;
     let now = st.clock.now();
-    let rows: Vec<_> = st
-        .db
-        .list_user_packages(user_id)
-        .await?
-        .iter()
-        .map(|g| package_status(g, now, st.tz))
-        .collect();
+    let grants = st.db.list_user_packages(user_id).await?;
+    let rows = with_reserved(&grants, now, st.tz, &st.proxy.reservations).await;
     Ok(Json(json!({"data": rows, "next_cursor": null})))
 }
 
@@ -138,5 +131,12 @@ pub async fn update_grant(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("user package", &id)?;
     let up = admin::set_grant_status(&st, id, &b.status).await?;
-    Ok(Json(json!(package_status(&up, st.clock.now(), st.tz))))
+    Ok(Json(json!(one_status(&st, &up).await)))
+}
+
+/// One grant as the API shows it, with its reservations.
+async fn one_status(st: &AppState, up: &UserPackage) -> PackageStatus {
+    let grants = std::slice::from_ref(up);
+    let mut v = with_reserved(grants, st.clock.now(), st.tz, &st.proxy.reservations).await;
+    v.remove(0)
 }

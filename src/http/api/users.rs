@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::{id_page, parse_id, PageQuery};
 use crate::admin::{self, AdminError};
-use crate::billing::balance::{balances, package_status};
+use crate::billing::balance::{balances, with_reserved};
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
 use crate::store::users::User;
@@ -108,10 +108,7 @@ pub async fn get(
         .map_err(AdminError::lookup("user"))?;
     let now = st.clock.now();
     let grants = st.db.list_user_packages(id).await?;
-    let packages: Vec<_> = grants
-        .iter()
-        .map(|g| package_status(g, now, st.tz))
-        .collect();
+    let packages = with_reserved(&grants, now, st.tz, &st.proxy.reservations).await;
     let keys = st.db.list_keys(Some(id), None, 1000).await?;
     // `balances` counts only the grants active now.
     let mut v = with_balances(&user, &balances(&grants, now, st.tz));

@@ -1,0 +1,543 @@
+//! Admission that fits real traffic (SPEC §11.1): learned reservations, shared across
+//! instances. Each figure prints what it measured and asserts the bound.
+
+use std::time::Duration;
+
+use futures_util::{stream, StreamExt};
+use serde_json::{json, Value};
+use tollgate::billing::money::Usd;
+use tollgate::fake_upstream::FakeUpstream;
+use tollgate::store::Db;
+
+use crate::helpers::*;
+use crate::proxy::{chat_body, gpt_cost};
+
+/// A gateway's admin API over HTTP (in-process app or real binary alike).
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    fn new(base: &str) -> Admin {
+        Admin {
+            base: base.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}/api/admin{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {v}");
+        v
+    }
+
+    /// Accounts for the fake upstream and the test prices.
+    async fn wire(&self, fake: &FakeUpstream) {
+        use reqwest::Method;
+        self.call(
+            Method::POST,
+            "/accounts",
+            json!({"name": "oa", "provider": "openai", "base_url": fake.openai_base_url(), "api_key": "k"}),
+        )
+        .await;
+        self.call(
+            Method::PUT,
+            "/models/gpt-test",
+            json!({"input": "2.5", "output": "10", "cache_read": "1.25"}),
+        )
+        .await;
+    }
+
+    /// A user with one grant of `package` and `keys` keys: (grant id, key secrets).
+    async fn funded(&self, name: &str, package: Value, keys: usize) -> (i64, Vec<String>) {
+        use reqwest::Method;
+        let u = self
+            .call(Method::POST, "/users", json!({"username": name}))
+            .await;
+        let uid = u["id"].as_i64().unwrap();
+        let p = self.call(Method::POST, "/packages", package).await;
+        let g = self
+            .call(
+                Method::POST,
+                &format!("/users/{uid}/packages"),
+                json!({"package_id": p["id"]}),
+            )
+            .await;
+        let mut secrets = Vec::new();
+        for i in 0..keys {
+            let k = self
+                .call(
+                    Method::POST,
+                    &format!("/users/{uid}/keys"),
+                    json!({"name": format!("k{i}")}),
+                )
+                .await;
+            secrets.push(k["key"].as_str().unwrap().to_string());
+        }
+        (g["id"].as_i64().unwrap(), secrets)
+    }
+}
+
+/// What the fake upstream reports, and how long it waits before answering.
+#[derive(Clone, Copy)]
+struct Usage {
+    prompt: i64,
+    completion: i64,
+    delay_ms: u64,
+}
+
+impl Usage {
+    fn cost(self) -> i64 {
+        gpt_cost(self.prompt, self.completion, 0)
+    }
+}
+
+/// One chat request with `max_tokens`; its status.
+async fn send(http: &reqwest::Client, base: &str, key: &str, max_tokens: i64, usage: Usage) -> u16 {
+    let mut body = chat_body(false);
+    body["max_tokens"] = json!(max_tokens);
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("x-fake-prompt-tokens", usage.prompt.to_string())
+        .header("x-fake-completion-tokens", usage.completion.to_string())
+        .header("x-fake-header-delay-ms", usage.delay_ms.to_string())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    status
+}
+
+/// `n` requests at once, spread over `bases` in turn: (admitted, refused).
+async fn burst(bases: &[&str], key: &str, n: usize, max_tokens: i64, usage: Usage) -> (i64, i64) {
+    let http = reqwest::Client::new();
+    let statuses: Vec<u16> = stream::iter(0..n)
+        .map(|i| {
+            let (http, base) = (&http, bases[i % bases.len()]);
+            async move { send(http, base, key, max_tokens, usage).await }
+        })
+        .buffer_unordered(n)
+        .collect()
+        .await;
+    let admitted = statuses.iter().filter(|s| **s == 200).count() as i64;
+    let refused = statuses.iter().filter(|s| **s == 429).count() as i64;
+    assert_eq!(admitted + refused, n as i64, "{statuses:?}");
+    (admitted, refused)
+}
+
+/// `n` requests one after the other, spread over `bases`; all must be served.
+async fn warm_up(bases: &[&str], key: &str, n: usize, max_tokens: i64, usage: Usage) {
+    let http = reqwest::Client::new();
+    for i in 0..n {
+        let s = send(&http, bases[i % bases.len()], key, max_tokens, usage).await;
+        assert_eq!(s, 200, "warm-up request {i}");
+    }
+}
+
+/// Wait until `n` requests are in `request_logs` (or panic after 20 s).
+async fn wait_for_logs(db: &Db, n: i64) {
+    for _ in 0..400 {
+        if db.ledger().await.unwrap().request_logs.requests >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} requests recorded");
+}
+
+/// SPEC §11.1 figure 1: a coding agent asks `max_tokens: 64000` but its requests cost about
+/// 0.0003 USD; with 0.66 USD of a 1 USD daily window left and 20 settled requests, 20
+/// concurrent requests are all admitted.
+#[tokio::test]
+async fn agent_requests_asking_64000_tokens_are_admitted_while_there_is_room() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let admin = Admin::new(&app.base);
+    admin.wire(&fake).await;
+    let (g, keys) = admin
+        .funded(
+            "agent",
+            json!({"name": "daily", "type": "subscription", "daily_quota": "1", "duration_days": 30}),
+            2,
+        )
+        .await;
+    let bases = [app.base.as_str()];
+    // Another key of the same user spends 0.334 USD of the window.
+    let spend = Usage {
+        prompt: 12,
+        completion: 33_397,
+        delay_ms: 0,
+    };
+    warm_up(&bases, &keys[1], 1, 64_000, spend).await;
+    let agent = Usage {
+        prompt: 40,
+        completion: 20,
+        delay_ms: 300,
+    };
+    warm_up(
+        &bases,
+        &keys[0],
+        20,
+        64_000,
+        Usage {
+            delay_ms: 0,
+            ..agent
+        },
+    )
+    .await;
+    app.wait_for_logs(21).await;
+    let limit = "1".parse::<Usd>().unwrap().nanos();
+    let used = app.state.db.get_user_package(g).await.unwrap().daily_used;
+    let left = limit - used;
+    assert!(
+        ("0.655".parse::<Usd>().unwrap().nanos()..="0.665".parse::<Usd>().unwrap().nanos())
+            .contains(&left),
+        "left {}",
+        Usd(left)
+    );
+    let (admitted, refused) = burst(&bases, &keys[0], 20, 64_000, agent).await;
+    eprintln!(
+        "figure 1: {} USD left of 1 USD, requests of {} USD asking max_tokens 64000: {admitted} of 20 concurrent admitted, {refused} refused (bound: all 20)",
+        Usd(left),
+        Usd(agent.cost())
+    );
+    assert_eq!(admitted, 20);
+}
+
+/// SPEC §11.1 figure 2 on `bases`: a quota with room for 10 requests after 20 settled ones of
+/// the same key and model, then 50 at once; overshoot ≤ 2 requests, at least 5 admitted.
+async fn figure_two(label: &str, bases: &[&str], db: &Db, max_tokens: i64, usage: Usage) {
+    let admin = Admin::new(bases[0]);
+    let one = usage.cost();
+    let total = 30 * one;
+    let (g, keys) = admin
+        .funded(
+            &format!("burst-{max_tokens}"),
+            json!({"name": format!("thirty-{max_tokens}"), "type": "quota", "quota_total": Usd(total).to_string(), "duration_days": 30}),
+            1,
+        )
+        .await;
+    let before = db.ledger().await.unwrap().request_logs.requests;
+    warm_up(
+        bases,
+        &keys[0],
+        20,
+        max_tokens,
+        Usage {
+            delay_ms: 0,
+            ..usage
+        },
+    )
+    .await;
+    wait_for_logs(db, before + 20).await;
+    let (admitted, refused) = burst(bases, &keys[0], 50, max_tokens, usage).await;
+    wait_for_logs(db, before + 20 + admitted).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let used = db.get_user_package(g).await.unwrap().quota_used;
+    let over = used - total;
+    eprintln!(
+        "figure 2{label}: max_tokens {max_tokens}, requests of {} USD, room for 10 after 20 settled: {admitted} of 50 admitted, {refused} refused, over by {} USD = {:.2} requests (bound: 2 requests; at least 5 admitted)",
+        Usd(one),
+        Usd(over.max(0)),
+        over.max(0) as f64 / one as f64
+    );
+    assert_eq!(used, (20 + admitted) * one, "every request charged in full");
+    assert!(over <= 2 * one, "over by {} USD", Usd(over));
+    assert!(admitted >= 5, "under-selling: {admitted} of 10 that fit");
+}
+
+/// Figure 2 with agent-style requests: a huge `max_tokens`, little real output (the formula
+/// alone would admit one request at a time).
+#[tokio::test]
+async fn fifty_at_once_after_warm_up_agent_style() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    Admin::new(&app.base).wire(&fake).await;
+    let usage = Usage {
+        prompt: 2_000,
+        completion: 20,
+        delay_ms: 300,
+    };
+    figure_two("", &[app.base.as_str()], &app.state.db, 64_000, usage).await;
+}
+
+/// Figure 2 with requests whose real input is far larger than their body (stateful calls,
+/// cached context): the formula alone would admit all 50.
+#[tokio::test]
+async fn fifty_at_once_after_warm_up_when_the_body_says_little() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    Admin::new(&app.base).wire(&fake).await;
+    let usage = Usage {
+        prompt: 2_000,
+        completion: 20,
+        delay_ms: 300,
+    };
+    figure_two(
+        " (small body)",
+        &[app.base.as_str()],
+        &app.state.db,
+        32,
+        usage,
+    )
+    .await;
+}
+
+/// SPEC §11.1 figure 3: figure 2 over two gateway processes sharing the database and Redis.
+/// Needs Redis (CI requires it; without TOLLGATE_TEST_REDIS_URL it says SKIPPING).
+#[tokio::test]
+async fn fifty_at_once_over_two_gateway_processes() {
+    let Some(redis) = redis_url() else { return };
+    let (url, _guard) = fresh_database(backend()).await;
+    let env = [
+        ("TOLLGATE_REDIS__URL", redis),
+        (
+            "TOLLGATE_REDIS__KEY_PREFIX",
+            format!("tgtest:{}:", uuid::Uuid::new_v4().simple()),
+        ),
+        ("TOLLGATE_RECORDER__FLUSH_INTERVAL_MS", "10".to_string()),
+    ];
+    let one = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let two = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let fake = FakeUpstream::start().await.unwrap();
+    Admin::new(&one.base).wire(&fake).await;
+    let db = Db::connect(&url, 2).await.unwrap();
+    let usage = Usage {
+        prompt: 2_000,
+        completion: 20,
+        delay_ms: 300,
+    };
+    let bases = [one.base.as_str(), two.base.as_str()];
+    figure_two(" (two instances)", &bases, &db, 64_000, usage).await;
+    figure_two(" (two instances, small body)", &bases, &db, 32, usage).await;
+    drop(two);
+    drop(one);
+}
+
+/// A key's first requests are reserved by the formula (bytes and `max_tokens`), a model it
+/// switches to by that model's figure; a request that fails upstream releases its reservation
+/// at once.
+#[tokio::test]
+async fn cold_start_model_switch_and_failures() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let admin = Admin::new(&app.base);
+    admin.wire(&fake).await;
+    let (g, keys) = admin
+        .funded(
+            "edges",
+            json!({"name": "big", "type": "quota", "quota_total": "100", "duration_days": 30}),
+            2,
+        )
+        .await;
+    let learner = &app.state.proxy.learner;
+    let price = app
+        .state
+        .db
+        .get_price("gpt-test")
+        .await
+        .unwrap()
+        .unwrap()
+        .price();
+    let formula = tollgate::billing::estimate::admission_estimate(100, Some(64_000), &price);
+    assert_eq!(
+        learner.estimate(1, "gpt-test", 100, Some(64_000), &price),
+        formula,
+        "cold start: the formula"
+    );
+    let usage = Usage {
+        prompt: 40,
+        completion: 20,
+        delay_ms: 0,
+    };
+    warm_up(&[&app.base], &keys[0], 8, 64_000, usage).await;
+    // The second key has sent nothing: the model's figure from the first key's requests.
+    let other_key = 1_000_000;
+    assert_eq!(
+        learner.estimate(other_key, "gpt-test", 100, Some(64_000), &price),
+        usage.cost(),
+        "a key's first request of a model: that model's recent requests"
+    );
+    assert_eq!(
+        learner.estimate(other_key, "claude-test", 100, Some(64_000), &price),
+        formula,
+        "a model nobody has used yet: the formula"
+    );
+
+    // A request that fails upstream holds its estimate while in flight, nothing once failed.
+    let http = reqwest::Client::new();
+    let mut body = chat_body(false);
+    body["max_tokens"] = json!(64_000);
+    let failing = http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&keys[1])
+        .header("x-fake-status", "500")
+        .header("x-fake-header-delay-ms", "500")
+        .json(&body)
+        .send();
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        app.state.proxy.reservations.reserved(g).await
+    };
+    let (r, held) = tokio::join!(failing, watch);
+    assert_eq!(held, usage.cost(), "in flight: the model's figure");
+    assert_eq!(r.unwrap().status(), 500);
+    // In process at once; in Redis by a task started as the request finished.
+    let t0 = std::time::Instant::now();
+    while app.state.proxy.reservations.reserved(g).await != 0 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "not released at once"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The Redis side on its own, as two instances see it: holds of both count, a settled charge
+/// counts for usage read before it and not after, a hold ends at once or by its TTL.
+#[tokio::test]
+async fn shared_reservations_across_instances() {
+    use tollgate::billing::shared::SharedReservations;
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis).unwrap())
+        .await
+        .unwrap();
+    let instance = |ttl_ms: u64| {
+        SharedReservations::new(
+            conn.clone(),
+            prefix.clone(),
+            Duration::from_secs(1),
+            Duration::from_millis(ttl_ms),
+            Duration::from_secs(10),
+        )
+    };
+    let (a, b) = (instance(60_000), instance(60_000));
+    let before = a.seq().await.unwrap();
+    let rooms = [(7, 150), (8, 1_000)];
+    assert_eq!(a.admit(before, "h1", 100, &rooms).await.unwrap().0, Some(7));
+    // B sees A's hold; its own estimate does not count, so it still fits.
+    let (chosen, seen) = b.admit(before, "h2", 100, &rooms).await.unwrap();
+    assert_eq!((chosen, seen), (Some(7), vec![100]));
+    // Grant 7 is full for a third: the next grant in order pays.
+    let (chosen, seen) = b.admit(before, "h3", 100, &rooms).await.unwrap();
+    assert_eq!((chosen, seen), (Some(8), vec![200, 0]));
+    assert_eq!(
+        b.admit(before, "h4", 5, &rooms[..1]).await.unwrap(),
+        (None, vec![200])
+    );
+    // A's request settles at 80: usage read before counts it, usage read after does not.
+    a.settled(&[(7, "h1", 80)]).await;
+    let after = b.seq().await.unwrap();
+    assert!(after > before);
+    let probe = [(7, 0)];
+    let seen = b.admit(before, "probe", 0, &probe).await.unwrap().1;
+    assert_eq!(seen, vec![180]);
+    let seen = b.admit(after, "probe", 0, &probe).await.unwrap().1;
+    assert_eq!(seen, vec![100]);
+    // B's request fails: its hold ends at once.
+    b.adjust(7, "h2", 0).await;
+    assert_eq!(a.held(7).await, Some(0));
+    assert_eq!(a.held(8).await, Some(100));
+    // A hold whose instance died ends by its TTL.
+    let short = instance(200);
+    assert_eq!(
+        short.admit(after, "h5", 40, &[(9, 100)]).await.unwrap().0,
+        Some(9)
+    );
+    assert_eq!(a.held(9).await, Some(40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.held(9).await, Some(0));
+}
+
+/// The grant's `reserved`, from the user detail and the user's grant list (which must agree).
+async fn reserved_now(app: &TestApp, uid: i64, gid: i64) -> String {
+    let path = format!("/users/{uid}");
+    let (_, user) = app.get(&path).await;
+    let (_, list) = app.get(&format!("{path}/packages")).await;
+    assert_eq!(user["packages"][0]["id"], gid);
+    let from_user = user["packages"][0]["reserved"].clone();
+    assert_eq!(from_user, list["data"][0]["reserved"], "both routes agree");
+    from_user.as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn grants_show_what_requests_in_flight_hold() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let uid = app.user("inflight").await;
+    let pid = app
+        .package(json!({"name": "if", "type": "quota", "quota_total": "10", "duration_days": 30}))
+        .await;
+    let gid = app.grant(uid, pid, None).await;
+    let (_, key) = app.key(uid, json!({"name": "k"})).await;
+    assert_eq!(reserved_now(&app, uid, gid).await, "0.000000000");
+    // Two slow requests in flight: each holds today's estimate (no history yet).
+    let slow = |n: i64| {
+        let http = app.http.clone();
+        let url = app.url("/v1/chat/completions");
+        let key = key.clone();
+        async move {
+            let body = json!({"model": "gpt-test", "max_tokens": 100 * n, "messages": [{"role": "user", "content": "hi"}]});
+            http.post(url)
+                .bearer_auth(key)
+                .header("x-fake-header-delay-ms", "1500")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let (a, b) = (tokio::spawn(slow(1)), tokio::spawn(slow(2)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = reserved_now(&app, uid, gid).await;
+    let page = app
+        .http
+        .get(app.url(&format!("/admin/users/{uid}?lang=en")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    println!("reserved while 2 requests are in flight: {held} USD");
+    // 100 and 200 output tokens at $10 per 1M, plus the body's input at $2.5 per 1M.
+    let held_nanos = held.parse::<Usd>().unwrap().0;
+    assert!(held_nanos >= 3_000_000, "{held}");
+    assert!(held_nanos < 3_000_000 + 2 * gpt_cost(1_000, 0, 0), "{held}");
+    assert_eq!(a.await.unwrap(), 200);
+    assert_eq!(b.await.unwrap(), 200);
+    app.wait_for_logs(2).await;
+    let mut after = String::new();
+    for _ in 0..200 {
+        after = reserved_now(&app, uid, gid).await;
+        if after == "0.000000000" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        after, "0.000000000",
+        "released once settled and no longer needed"
+    );
+    assert!(
+        page.contains("held by requests in flight:"),
+        "the user page shows the reservation while requests are in flight"
+    );
+}
