@@ -114,15 +114,17 @@ impl Ticket {
                 &self.price,
             );
         }
+        // In Redis too: a failed request releases its hold at once, and the answer's last byte
+        // waits for it (bounded by `redis.timeout_ms`), so the client's next request, on any
+        // instance, does not find this one's estimate still held.
+        let mut shared_hold = None;
         if let Some(up) = self.user_package_id {
             // The reservation now holds the actual cost until the recorder settles it.
             st.proxy.reservations.add(up, cost_nanos - self.reserved);
-            // In Redis too, without waiting: a failed request releases its hold at once, and a
-            // client's next request does not find this one's estimate still held.
             let shared = st.proxy.reservations.shared().is_some();
             if shared && cost_nanos != self.reserved {
                 let (st2, hold) = (st.clone(), self.request_id.clone());
-                tokio::spawn(async move {
+                shared_hold = Some(async move {
                     if let Some(s) = st2.proxy.reservations.shared() {
                         s.adjust(up, &hold, cost_nanos).await;
                     }
@@ -159,7 +161,11 @@ impl Ticket {
                 0
             },
         };
-        st.recorder.record(event)
+        let durable = st.recorder.record(event);
+        match shared_hold {
+            Some(adjust) => durable.and(adjust),
+            None => durable,
+        }
     }
 
     /// Upstream reported usage that cannot be true: logged, and charged at the usage estimate

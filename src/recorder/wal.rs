@@ -43,6 +43,18 @@ impl Durable {
     pub(super) fn waiting(rx: oneshot::Receiver<()>) -> Durable {
         Durable(Some(rx))
     }
+
+    /// Resolves once this and `also` are both done (`also` runs in its own task, so it
+    /// finishes even if nobody waits).
+    pub fn and(self, also: impl std::future::Future<Output = ()> + Send + 'static) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            also.await;
+            self.await;
+            let _ = tx.send(());
+        });
+        Durable(Some(rx))
+    }
 }
 
 impl std::future::Future for Durable {
