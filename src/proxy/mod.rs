@@ -217,6 +217,7 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     let admitted = admit::admit(&st, &key, &request, &offer).await?;
     let upstream = rewrite::body(&request);
     let mut ticket = ticket::Ticket::new(st.clone(), &key, request, &admitted, started);
+    ticket.query = parts.uri.query().map(str::to_owned);
     // Time spent in tollgate before the request went upstream (auth, admission, body).
     let admitted_in = started.elapsed();
     let answer = forward::forward(

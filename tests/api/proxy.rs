@@ -93,6 +93,7 @@ async fn forwards_non_streaming_both_protocols_with_the_right_headers() {
     assert_eq!(reqs.len(), 2);
     let (oa, an) = (&reqs[0], &reqs[1]);
     assert_eq!(oa.path, "/v1/chat/completions");
+    assert_eq!(oa.query, None, "no query invented");
     assert_eq!(
         oa.header("authorization"),
         Some("Bearer sk-upstream-openai-secret")
@@ -135,6 +136,38 @@ async fn forwards_non_streaming_both_protocols_with_the_right_headers() {
         an_log["cost"],
         tollgate::billing::money::Usd(claude_cost(12, 8, 100, 40)).to_string()
     );
+}
+
+#[tokio::test]
+async fn query_strings_are_forwarded_unchanged() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let (_, _, key) = funded_key(&app, "query").await;
+    let q = "api-version=2024-06-01&tag=a%20b&tag=c";
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/chat/completions?{q}")))
+        .bearer_auth(&key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .http
+        .post(app.url("/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let reqs = fake.requests();
+    assert_eq!(reqs[0].path, "/v1/chat/completions");
+    assert_eq!(reqs[0].query.as_deref(), Some(q));
+    assert_eq!(reqs[1].path, "/v1/messages");
+    assert_eq!(reqs[1].query.as_deref(), Some("beta=true"));
 }
 
 #[tokio::test]
