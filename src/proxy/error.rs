@@ -99,6 +99,12 @@ impl ProxyError {
         }
     }
 
+    /// The error code (OpenAI's `error.code`, on both protocols): what a refused row's
+    /// `error` and `tollgate_refused_total{code}` say.
+    pub fn code(&self) -> &'static str {
+        self.openai_kind().1
+    }
+
     /// (type, code) in the OpenAI vocabulary.
     fn openai_kind(&self) -> (&'static str, &'static str) {
         match &self.failure {
