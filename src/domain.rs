@@ -208,6 +208,8 @@ vocabulary! {
         /// `upstream.max_tokens_per_request`, or a cost that does not fit): charged at the
         /// estimate.
         Disputed = "disputed",
+        /// Refused at admission for a known key: a log row only (cost 0), no other sink.
+        Refused = "refused",
     }
 }
 
@@ -254,7 +256,14 @@ mod tests {
         round_trips::<AccountStatus>(&["active", "disabled"]);
         round_trips::<Provider>(&["openai", "anthropic"]);
         round_trips::<AccountHealth>(&["ok", "cooling_down", "auth_failed"]);
-        round_trips::<BillingStatus>(&["complete", "partial", "estimated", "void", "disputed"]);
+        round_trips::<BillingStatus>(&[
+            "complete",
+            "partial",
+            "estimated",
+            "void",
+            "disputed",
+            "refused",
+        ]);
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub const HTTP_REQUESTS: Series = series(
     "Requests by route and status.",
     &["route", "status"],
 );
+pub const REFUSED: Series = series(
+    "tollgate_refused_total",
+    Kind::Counter,
+    "Proxy requests refused by the gateway, by error code (bad keys included; they write no log row).",
+    &["code"],
+);
 pub const UPSTREAM_LATENCY: Series = series(
     "tollgate_upstream_latency_seconds",
     Kind::Histogram,
@@ -139,8 +145,9 @@ pub const DB_POOL_IDLE: Series = series(
 );
 
 /// Every series, in one list.
-pub const SERIES: [&Series; 14] = [
+pub const SERIES: [&Series; 15] = [
     &HTTP_REQUESTS,
+    &REFUSED,
     &UPSTREAM_LATENCY,
     &GATEWAY_OVERHEAD,
     &UPSTREAM_ATTEMPT_FAILURES,
@@ -207,6 +214,8 @@ pub struct Metrics {
     handle: Arc<PrometheusHandle>,
     /// route → status → its counter
     requests: RwLock<HashMap<String, HashMap<u16, metrics::Counter>>>,
+    /// code → its refusal counter
+    refused: RwLock<HashMap<&'static str, metrics::Counter>>,
     pub upstream_latency: Histogram,
     pub gateway_overhead: Histogram,
     pub upstream_attempt_failures: Counter,
@@ -263,6 +272,7 @@ impl Metrics {
             recorder,
             handle,
             requests: RwLock::default(),
+            refused: RwLock::default(),
             upstream_latency,
             gateway_overhead,
             upstream_attempt_failures,
@@ -288,6 +298,28 @@ impl Metrics {
             .entry(route.to_string())
             .or_default()
             .insert(status, c);
+    }
+
+    /// One proxy request refused with `code` (SPEC §11.4).
+    pub fn count_refused(&self, code: &'static str) {
+        if let Some(c) = self
+            .refused
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(code)
+        {
+            c.increment(1);
+            return;
+        }
+        let c = metrics::with_local_recorder(
+            &self.recorder,
+            || metrics::counter!(REFUSED.name, "code" => code),
+        );
+        c.increment(1);
+        self.refused
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(code, c);
     }
 
     /// The Prometheus text exposition, with `sampled` as the values of the series read at
@@ -372,6 +404,7 @@ mod tests {
     fn every_series_is_exposed_with_its_type_and_help() {
         let m = Metrics::new();
         m.count_request("/healthz", 200);
+        m.count_refused("invalid_api_key");
         m.upstream_latency.observe(Duration::from_millis(3));
         m.gateway_overhead.observe(Duration::from_micros(300));
         m.upstream_attempt_failures.increment(1);

@@ -26,10 +26,12 @@ impl FromRequest<Arc<FakeState>> for Incoming {
 
     async fn from_request(req: Request, state: &Arc<FakeState>) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let path = match parts.extensions.get::<OriginalUri>() {
-            Some(OriginalUri(uri)) => uri.path().to_owned(),
-            None => parts.uri.path().to_owned(),
+        let uri = match parts.extensions.get::<OriginalUri>() {
+            Some(OriginalUri(uri)) => uri,
+            None => &parts.uri,
         };
+        let path = uri.path().to_owned();
+        let query = uri.query().map(str::to_owned);
         let proto = Proto::for_request(&path, &parts.headers);
         let body = match axum::body::to_bytes(body, MAX_BODY).await {
             Ok(b) => b,
@@ -51,6 +53,7 @@ impl FromRequest<Arc<FakeState>> for Incoming {
             state.log().push(ReceivedRequest {
                 method: method.clone(),
                 path: path.clone(),
+                query,
                 headers,
                 body: body.clone(),
             });

@@ -84,6 +84,8 @@ pub struct ReceivedRequest {
     pub method: String,
     /// The path without the query string.
     pub path: String,
+    /// The query string without the `?`, as received; None when there was none.
+    pub query: Option<String>,
     /// Header names are lower-case; values are decoded lossily as UTF-8.
     pub headers: Vec<(String, String)>,
     pub body: bytes::Bytes,

@@ -33,6 +33,16 @@ pub enum Failure {
     Unavailable(String),
 }
 
+/// See [`ProxyError::retry_hint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryHint {
+    /// `x-should-retry: false`.
+    Final,
+    /// `Retry-After: N` (seconds).
+    After(u64),
+    None,
+}
+
 #[derive(Debug)]
 pub struct ProxyError {
     pub protocol: Protocol,
@@ -89,6 +99,12 @@ impl ProxyError {
         }
     }
 
+    /// The error code (OpenAI's `error.code`, on both protocols): what a refused row's
+    /// `error` and `tollgate_refused_total{code}` say.
+    pub fn code(&self) -> &'static str {
+        self.openai_kind().1
+    }
+
     /// (type, code) in the OpenAI vocabulary.
     fn openai_kind(&self) -> (&'static str, &'static str) {
         match &self.failure {
@@ -103,6 +119,25 @@ impl ProxyError {
             Failure::Unreachable(_) => ("server_error", "upstream_unreachable"),
             Failure::Timeout(_) => ("server_error", "upstream_timeout"),
             Failure::Unavailable(_) => ("server_error", "gateway_unavailable"),
+        }
+    }
+
+    /// What a client should do about this answer (SPEC §11.4): a refusal a retry cannot fix
+    /// is final (`x-should-retry: false`, which Claude Code and the official SDKs honour), one a
+    /// later retry may fix says when. Upstream failures (502, 504) and malformed requests carry
+    /// no hint: the SDKs' own defaults are right for them.
+    pub fn retry_hint(&self) -> RetryHint {
+        match &self.failure {
+            Failure::InvalidKey(_)
+            | Failure::ModelNotAllowed(_)
+            | Failure::ModelNotFound(_)
+            | Failure::NoQuota(_) => RetryHint::Final,
+            Failure::RateLimited { retry_after, .. } => RetryHint::After(*retry_after),
+            Failure::NoAccount(_) | Failure::Unavailable(_) => RetryHint::After(1),
+            Failure::InvalidRequest(_)
+            | Failure::TooLarge(_)
+            | Failure::Unreachable(_)
+            | Failure::Timeout(_) => RetryHint::None,
         }
     }
 
@@ -135,10 +170,16 @@ impl IntoResponse for ProxyError {
             }
         };
         let mut resp = (status, Json(body)).into_response();
-        if let Failure::RateLimited { retry_after, .. } = self.failure {
-            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-                resp.headers_mut().insert("retry-after", v);
+        match self.retry_hint() {
+            RetryHint::Final => {
+                resp.headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
             }
+            RetryHint::After(secs) => {
+                resp.headers_mut()
+                    .insert("retry-after", HeaderValue::from(secs));
+            }
+            RetryHint::None => {}
         }
         resp
     }
@@ -173,5 +214,39 @@ mod tests {
             v,
             json!({"type": "error", "error": {"type": "overloaded_error", "message": "the gateway's database is unavailable; try again"}})
         );
+    }
+
+    #[test]
+    fn final_refusals_say_so_and_passing_ones_say_when() {
+        let resp = |f| ProxyError::new(Protocol::OpenAi, f).into_response();
+        let headers = |f| {
+            let r = resp(f);
+            let h = |n| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+            (h("x-should-retry"), h("retry-after"))
+        };
+        let fin = (Some("false".to_string()), None);
+        assert_eq!(headers(Failure::InvalidKey("k".into())), fin);
+        assert_eq!(headers(Failure::ModelNotAllowed("m".into())), fin);
+        assert_eq!(headers(Failure::ModelNotFound("m".into())), fin);
+        assert_eq!(headers(Failure::NoQuota("q".into())), fin);
+        let after = |n: &str| (None, Some(n.to_string()));
+        let rate = Failure::RateLimited {
+            message: "slow down".into(),
+            retry_after: 7,
+        };
+        assert_eq!(headers(rate), after("7"));
+        assert_eq!(headers(Failure::NoAccount("busy".into())), after("1"));
+        assert_eq!(headers(Failure::Unavailable("down".into())), after("1"));
+        for f in [
+            Failure::InvalidRequest("bad".into()),
+            Failure::TooLarge(10),
+            Failure::Unreachable("x".into()),
+            Failure::Timeout("x".into()),
+        ] {
+            assert_eq!(headers(f), (None, None));
+        }
+        // Anthropic answers carry the same hints.
+        let r = ProxyError::new(Protocol::Anthropic, Failure::NoQuota("q".into())).into_response();
+        assert_eq!(r.headers()["x-should-retry"], "false");
     }
 }

@@ -45,7 +45,7 @@ pub async fn forward(
     let mut last: Option<(AttemptError, i64)> = None;
 
     for (n, account) in ordered.into_iter().take(attempts).enumerate() {
-        let url = upstream_url(ticket.endpoint, &account.base_url);
+        let url = upstream_url(ticket.endpoint, &account.base_url, ticket.query.as_deref());
         let headers = upstream_headers(client_hdrs, account.provider, account.secret.expose());
         let req = st.proxy.http.post(&url, headers, body.clone());
         let sent_at = Instant::now();

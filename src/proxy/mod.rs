@@ -43,7 +43,9 @@
 //!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
 //!    admission estimates of its key and model (`billing::estimate::Learner`).
 //!
-//! Steps 1 to 5 fail with a [`ProxyError`] in the provider's shape and record nothing.
+//! Steps 1 to 5 fail with a [`ProxyError`] in the provider's shape, counted in
+//! `tollgate_refused_total{code}`; after step 1, for a known key, also a `refused` log row
+//! ([`refused`]) and nothing else.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +74,7 @@ pub mod error;
 pub mod forward;
 pub mod limits;
 pub mod parse;
+pub mod refused;
 pub mod respond;
 pub mod rewrite;
 pub mod tap;
@@ -134,6 +137,8 @@ pub struct ProxyState {
     /// What recent requests cost, per key and model (the admission estimate).
     pub learner: Learner,
     pub account_errors: account_errors::AccountErrors,
+    /// Which keys already have a refused row this second, per code.
+    pub refusals: refused::Refusals,
     /// Set when the shutdown grace ran out: streams cut then are recorded `partial`.
     pub closing: std::sync::atomic::AtomicBool,
     keys: TtlCache<String, Option<KeyAuth>>,
@@ -159,6 +164,7 @@ impl ProxyState {
             grants,
             learner: Learner::default(),
             account_errors,
+            refusals: Default::default(),
             closing: Default::default(),
             keys: TtlCache::new(cache::TTL),
             prices: TtlCache::new(cache::TTL),
@@ -203,20 +209,32 @@ async fn handle(st: AppState, endpoint: Endpoint, req: Request) -> Response {
 async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Response, ProxyError> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let key = authenticate(&st, &parts.headers, endpoint.protocol()).await?;
-    let request = parse::parse(endpoint, body, st.config.server.max_body_bytes).await?;
+    let key = authenticate(&st, &parts.headers, endpoint.protocol())
+        .await
+        .inspect_err(|e| refused::count(&st, e))?;
+    // From here a refusal is of a known key: logged (SPEC §11.4).
+    let refuse = |model: &str, e: ProxyError| {
+        refused::record(&st, &key, endpoint, model, &e, started);
+        e
+    };
+    let request = parse::parse(endpoint, body, st.config.server.max_body_bytes)
+        .await
+        .map_err(|e| refuse("", e))?;
     if !st.recorder.accepting() {
         // Neither the database nor the journal can take its usage (SPEC §11.5).
         let m = "the gateway cannot record usage right now; try again";
-        return Err(ProxyError::new(
-            endpoint.protocol(),
-            error::Failure::Unavailable(m.into()),
-        ));
+        let e = ProxyError::new(endpoint.protocol(), error::Failure::Unavailable(m.into()));
+        return Err(refuse(&request.model, e));
     }
-    let offer = admit::offer(&st, &key, &request).await?;
-    let admitted = admit::admit(&st, &key, &request, &offer).await?;
+    let offer = admit::offer(&st, &key, &request)
+        .await
+        .map_err(|e| refuse(&request.model, e))?;
+    let admitted = admit::admit(&st, &key, &request, &offer)
+        .await
+        .map_err(|e| refuse(&request.model, e))?;
     let upstream = rewrite::body(&request);
     let mut ticket = ticket::Ticket::new(st.clone(), &key, request, &admitted, started);
+    ticket.query = parts.uri.query().map(str::to_owned);
     // Time spent in tollgate before the request went upstream (auth, admission, body).
     let admitted_in = started.elapsed();
     let answer = forward::forward(

@@ -52,12 +52,17 @@ fn with_include_usage(body: &[u8]) -> Bytes {
 }
 
 /// The upstream URL, following each provider SDK's base_url convention: openai base URLs
-/// include `/v1`, anthropic ones do not.
-pub fn upstream_url(endpoint: Endpoint, base_url: &str) -> String {
+/// include `/v1`, anthropic ones do not. The client's query string (without the `?`), if
+/// any, is passed on unchanged (SPEC §11.4).
+pub fn upstream_url(endpoint: Endpoint, base_url: &str, query: Option<&str>) -> String {
     let base = base_url.trim_end_matches('/');
-    match endpoint.protocol() {
-        Protocol::OpenAi => format!("{base}{}", &endpoint.path()[3..]),
-        Protocol::Anthropic => format!("{base}{}", endpoint.path()),
+    let path = match endpoint.protocol() {
+        Protocol::OpenAi => &endpoint.path()[3..],
+        Protocol::Anthropic => endpoint.path(),
+    };
+    match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
     }
 }
 
@@ -219,24 +224,42 @@ mod tests {
     fn upstream_url_per_provider_with_or_without_trailing_slash() {
         for base in ["https://api.openai.com/v1", "https://api.openai.com/v1/"] {
             assert_eq!(
-                upstream_url(Endpoint::ChatCompletions, base),
+                upstream_url(Endpoint::ChatCompletions, base, None),
                 "https://api.openai.com/v1/chat/completions"
             );
             assert_eq!(
-                upstream_url(Endpoint::Responses, base),
+                upstream_url(Endpoint::Responses, base, None),
                 "https://api.openai.com/v1/responses"
             );
         }
         for base in ["https://api.anthropic.com", "https://api.anthropic.com//"] {
             assert_eq!(
-                upstream_url(Endpoint::Messages, base),
+                upstream_url(Endpoint::Messages, base, None),
                 "https://api.anthropic.com/v1/messages"
             );
             assert_eq!(
-                upstream_url(Endpoint::CountTokens, base),
+                upstream_url(Endpoint::CountTokens, base, None),
                 "https://api.anthropic.com/v1/messages/count_tokens"
             );
         }
+    }
+
+    #[test]
+    fn upstream_url_passes_the_query_on_unchanged() {
+        let q = Some("api-version=2024-06-01&x=a%20b");
+        assert_eq!(
+            upstream_url(Endpoint::ChatCompletions, "https://h/v1/", q),
+            "https://h/v1/chat/completions?api-version=2024-06-01&x=a%20b"
+        );
+        assert_eq!(
+            upstream_url(Endpoint::Messages, "https://h", Some("beta=true")),
+            "https://h/v1/messages?beta=true"
+        );
+        // An empty query (`...?`) stays as the client sent it.
+        assert_eq!(
+            upstream_url(Endpoint::Messages, "https://h", Some("")),
+            "https://h/v1/messages?"
+        );
     }
 
     fn rewritten(endpoint: Endpoint, sent: Value) -> (Value, bool) {

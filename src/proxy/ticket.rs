@@ -20,6 +20,8 @@ pub struct Ticket {
     st: AppState,
     pub request_id: String,
     pub endpoint: Endpoint,
+    /// The client's query string, forwarded upstream as is (None: no allocation).
+    pub query: Option<String>,
     user_id: i64,
     api_key_id: i64,
     tpm_limited: bool,
@@ -50,6 +52,7 @@ impl Ticket {
         Ticket {
             request_id: admitted.request_id.clone(),
             endpoint: request.endpoint,
+            query: None,
             user_id: key.user_id,
             api_key_id: key.id,
             tpm_limited: key.tpm_limit.is_some(),

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::billing::admission::{GrantCache, Reservations};
 use crate::clock::Clock;
 use crate::store::Db;
-use crate::usage::UsageEvent;
+use crate::usage::{BillingStatus, UsageEvent};
 
 pub mod stats;
 pub mod wal;
@@ -339,13 +339,23 @@ impl Shared {
         if fresh.is_empty() || self.stats_dirty.load(Ordering::Relaxed) {
             return;
         }
+        let served = |e: &UsageEvent| e.billing_status != BillingStatus::Refused;
         let applied: Vec<UsageEvent>;
-        let events = if fresh.len() == batch.len() {
+        let events = if fresh.len() == batch.len() && batch.iter().all(served) {
             batch
         } else {
-            applied = fresh.iter().map(|&i| batch[i].clone()).collect();
+            // Refusals are log rows only: they count in no real-time stat.
+            applied = fresh
+                .iter()
+                .map(|&i| &batch[i])
+                .filter(|e| served(e))
+                .cloned()
+                .collect();
             &applied
         };
+        if events.is_empty() {
+            return;
+        }
         let res = tokio::time::timeout(STATS_TIMEOUT, self.stats.record(events)).await;
         let err = match res {
             Ok(Ok(())) => return,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::{on_db, placeholders, Db, Result};
 use crate::billing::cost::Tokens;
 use crate::config::DbKind;
-use crate::usage::UsageEvent;
+use crate::usage::{BillingStatus, UsageEvent};
 
 /// How many events of a batch were applied, and how many had been applied before.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,6 +122,10 @@ fn totals(fresh: &[&UsageEvent]) -> Totals {
     let mut daily: HashMap<DailyKey, Agg> = HashMap::new();
     let mut t = Totals::default();
     for e in fresh {
+        // A refusal is a log row only; nothing reached upstream either when account_id is None.
+        if e.billing_status == BillingStatus::Refused {
+            continue;
+        }
         let Some(account_id) = e.account_id else {
             continue;
         };

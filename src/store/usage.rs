@@ -189,7 +189,8 @@ impl Db {
                 sum_as("cache_write_tokens"),
             )
         };
-        let q_logs = totals("request_logs", "1", "cost");
+        // Refused rows are not requests served (cost 0, no other sink): left out.
+        let q_logs = totals("request_logs", "1", "cost") + " WHERE billing_status <> 'refused'";
         let q_daily = totals("usage_daily", "requests", "cost");
         let q_keys = totals("api_keys", "request_count", "used_cost");
         let q_acc = totals("accounts", "request_count", "total_cost");

@@ -382,6 +382,8 @@ async fn rpm_and_tpm_limits_answer_429_with_retry_after() {
     }
     let r = chat(&app, &rpm_key).await;
     assert_eq!(r.status(), 429);
+    // A rate limit passes: the client may retry, and is told when.
+    assert!(!r.headers().contains_key("x-should-retry"));
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
         .unwrap()

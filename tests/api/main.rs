@@ -15,6 +15,7 @@ mod ledger;
 mod logs;
 mod proxy;
 mod refusals;
+mod refused_rows;
 mod sdk;
 mod shutdown;
 mod slow_clients;

@@ -93,6 +93,7 @@ async fn forwards_non_streaming_both_protocols_with_the_right_headers() {
     assert_eq!(reqs.len(), 2);
     let (oa, an) = (&reqs[0], &reqs[1]);
     assert_eq!(oa.path, "/v1/chat/completions");
+    assert_eq!(oa.query, None, "no query invented");
     assert_eq!(
         oa.header("authorization"),
         Some("Bearer sk-upstream-openai-secret")
@@ -135,6 +136,38 @@ async fn forwards_non_streaming_both_protocols_with_the_right_headers() {
         an_log["cost"],
         tollgate::billing::money::Usd(claude_cost(12, 8, 100, 40)).to_string()
     );
+}
+
+#[tokio::test]
+async fn query_strings_are_forwarded_unchanged() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let (_, _, key) = funded_key(&app, "query").await;
+    let q = "api-version=2024-06-01&tag=a%20b&tag=c";
+    let r = app
+        .http
+        .post(app.url(&format!("/v1/chat/completions?{q}")))
+        .bearer_auth(&key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .http
+        .post(app.url("/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let reqs = fake.requests();
+    assert_eq!(reqs[0].path, "/v1/chat/completions");
+    assert_eq!(reqs[0].query.as_deref(), Some(q));
+    assert_eq!(reqs[1].path, "/v1/messages");
+    assert_eq!(reqs[1].query.as_deref(), Some("beta=true"));
 }
 
 #[tokio::test]
@@ -312,6 +345,19 @@ struct Refusal {
     code: Option<&'static str>,
     /// A text the message must contain.
     says: Option<&'static str>,
+    /// The retry hint the answer must carry (SPEC §11.4).
+    retry: Hint,
+}
+
+/// What a refusal tells the client about retrying.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hint {
+    /// `x-should-retry: false` and no `Retry-After`.
+    Final,
+    /// `Retry-After: N` with N ≥ 1, and no `x-should-retry: false`.
+    After,
+    /// Neither header.
+    None,
 }
 
 /// Send one refusal case; the answer's body, or what was wrong with the answer.
@@ -326,7 +372,18 @@ async fn check_refusal(app: &TestApp, case: &Refusal) -> Result<Value, String> {
     }
     let r = req.send().await.map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
-    let retry = r.headers().get("retry-after").cloned();
+    let header = |n: &str| {
+        r.headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    };
+    let hint = match (header("x-should-retry"), header("retry-after")) {
+        (Some(f), None) if f == "false" => Some(Hint::Final),
+        (None, Some(n)) if n.parse::<u64>().is_ok_and(|n| n >= 1) => Some(Hint::After),
+        (None, None) => Some(Hint::None),
+        _ => None,
+    };
+    let headers = (header("x-should-retry"), header("retry-after"));
     let v: Value = r
         .json()
         .await
@@ -356,8 +413,11 @@ async fn check_refusal(app: &TestApp, case: &Refusal) -> Result<Value, String> {
     if v.to_string().contains("sk-upstream") {
         wrong.push("a secret in the error".to_string());
     }
-    if status == 429 && case.kind.starts_with("rate") && retry.is_none() {
-        wrong.push("no Retry-After on a rate limit".to_string());
+    if hint != Some(case.retry) {
+        wrong.push(format!(
+            "retry hint (x-should-retry, retry-after) = {headers:?}, want {:?}",
+            case.retry
+        ));
     }
     if wrong.is_empty() {
         Ok(v)
@@ -444,6 +504,11 @@ async fn admission_errors_in_each_providers_shape_change_nothing() {
         json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
             .to_string();
     let k = |s: &str| Some(s.to_string());
+    // 400 and 413 carry no hint; 401, 403, 404 and quota refusals are final.
+    let hint = |status| match status {
+        401 | 402 | 403 | 404 | 429 => Hint::Final,
+        _ => Hint::None,
+    };
     let openai = |name, key: Option<String>, body: &str, status, kind, code, says| Refusal {
         name,
         path: C,
@@ -453,6 +518,7 @@ async fn admission_errors_in_each_providers_shape_change_nothing() {
         kind,
         code: Some(code),
         says,
+        retry: hint(status),
     };
     let anthropic = |name, key: Option<String>, body: &str, status, kind, says| Refusal {
         name,
@@ -463,6 +529,7 @@ async fn admission_errors_in_each_providers_shape_change_nothing() {
         kind,
         code: None,
         says,
+        retry: hint(status),
     };
     const BAD_KEY: (u16, &str, &str) = (401, "invalid_request_error", "invalid_api_key");
     let mut cases = vec![
@@ -755,6 +822,7 @@ async fn a_database_failure_is_503_gateway_unavailable_never_401_or_502() {
         kind,
         code,
         says: None,
+        retry: Hint::After,
     };
     let cases = [
         // A key that is not cached cannot be checked.
