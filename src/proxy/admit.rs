@@ -3,7 +3,9 @@
 //! accounts); [`admit`] decides, and reserves the admission estimate against the grant.
 //!
 //! Checks in this order, the first that fails answers: the key's allowed models, the price,
-//! an account serving the model, one not cooling down, RPM, TPM, a grant with room.
+//! an account serving the model, one not `auth_failed`, RPM, TPM, a grant with room. Accounts
+//! cooling down are left out unless every one is: then the one whose cooldown ends first is
+//! tried (its probe), so a request is never refused while an account might serve.
 
 use std::sync::Arc;
 
@@ -34,7 +36,8 @@ pub struct Admitted<'a> {
     /// Its id (also the id of its reservation in Redis).
     pub request_id: String,
     pub price: Price,
-    /// The accounts that serve the model and are not cooling down, in no order yet.
+    /// The accounts that serve the model and are not cooling down (or, when every one is, the
+    /// one whose cooldown ends first), in no order yet.
     pub accounts: Vec<&'a Account>,
     /// When it was admitted (the time its usage is charged at).
     pub now: DateTime<Utc>,
@@ -104,14 +107,27 @@ pub async fn admit<'a>(
             "no upstream account serves model `{model}`"
         ))));
     }
-    let healthy: Vec<&Account> = serving
+    let health = &st.proxy.health;
+    let usable: Vec<&Account> = serving
         .into_iter()
-        .filter(|a| !st.proxy.health.cooling(a.id))
+        .filter(|a| !health.auth_failed(a.id))
+        .collect();
+    if usable.is_empty() {
+        return Err(fail(Failure::NoAccount(format!(
+            "every upstream account for model `{model}` was refused by its upstream (auth_failed); an administrator must fix its secret"
+        ))));
+    }
+    let mut healthy: Vec<&Account> = usable
+        .iter()
+        .copied()
+        .filter(|a| !health.cooling(a.id))
         .collect();
     if healthy.is_empty() {
-        return Err(fail(Failure::NoAccount(format!(
-            "every upstream account for model `{model}` is cooling down after errors; retry shortly"
-        ))));
+        let first = usable
+            .iter()
+            .copied()
+            .min_by_key(|a| (health.cooling_until(a.id).unwrap_or(0), a.id));
+        healthy.extend(first);
     }
 
     let now = st.clock.now();
