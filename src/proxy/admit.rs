@@ -17,6 +17,7 @@ use crate::billing::admission::{self, Denial, Since};
 use crate::billing::balance::window_starts;
 use crate::billing::cost::Price;
 use crate::billing::shared::SharedReservations;
+use crate::domain::{AccountStatus, Provider};
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
@@ -103,9 +104,19 @@ pub async fn admit<'a>(
     let model = &req.model;
     let serving: Vec<&Account> = offer.accounts.iter().filter(|a| a.serves(model)).collect();
     if serving.is_empty() {
-        return Err(fail(Failure::ModelNotFound(format!(
-            "no upstream account serves model `{model}`"
-        ))));
+        let provider = req.endpoint.provider();
+        return Err(fail(
+            if disabled_account_serves(st, provider, model)
+                .await
+                .map_err(db_err)?
+            {
+                Failure::NoAccount(format!(
+                    "every upstream account for model `{model}` is disabled"
+                ))
+            } else {
+                Failure::ModelNotFound(format!("no upstream account serves model `{model}`"))
+            },
+        ));
     }
     let health = &st.proxy.health;
     let usable: Vec<&Account> = serving
@@ -213,6 +224,29 @@ pub async fn admit<'a>(
         now,
         charge,
     })
+}
+
+/// Whether a disabled account of `provider` serves `model` (SPEC §3: then 503, not 404).
+/// Read from the store, only on this refusal path.
+async fn disabled_account_serves(
+    st: &AppState,
+    provider: Provider,
+    model: &str,
+) -> Result<bool, StoreError> {
+    const PAGE: i64 = 500;
+    let mut cursor = None;
+    loop {
+        let page = st.db.list_accounts(cursor, PAGE).await?;
+        if page.iter().any(|a| {
+            a.provider == provider && a.status == AccountStatus::Disabled && a.serves(model)
+        }) {
+            return Ok(true);
+        }
+        match page.last() {
+            Some(a) if page.len() as i64 == PAGE => cursor = Some(a.id),
+            _ => return Ok(false),
+        }
+    }
 }
 
 /// Choose and reserve in Redis, against every instance's reservations; None when Redis does

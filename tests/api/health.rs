@@ -148,3 +148,34 @@ async fn a_refused_secret_takes_the_account_out_until_an_admin_edits_it() {
     assert_eq!(v["health"], "ok", "{v}");
     assert_eq!(send(&app, &key, false).await.status(), 200);
 }
+
+#[tokio::test]
+async fn every_serving_account_disabled_answers_503_in_each_shape() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let (oa, an) = app.wire_upstream(&fake).await;
+    let (_, _, key) = funded_key(&app, "disabled").await;
+    for id in [oa, an] {
+        let (s, _) = app
+            .patch(&format!("/accounts/{id}"), json!({"status": "disabled"}))
+            .await;
+        assert_eq!(s, 200);
+    }
+    let r = send(&app, &key, false).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["error"]["code"].as_str(), v["error"]["type"].as_str()),
+        (Some("no_available_account"), Some("server_error")),
+        "{v}"
+    );
+    let r = send(&app, &key, true).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("overloaded_error")),
+        "{v}"
+    );
+    assert_eq!(fake.request_count(), 0);
+}
