@@ -73,7 +73,11 @@ pub async fn forward(
                 ) =>
             {
                 st.metrics.upstream_latency.observe(sent_at.elapsed());
-                let what = format!("upstream refused the account's secret: {}", resp.status());
+                let (resp, message) = refusal(resp, first_byte).await;
+                let what = format!(
+                    "upstream refused the account's secret ({}): {message}",
+                    resp.status()
+                );
                 tracing::warn!(
                     request_id = %ticket.request_id,
                     account_id = account.id,
@@ -115,4 +119,33 @@ pub async fn forward(
         }
     }
     Err(Exhausted(last))
+}
+
+/// Largest refusal body read for its message.
+const REFUSAL_MAX_BYTES: usize = 64 * 1024;
+
+/// Read a 401/403 body for the upstream's message (`error.message` in both providers'
+/// shapes, else the text), and the response again with that body to pass on. A body that
+/// cannot be read in time or is too large is passed on empty.
+async fn refusal(resp: UpstreamResponse, within: Duration) -> (UpstreamResponse, String) {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
+    let read = tokio::time::timeout(
+        within,
+        http_body_util::Limited::new(body, REFUSAL_MAX_BYTES).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            Bytes::new()
+        }
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+    let resp = UpstreamResponse::from_parts(parts, client::UpstreamBody::read(bytes));
+    (resp, message)
 }

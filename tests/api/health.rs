@@ -82,7 +82,10 @@ async fn a_refused_secret_takes_the_account_out_until_an_admin_edits_it() {
     for (anthropic, id, status) in [(false, oa, 401), (true, an, 403)] {
         fake.set_fail_status(Some(status));
         // The upstream's answer is passed on for the request that met it.
-        assert_eq!(send(&app, &key, anthropic).await.status(), status);
+        let r = send(&app, &key, anthropic).await;
+        assert_eq!(r.status(), status);
+        let v: Value = r.json().await.unwrap();
+        let upstream_message = v["error"]["message"].as_str().unwrap().to_string();
         let mut acc = account(&app, id).await;
         for _ in 0..50 {
             if acc["last_error"].is_string() {
@@ -93,13 +96,9 @@ async fn a_refused_secret_takes_the_account_out_until_an_admin_edits_it() {
         }
         assert_eq!(acc["health"], "auth_failed", "{acc}");
         assert_eq!(acc["consecutive_failures"], 1, "{acc}");
-        assert!(
-            acc["last_error"]
-                .as_str()
-                .unwrap()
-                .contains(&status.to_string()),
-            "{acc}"
-        );
+        let last_error = acc["last_error"].as_str().unwrap();
+        assert!(last_error.contains(&status.to_string()), "{acc}");
+        assert!(last_error.contains(&upstream_message), "{acc}");
         // Left out: the only account serving the model is auth_failed → 503, upstream untouched.
         let before = fake.request_count();
         let r = send(&app, &key, anthropic).await;
