@@ -117,6 +117,8 @@ pub struct UpstreamConfig {
     pub idle_timeout_secs: u64,
     pub max_attempts: u32,
     pub cooldown_secs: u64,
+    pub failure_threshold: u32,
+    pub max_cooldown_secs: u64,
     pub max_tokens_per_request: i64,
 }
 
@@ -198,6 +200,8 @@ impl Default for UpstreamConfig {
             idle_timeout_secs: 120,
             max_attempts: 3,
             cooldown_secs: 30,
+            failure_threshold: 3,
+            max_cooldown_secs: 300,
             max_tokens_per_request: 10_000_000,
         }
     }
@@ -352,6 +356,15 @@ impl Config {
         }
         if self.upstream.max_attempts == 0 {
             return bad("upstream.max_attempts", "must be at least 1".into());
+        }
+        if self.upstream.failure_threshold == 0 {
+            return bad("upstream.failure_threshold", "must be at least 1".into());
+        }
+        if self.upstream.max_cooldown_secs < self.upstream.cooldown_secs {
+            return bad(
+                "upstream.max_cooldown_secs",
+                "must be at least upstream.cooldown_secs".into(),
+            );
         }
         if self.recorder.queue_capacity == 0 {
             return bad("recorder.queue_capacity", "must be greater than 0".into());

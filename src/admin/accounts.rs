@@ -97,6 +97,10 @@ pub async fn update_account(st: &AppState, id: i64, a: AccountInput) -> Result<A
         .await
         .map_err(AdminError::lookup("account"))?;
     let account = st.db.update_account(id, &f, st.now_ms()).await?;
+    // A new secret or a re-enable is the administrator's word that the account may serve.
+    if f.secret.is_some() || f.status == Some(AccountStatus::Active) {
+        st.proxy.health.reset(id);
+    }
     st.proxy.forget_cached();
     Ok(account)
 }

@@ -3,7 +3,9 @@
 //! accounts); [`admit`] decides, and reserves the admission estimate against the grant.
 //!
 //! Checks in this order, the first that fails answers: the key's allowed models, the price,
-//! an account serving the model, one not cooling down, RPM, TPM, a grant with room.
+//! an account serving the model, one not `auth_failed`, RPM, TPM, a grant with room. Accounts
+//! cooling down are left out unless every one is: then the one whose cooldown ends first is
+//! tried (its probe), so a request is never refused while an account might serve.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use crate::billing::admission::{self, Denial, Since};
 use crate::billing::balance::window_starts;
 use crate::billing::cost::Price;
 use crate::billing::shared::SharedReservations;
+use crate::domain::{AccountStatus, Provider};
 use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
@@ -34,7 +37,8 @@ pub struct Admitted<'a> {
     /// Its id (also the id of its reservation in Redis).
     pub request_id: String,
     pub price: Price,
-    /// The accounts that serve the model and are not cooling down, in no order yet.
+    /// The accounts that serve the model and are not cooling down (or, when every one is, the
+    /// one whose cooldown ends first), in no order yet.
     pub accounts: Vec<&'a Account>,
     /// When it was admitted (the time its usage is charged at).
     pub now: DateTime<Utc>,
@@ -100,18 +104,41 @@ pub async fn admit<'a>(
     let model = &req.model;
     let serving: Vec<&Account> = offer.accounts.iter().filter(|a| a.serves(model)).collect();
     if serving.is_empty() {
-        return Err(fail(Failure::ModelNotFound(format!(
-            "no upstream account serves model `{model}`"
+        let provider = req.endpoint.provider();
+        return Err(fail(
+            if disabled_account_serves(st, provider, model)
+                .await
+                .map_err(db_err)?
+            {
+                Failure::NoAccount(format!(
+                    "every upstream account for model `{model}` is disabled"
+                ))
+            } else {
+                Failure::ModelNotFound(format!("no upstream account serves model `{model}`"))
+            },
+        ));
+    }
+    let health = &st.proxy.health;
+    let usable: Vec<&Account> = serving
+        .into_iter()
+        .filter(|a| !health.auth_failed(a.id))
+        .collect();
+    if usable.is_empty() {
+        return Err(fail(Failure::NoAccount(format!(
+            "every upstream account for model `{model}` was refused by its upstream (auth_failed); an administrator must fix its secret"
         ))));
     }
-    let healthy: Vec<&Account> = serving
-        .into_iter()
-        .filter(|a| !st.proxy.health.cooling(a.id))
+    let mut healthy: Vec<&Account> = usable
+        .iter()
+        .copied()
+        .filter(|a| !health.cooling(a.id))
         .collect();
     if healthy.is_empty() {
-        return Err(fail(Failure::NoAccount(format!(
-            "every upstream account for model `{model}` is cooling down after errors; retry shortly"
-        ))));
+        let first = usable
+            .iter()
+            .copied()
+            .min_by_key(|a| (health.cooling_until(a.id).unwrap_or(0), a.id));
+        healthy.extend(first);
     }
 
     let now = st.clock.now();
@@ -197,6 +224,29 @@ pub async fn admit<'a>(
         now,
         charge,
     })
+}
+
+/// Whether a disabled account of `provider` serves `model` (SPEC §3: then 503, not 404).
+/// Read from the store, only on this refusal path.
+async fn disabled_account_serves(
+    st: &AppState,
+    provider: Provider,
+    model: &str,
+) -> Result<bool, StoreError> {
+    const PAGE: i64 = 500;
+    let mut cursor = None;
+    loop {
+        let page = st.db.list_accounts(cursor, PAGE).await?;
+        if page.iter().any(|a| {
+            a.provider == provider && a.status == AccountStatus::Disabled && a.serves(model)
+        }) {
+            return Ok(true);
+        }
+        match page.last() {
+            Some(a) if page.len() as i64 == PAGE => cursor = Some(a.id),
+            _ => return Ok(false),
+        }
+    }
 }
 
 /// Choose and reserve in Redis, against every instance's reservations; None when Redis does

@@ -126,10 +126,28 @@ pub struct UpstreamClient {
 /// A response body that drives its connection while it is read, and returns the connection
 /// to the pool once the body has ended.
 pub struct UpstreamBody {
-    body: Incoming,
+    body: Source,
     conn: Option<Pooled>,
     host: String,
     pool: Arc<Pool>,
+}
+
+enum Source {
+    Live(Incoming),
+    /// Already read (an error body the gateway looked into before passing it on).
+    Read(Option<Bytes>),
+}
+
+impl UpstreamBody {
+    /// A body that was read whole, to be passed on as it was.
+    pub fn read(bytes: Bytes) -> UpstreamBody {
+        UpstreamBody {
+            body: Source::Read(Some(bytes)),
+            conn: None,
+            host: String::new(),
+            pool: Arc::default(),
+        }
+    }
 }
 
 pub type UpstreamResponse = Response<UpstreamBody>;
@@ -200,7 +218,7 @@ impl UpstreamClient {
 
     fn body(&self, head: Response<Incoming>, conn: Pooled, host: String) -> UpstreamResponse {
         head.map(|body| UpstreamBody {
-            body,
+            body: Source::Live(body),
             conn: Some(conn),
             host,
             pool: self.pool.clone(),
@@ -269,12 +287,16 @@ impl hyper::body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
+        let body = match &mut this.body {
+            Source::Live(body) => body,
+            Source::Read(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
         // The connection decodes at most one chunk into the body's channel per poll, so it is
         // polled first: the body then has the next chunk ready without a wasted empty poll.
         if let Some(conn) = this.conn.as_mut() {
             conn.drive(cx);
         }
-        match Pin::new(&mut this.body).poll_frame(cx) {
+        match Pin::new(body).poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(mut conn) = this.conn.take() {
                     // The connection turns idle on its next poll; then it can be reused.
@@ -289,11 +311,19 @@ impl hyper::body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Source::Live(body) => body.is_end_stream(),
+            Source::Read(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Source::Live(body) => body.size_hint(),
+            Source::Read(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

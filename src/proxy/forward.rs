@@ -2,8 +2,10 @@
 //!
 //! Accounts are ordered by `upstream::order` (priority, then weighted random); at most
 //! `upstream.max_attempts` are tried. An attempt fails on a connect error, on no response
-//! head within `upstream.first_byte_timeout_secs`, or on a 429 or 5xx answer; its account
-//! then cools down for `upstream.cooldown_secs` and its error goes to `account_errors`.
+//! head within `upstream.first_byte_timeout_secs`, or on a 429 or 5xx answer; its account's
+//! health counts the failure (`upstream::Health`: a cooldown after
+//! `upstream.failure_threshold` of them) and its error goes to `account_errors`. A 401 or 403
+//! is passed on to the client and marks the account `auth_failed`.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,7 @@ pub async fn forward(
     let ordered = upstream::order(accounts, &mut rand::thread_rng());
     let attempts = ordered.len().min(cfg.max_attempts as usize);
     let first_byte = Duration::from_secs(cfg.first_byte_timeout_secs);
-    let cooldown = Duration::from_secs(cfg.cooldown_secs);
+    let backoff = upstream::Backoff::from(cfg);
     let mut last: Option<(AttemptError, i64)> = None;
 
     for (n, account) in ordered.into_iter().take(attempts).enumerate() {
@@ -64,9 +66,34 @@ pub async fn forward(
             Ok(Ok(r)) => Ok(r),
         };
         match outcome {
+            Ok(resp)
+                if matches!(
+                    resp.status(),
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+                ) =>
+            {
+                st.metrics.upstream_latency.observe(sent_at.elapsed());
+                let (resp, message) = refusal(resp, first_byte).await;
+                let what = format!(
+                    "upstream refused the account's secret ({}): {message}",
+                    resp.status()
+                );
+                tracing::warn!(
+                    request_id = %ticket.request_id,
+                    account_id = account.id,
+                    error = %what,
+                    "upstream account marked auth_failed"
+                );
+                st.proxy.health.refused(account.id);
+                st.proxy
+                    .account_errors
+                    .report(account.id, what, st.now_ms());
+                ticket.account_id = Some(account.id);
+                return Ok(resp);
+            }
             Ok(resp) => {
                 st.metrics.upstream_latency.observe(sent_at.elapsed());
-                st.proxy.health.recovered(account.id);
+                st.proxy.health.reset(account.id);
                 ticket.account_id = Some(account.id);
                 return Ok(resp);
             }
@@ -83,7 +110,7 @@ pub async fn forward(
                     "upstream attempt failed"
                 );
                 st.metrics.upstream_attempt_failures.increment(1);
-                st.proxy.health.cool_down(account.id, cooldown);
+                st.proxy.health.failed(account.id, &backoff);
                 st.proxy
                     .account_errors
                     .report(account.id, what, st.now_ms());
@@ -92,4 +119,33 @@ pub async fn forward(
         }
     }
     Err(Exhausted(last))
+}
+
+/// Largest refusal body read for its message.
+const REFUSAL_MAX_BYTES: usize = 64 * 1024;
+
+/// Read a 401/403 body for the upstream's message (`error.message` in both providers'
+/// shapes, else the text), and the response again with that body to pass on. A body that
+/// cannot be read in time or is too large is passed on empty.
+async fn refusal(resp: UpstreamResponse, within: Duration) -> (UpstreamResponse, String) {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = resp.into_parts();
+    let read = tokio::time::timeout(
+        within,
+        http_body_util::Limited::new(body, REFUSAL_MAX_BYTES).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => {
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            Bytes::new()
+        }
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+    let resp = UpstreamResponse::from_parts(parts, client::UpstreamBody::read(bytes));
+    (resp, message)
 }

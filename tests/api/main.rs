@@ -10,6 +10,7 @@ mod breadth;
 mod faultproxy;
 mod faults;
 mod foundation;
+mod health;
 mod helpers;
 mod ledger;
 mod logs;

@@ -27,6 +27,8 @@ struct Row {
     status_label: &'static str,
     /// Seconds of cooldown left after a failure, if any.
     cooling: Option<u64>,
+    /// Upstream refused its secret (SPEC §11.2).
+    auth_failed: bool,
     cost: Money,
     requests: String,
     tokens: String,
@@ -52,6 +54,7 @@ impl Row {
             active: a.status == AccountStatus::Active,
             status_label: view::status_label(ctx.tr, a.status.as_str()),
             cooling: st.proxy.health.cooldown_left(a.id),
+            auth_failed: st.proxy.health.auth_failed(a.id),
             cost: Money::nanos(a.total_cost),
             requests: format::count(a.request_count),
             tokens: format::count(

@@ -38,12 +38,17 @@ impl From<AccountBody> for admin::AccountInput {
     }
 }
 
-/// The account with its live health: `ok`, or `cooling_down` with the seconds left.
+/// The account with its live health: `ok`, `cooling_down` with the seconds left, or
+/// `auth_failed`; and its consecutive failed attempts.
 fn with_health(st: &AppState, a: &Account) -> Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
-    let left = st.proxy.health.cooldown_left(a.id);
-    v["health"] = Value::from(if left.is_some() { "cooling_down" } else { "ok" });
-    v["cooldown_remaining_secs"] = left.map(Value::from).unwrap_or(Value::Null);
+    let h = &st.proxy.health;
+    v["health"] = Value::from(h.label(a.id).to_string());
+    v["cooldown_remaining_secs"] = h
+        .cooldown_left(a.id)
+        .map(Value::from)
+        .unwrap_or(Value::Null);
+    v["consecutive_failures"] = Value::from(h.failures(a.id));
     v
 }
 
