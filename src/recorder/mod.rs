@@ -1,5 +1,5 @@
 //! The recorder: the only writer of usage. The proxy hands it events without waiting; each
-//! event is first appended to the write-ahead journal (`wal`, on a thread of its own), which
+//! event is first appended to the write-ahead journal (`wal`, by a task of its own), which
 //! the answer's last byte waits for, then applied in batches, each batch in one database
 //! transaction (`Db::settle`), then added to the real-time stats.
 //!
@@ -16,7 +16,7 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
@@ -83,14 +83,14 @@ struct Shared {
 /// A cheap, cloneable handle for producers.
 #[derive(Clone)]
 pub struct Recorder {
-    wal: std_mpsc::Sender<Msg>,
+    wal: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
 }
 
 /// Owns the worker; `shutdown` drains it.
 pub struct RecorderWorker {
     handle: JoinHandle<()>,
-    wal: std_mpsc::Sender<Msg>,
+    wal: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
 }
 
@@ -137,8 +137,8 @@ impl Recorder {
             batch_size: opts.batch_size,
             flush_interval: opts.flush_interval,
         });
-        let (wal_tx, wal_rx) = std_mpsc::channel();
-        // As `release_spilled`, from the journal's thread (so on a handle to the runtime).
+        let (wal_tx, wal_rx) = mpsc::unbounded_channel();
+        // As `release_spilled`, from the journal's task (on a handle to the runtime).
         let reservations = shared.reservations.clone();
         let rt = tokio::runtime::Handle::current();
         let on_dropped = Box::new(move |e: &UsageEvent| {
@@ -155,10 +155,7 @@ impl Recorder {
             }
         });
         let writer = wal::Writer::new(journal, tx, on_dropped, metrics);
-        std::thread::Builder::new()
-            .name("tollgate-journal".into())
-            .spawn(move || writer.run(wal_rx))
-            .expect("the journal thread starts");
+        tokio::spawn(writer.run(wal_rx));
         let handle = tokio::spawn(run(rx, shared.clone()));
         (
             Recorder {
@@ -179,8 +176,8 @@ impl Recorder {
         let (tx, rx) = oneshot::channel();
         match self.wal.send(Msg::Event(event, tx)) {
             Ok(()) => Durable::waiting(rx),
-            Err(std_mpsc::SendError(msg)) => {
-                // The journal thread is gone (it never stops while a handle lives).
+            Err(mpsc::error::SendError(msg)) => {
+                // The journal task is gone (it never stops while a handle lives).
                 if let Msg::Event(e, _) = msg {
                     let one = std::slice::from_ref(&e);
                     self.shared.release_spilled(one);
@@ -471,7 +468,7 @@ impl Shared {
     }
 
     /// Append events to the spill file (JSON lines, fsynced): only for events that cannot go
-    /// through the journal thread (it is gone, or the process is shutting down).
+    /// through the journal task (it is gone, or the process is shutting down).
     fn spill(&self, events: &[UsageEvent]) {
         let _g = self.journal_lock.lock().unwrap_or_else(|p| p.into_inner());
         let res = (|| -> std::io::Result<()> {

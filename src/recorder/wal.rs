@@ -2,11 +2,14 @@
 //! of its answer goes out, so a `kill -9` loses nothing a client received. The append goes to
 //! the page cache (which outlives a killed process), with no fsync per event.
 //!
-//! One thread of its own does the writing, so no request's task ever waits on the disk: a
-//! request hands its event over and gets a [`Durable`] back, which resolves once the event is
-//! written (or once the journal has failed to take it; the answer is never held for that).
-//! The thread writes what arrived together in one `write`, then passes the events on to the
-//! recorder's queue, each with the segment that holds it.
+//! One task of its own does the writing, so no request's task ever does: a request hands its
+//! event over and gets a [`Durable`] back, which resolves once the event is written (or once
+//! the journal has failed to take it; the answer is never held for that). The task writes
+//! what arrived together in one `write`, then passes the events on to the recorder's queue,
+//! each with the segment that holds it. It is a tokio task rather than an OS thread because
+//! the hand-off to a thread cost two context switches per answer (+39 % CPU per request in
+//! `bench/profile`, bench/HISTORY.md); a page-cache `write` without fsync is short enough to
+//! run on a worker.
 //!
 //! Segments (`wal-*.jsonl`) are deleted once every event in them is settled. An event the
 //! queue has no room for (the database slow or down) stays only on disk; its segment is then
@@ -18,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -207,7 +210,7 @@ impl Journal {
     }
 }
 
-/// The writer thread's state.
+/// The writer task's state.
 pub(super) struct Writer {
     journal: std::sync::Arc<Journal>,
     queue: mpsc::Sender<Queued>,
@@ -242,14 +245,14 @@ impl Writer {
         }
     }
 
-    /// The thread's loop; ends when every sender is gone.
-    pub fn run(mut self, rx: std_mpsc::Receiver<Msg>) {
+    /// The task's loop; ends when every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut events = Vec::with_capacity(GROUP);
         loop {
-            let first = match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(m) => Some(m),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            let first = match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                Ok(Some(m)) => Some(m),
+                Err(_) => None,
+                Ok(None) => break,
             };
             self.retry_overflow();
             if self.journal.rotate.swap(false, Ordering::Relaxed) {
