@@ -20,11 +20,12 @@ const DEFAULT_MAX_OUTPUT: i64 = 256;
 /// The largest output limit believed.
 const MAX_OUTPUT_CAP: i64 = 1_000_000;
 
-/// Usage guessed from the bytes of the request and of the answer's content.
-pub fn usage_estimate(request_bytes: usize, output_bytes: usize) -> Tokens {
+/// Usage guessed from the bytes of the request and the characters of the answer's text
+/// (about four of either a token).
+pub fn usage_estimate(request_bytes: usize, output_chars: usize) -> Tokens {
     Tokens {
         input: (request_bytes / BYTES_PER_TOKEN) as i64,
-        output: (output_bytes / BYTES_PER_TOKEN) as i64,
+        output: (output_chars / BYTES_PER_TOKEN) as i64,
         cache_read: 0,
         cache_write: 0,
     }

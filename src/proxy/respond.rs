@@ -234,16 +234,16 @@ impl TapStream {
             let usage = self.tap.usage();
             let (tokens, billing) = match (usage, &error) {
                 (Some(Err(d)), _) => {
-                    self.durable = Some(t.disputed(self.status, &d, self.tap.data_bytes, error));
+                    self.durable = Some(t.disputed(self.status, &d, self.tap.text_chars, error));
                     return;
                 }
                 (Some(Ok(u)), None) => (u, BillingStatus::Complete),
                 (Some(Ok(u)), Some(_)) => (u, BillingStatus::Partial),
                 // Cut by the gateway's shutdown: what was seen so far, an estimate of it.
                 (None, Some(_)) if t.closing() => {
-                    (t.estimate(self.tap.data_bytes), BillingStatus::Partial)
+                    (t.estimate(self.tap.text_chars), BillingStatus::Partial)
                 }
-                (None, _) => (t.estimate(self.tap.data_bytes), BillingStatus::Estimated),
+                (None, _) => (t.estimate(self.tap.text_chars), BillingStatus::Estimated),
             };
             self.durable = Some(t.finish(self.status, Some(tokens), billing, error));
         }

@@ -173,8 +173,10 @@ pub struct SseTap {
     pub finished: bool,
     /// Events forwarded to the client.
     pub events: u64,
-    /// Bytes of `data:` payload forwarded, for estimates when no usage arrives.
-    pub data_bytes: usize,
+    /// Characters of answer text (content, reasoning and tool-argument deltas) forwarded, for
+    /// estimates when no usage arrives. Counted from the deltas' text, not the raw events:
+    /// the JSON around a one-word delta is ten times its size.
+    pub text_chars: usize,
 }
 
 /// What to do with one event.
@@ -196,7 +198,7 @@ impl SseTap {
             anthropic_seen: false,
             finished: false,
             events: 0,
-            data_bytes: 0,
+            text_chars: 0,
         }
     }
 
@@ -278,7 +280,7 @@ impl SseTap {
 
     fn on_event(&mut self, event: &[u8]) -> Action {
         let data = event_data(event);
-        self.data_bytes += data.len();
+        self.text_chars += delta_text_chars(self.endpoint, &data);
         let mut action = Action::Forward;
         match self.endpoint {
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
@@ -400,6 +402,85 @@ fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
         (None, Some(f)) => Cow::Borrowed(f),
         (None, None) => Cow::Borrowed(&[]),
     }
+}
+
+/// The string members of one event's payload that carry answer text, by endpoint. Terminal
+/// events that repeat the whole answer (`response.completed`, `…done`) use other members or
+/// are skipped, so nothing is counted twice.
+fn text_members(endpoint: Endpoint) -> &'static [&'static [u8]] {
+    match endpoint {
+        Endpoint::ChatCompletions => &[
+            b"\"content\"",
+            b"\"reasoning_content\"",
+            b"\"refusal\"",
+            b"\"arguments\"",
+        ],
+        Endpoint::Completions => &[b"\"text\""],
+        Endpoint::Responses => &[b"\"delta\""],
+        Endpoint::Messages | Endpoint::CountTokens => {
+            &[b"\"text\"", b"\"thinking\"", b"\"partial_json\""]
+        }
+        Endpoint::Embeddings => &[],
+    }
+}
+
+/// Characters of answer text in one event's payload: the decoded length of every string value
+/// of the endpoint's text members. A byte scan, no JSON parse: it runs on every event.
+fn delta_text_chars(endpoint: Endpoint, data: &[u8]) -> usize {
+    if endpoint == Endpoint::Responses && find!(data, b".delta\"").is_none() {
+        return 0;
+    }
+    let mut total = 0;
+    for key in text_members(endpoint) {
+        let mut from = 0;
+        while let Some(at) = memchr::memmem::find(&data[from..], key) {
+            from += at + key.len();
+            let rest = &data[from..];
+            let mut i = 0;
+            while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
+            }
+            if rest.get(i) != Some(&b':') {
+                continue;
+            }
+            i += 1;
+            while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
+                i += 1;
+            }
+            if rest.get(i) != Some(&b'"') {
+                continue;
+            }
+            let (chars, len) = json_string_chars(&rest[i + 1..]);
+            total += chars;
+            from += i + 1 + len;
+        }
+    }
+    total
+}
+
+/// The decoded character count of a JSON string body (after its opening quote), and the bytes
+/// it spans up to its closing quote. An escape (`\n`, `\u00e9`) is one character; a UTF-8
+/// sequence is one character.
+fn json_string_chars(s: &[u8]) -> (usize, usize) {
+    let mut chars = 0;
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return (chars, i + 1),
+            b'\\' => {
+                i += if s.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+                chars += 1;
+            }
+            b => {
+                // Continuation bytes of a UTF-8 sequence are not characters of their own.
+                if b & 0xC0 != 0x80 {
+                    chars += 1;
+                }
+                i += 1;
+            }
+        }
+    }
+    (chars, s.len())
 }
 
 /// The payload has a `"usage"` member whose value is an object (not `null`).
@@ -626,6 +707,24 @@ mod tests {
     }
 
     #[test]
+    fn answer_text_is_counted_from_the_deltas_not_the_events() {
+        let chat = "data: {\"id\":\"x\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\": \"caf\u{e9} \\\"ok\\\"\\n\"}}]}\n\n";
+        let mut t = SseTap::new(Endpoint::ChatCompletions, false, MAX);
+        t.push(Bytes::from(chat));
+        // `café "ok"` and a newline: 10 characters, from an event of ~100 bytes.
+        assert_eq!(t.text_chars, 10);
+        let anthropic = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n";
+        let mut t = SseTap::new(Endpoint::Messages, false, MAX);
+        t.push(Bytes::from(anthropic));
+        assert_eq!(t.text_chars, 5);
+        // The terminal Responses event repeats the whole answer: not counted again.
+        let responses = "data: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\ndata: {\"type\":\"response.output_text.done\",\"text\":\"Hi\"}\n\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"content\":[{\"text\":\"Hi\"}]}]}}\n\n";
+        let mut t = SseTap::new(Endpoint::Responses, false, MAX);
+        t.push(Bytes::from(responses));
+        assert_eq!(t.text_chars, 2);
+    }
+
+    #[test]
     fn crlf_events_are_split() {
         let mut t = SseTap::new(Endpoint::Responses, false, MAX);
         let s = "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":2}}}\r\n\r\n";
@@ -684,7 +783,7 @@ mod split_tests {
             from = at;
         }
         out.extend_from_slice(&t.finish());
-        (out, t.usage(), t.finished, t.events, t.data_bytes)
+        (out, t.usage(), t.finished, t.events, t.text_chars)
     }
 
     /// A stream of events from `pool`, with CRLF line ends or not, and its last blank line

@@ -172,7 +172,7 @@ impl Ticket {
     }
 
     /// Upstream reported usage that cannot be true: logged, and charged at the usage estimate
-    /// (`output_bytes` of answer seen) as `disputed`.
+    /// (`output_bytes`: of a body, or characters of streamed text) as `disputed`.
     pub fn disputed(
         &mut self,
         status: u16,

@@ -176,9 +176,13 @@ async fn streams_reach_the_client_chunk_by_chunk() {
     let fake = FakeUpstream::start().await.unwrap();
     app.wire_upstream(&fake).await;
     let (_, _, key) = funded_key(&app, "slow").await;
+    // (The fake's Anthropic stream always reports usage: its message_start carries it.)
     for (path, body) in [
         ("/v1/chat/completions", chat_body(true)),
-        ("/v1/messages", messages_body(true)),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-test", "input": "hi", "stream": true}),
+        ),
     ] {
         let t0 = Instant::now();
         let r = app
@@ -872,4 +876,48 @@ async fn a_database_failure_is_503_gateway_unavailable_never_401_or_502() {
     assert_eq!(v["error"]["type"], "server_error", "{v}");
     assert_eq!(v["error"]["code"], "gateway_unavailable", "{v}");
     assert_eq!(fake.request_count(), 1, "nothing more reached upstream");
+}
+
+/// A stream that reports no usage is charged from the text of its deltas (about four
+/// characters a token), not from the bytes of its events: a 3-word answer is a handful of
+/// tokens, not hundreds.
+#[tokio::test]
+async fn a_usage_less_stream_is_estimated_from_its_text() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    app.wire_upstream(&fake).await;
+    let (_, kid, key) = funded_key(&app, "nousage").await;
+    // (The fake's Anthropic stream always reports usage: its message_start carries it.)
+    for (path, body) in [
+        ("/v1/chat/completions", chat_body(true)),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-test", "input": "hi", "stream": true}),
+        ),
+    ] {
+        let r = app
+            .http
+            .post(app.url(path))
+            .bearer_auth(&key)
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .header("x-fake-no-usage", "1")
+            .header("x-fake-chunks", "3")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let text = sse_text(r).await;
+        assert!(text.len() > 300, "the events are far larger than the text");
+    }
+    app.wait_for_logs(2).await;
+    let (_, v) = app.get(&format!("/logs?api_key_id={kid}")).await;
+    let rows = v["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert_eq!(r["billing_status"], "estimated", "{r}");
+        let out = r["output_tokens"].as_i64().unwrap();
+        assert!((1..=8).contains(&out), "3 words ≈ a handful of tokens: {r}");
+    }
 }
