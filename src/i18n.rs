@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use crate::domain::Vocabulary;
+
 pub const LANG_COOKIE: &str = "tollgate_lang";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,6 +102,12 @@ impl Tr {
         }
     }
 
+    /// The label of a vocabulary value (a status, billing status, health, provider, role or
+    /// package type) in this language: the catalogue key is [`vocab_key`].
+    pub fn vocab<T: Vocabulary>(&self, v: T) -> &'static str {
+        self.t(&vocab_key(v))
+    }
+
     /// The label of a form or API field (`field.{name}`), or the name itself.
     pub fn field<'a>(&self, name: &'a str) -> &'a str {
         self.lang
@@ -108,6 +116,25 @@ impl Tr {
             .copied()
             .unwrap_or(name)
     }
+}
+
+/// The catalogue section of a vocabulary: every status shares `status.`, so one word has one
+/// translation whatever object it is the status of.
+fn vocab_section(what: &str) -> &'static str {
+    match what {
+        "billing status" => "billing",
+        "account health" => "health",
+        "provider" => "provider",
+        "role" => "role",
+        "package type" => "type",
+        // user, key, package, grant and account statuses
+        _ => "status",
+    }
+}
+
+/// `{section}.{spelling}`, such as `billing.estimated` or `health.cooling_down`.
+pub fn vocab_key<T: Vocabulary>(v: T) -> String {
+    format!("{}.{}", vocab_section(T::WHAT), v.as_str())
 }
 
 const EN: &[(&str, &str)] = &[
@@ -364,6 +391,17 @@ const EN: &[(&str, &str)] = &[
     ("logs.billing", "Billing"),
     ("logs.latency", "Latency (first byte)"),
     ("logs.error", "Error"),
+    ("billing.complete", "Complete"),
+    ("billing.partial", "Partial (client left)"),
+    ("billing.estimated", "Estimated"),
+    ("billing.void", "Void (not charged)"),
+    ("billing.disputed", "Disputed (charged at estimate)"),
+    ("billing.refused", "Refused"),
+    ("health.ok", "OK"),
+    ("health.cooling_down", "Cooling down"),
+    ("health.auth_failed", "Secret refused by upstream"),
+    ("provider.openai", "OpenAI"),
+    ("provider.anthropic", "Anthropic"),
     ("logs.none", "No requests."),
 ];
 
@@ -621,6 +659,17 @@ const ZH: &[(&str, &str)] = &[
     ("logs.billing", "计费"),
     ("logs.latency", "耗时（首字节）"),
     ("logs.error", "错误"),
+    ("billing.complete", "已完整计费"),
+    ("billing.partial", "部分计费（客户端中断）"),
+    ("billing.estimated", "估算计费"),
+    ("billing.void", "未计费"),
+    ("billing.disputed", "用量存疑（按估算计费）"),
+    ("billing.refused", "已拒绝"),
+    ("health.ok", "正常"),
+    ("health.cooling_down", "冷却中"),
+    ("health.auth_failed", "上游拒绝了密钥"),
+    ("provider.openai", "OpenAI"),
+    ("provider.anthropic", "Anthropic"),
     ("logs.none", "没有请求。"),
 ];
 
@@ -744,6 +793,48 @@ mod tests {
                 assert!(!text.contains('{'), "{lang:?} {}: {text}", p.code());
             }
         }
+    }
+
+    /// Every value of every vocabulary, and every window, has its own text in both
+    /// catalogues, and the Chinese one is not the English one left in place (providers are
+    /// names and stay as they are).
+    #[test]
+    fn every_enum_value_is_translated() {
+        use crate::billing::windows::WindowKind;
+        use crate::domain::*;
+        fn all<T: Vocabulary>(out: &mut Vec<(String, bool)>) {
+            for &v in T::ALL {
+                out.push((vocab_key(v), T::WHAT != "provider"));
+            }
+        }
+        let mut keys = Vec::new();
+        all::<UserStatus>(&mut keys);
+        all::<Role>(&mut keys);
+        all::<KeyStatus>(&mut keys);
+        all::<PackageKind>(&mut keys);
+        all::<CatalogueStatus>(&mut keys);
+        all::<GrantStatus>(&mut keys);
+        all::<AccountStatus>(&mut keys);
+        all::<Provider>(&mut keys);
+        all::<AccountHealth>(&mut keys);
+        all::<BillingStatus>(&mut keys);
+        for w in WindowKind::ALL {
+            keys.push((format!("window.{}", w.as_str()), true));
+        }
+        assert!(keys.len() >= 27, "{keys:?}");
+        let (en, zh) = (Lang::En.catalogue(), Lang::ZhCn.catalogue());
+        let mut missing = Vec::new();
+        for (k, must_differ) in &keys {
+            match (en.get(k.as_str()), zh.get(k.as_str())) {
+                (Some(e), Some(z)) if !must_differ || e != z => {}
+                (e, z) => missing.push(format!("{k}: en={e:?} zh-CN={z:?}")),
+            }
+        }
+        assert!(missing.is_empty(), "untranslated: {missing:?}");
+        let zh = Tr::new(Lang::ZhCn);
+        assert_eq!(zh.vocab(BillingStatus::Estimated), "估算计费");
+        assert_eq!(zh.vocab(AccountHealth::CoolingDown), "冷却中");
+        assert_eq!(zh.vocab(GrantStatus::Cancelled), "已取消");
     }
 
     #[test]

@@ -1243,6 +1243,12 @@ async fn packages_prices_usage_logs_and_dashboard() {
     );
     assert!(dash.body.contains(r#"id="today-requests">3<"#));
     assert!(dash.body.contains(">ivan</a>"));
+
+    // Billing statuses are shown in the page's language, never as the stored spelling.
+    assert!(logs.body.contains("<td>Complete</td>"), "{}", logs.body);
+    let zh = web.get("/admin/logs?limit=2&lang=zh-CN").await;
+    assert!(zh.body.contains("<td>已完整计费</td>"), "{}", zh.body);
+    assert!(!zh.body.contains("<td>complete</td>"));
 }
 
 #[tokio::test]

@@ -409,7 +409,10 @@ async fn logs_page(st: &AppState, mut ctx: Ctx, q: LogsQuery) -> Result<Response
     };
     ctx.section = "logs";
     ctx.here = url(q.cursor.clone().unwrap_or_default());
-    let logs = rows.iter().map(|l| Log::new(l, &names, st.tz)).collect();
+    let logs = rows
+        .iter()
+        .map(|l| Log::new(ctx.tr, l, &names, st.tz))
+        .collect();
     Ok(render(
         StatusCode::OK,
         &LogsPage {

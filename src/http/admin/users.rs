@@ -336,7 +336,10 @@ async fn detail_page(
         )
         .await?;
     let names = view::names_for_logs(st, &logs).await?;
-    let logs = logs.iter().map(|l| Log::new(l, &names, st.tz)).collect();
+    let logs = logs
+        .iter()
+        .map(|l| Log::new(tr, l, &names, st.tz))
+        .collect();
     ctx.section = "users";
     ctx.here = format!("/admin/users/{id}");
     Ok(render(

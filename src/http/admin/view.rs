@@ -315,7 +315,7 @@ impl Names {
 }
 
 impl Log {
-    pub fn new(l: &RequestLog, names: &Names, tz: Tz) -> Log {
+    pub fn new(tr: Tr, l: &RequestLog, names: &Names, tz: Tz) -> Log {
         Log {
             time: format::time_secs(l.created_at, tz),
             request_id: l.request_id.clone(),
@@ -337,7 +337,7 @@ impl Log {
             .map(format::count)
             .join(" / "),
             cost: Money::nanos(l.cost),
-            billing_status: l.billing_status.to_string(),
+            billing_status: tr.vocab(l.billing_status).to_string(),
             latency: match l.ttfb_ms {
                 Some(t) => format!("{} ms ({t} ms)", format::count(l.latency_ms)),
                 None => format!("{} ms", format::count(l.latency_ms)),
