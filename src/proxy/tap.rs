@@ -9,8 +9,10 @@
 //! cumulative values, so the latest value seen of each field is the total.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::Endpoint;
@@ -404,22 +406,31 @@ fn event_data(event: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
-/// The string members of one event's payload that carry answer text, by endpoint. Terminal
-/// events that repeat the whole answer (`response.completed`, `…done`) use other members or
-/// are skipped, so nothing is counted twice.
-fn text_members(endpoint: Endpoint) -> &'static [&'static [u8]] {
-    match endpoint {
-        Endpoint::ChatCompletions => &[
+/// The string members of one event's payload that carry answer text, by endpoint, as
+/// searchers built once (this runs on every event). Terminal events that repeat the whole
+/// answer (`response.completed`, `…done`) use other members or are skipped, so nothing is
+/// counted twice.
+fn text_members(endpoint: Endpoint) -> &'static [Finder<'static>] {
+    fn finders(keys: &[&'static [u8]]) -> Vec<Finder<'static>> {
+        keys.iter().map(|k| Finder::new(*k)).collect()
+    }
+    static CHAT: LazyLock<Vec<Finder<'static>>> = LazyLock::new(|| {
+        finders(&[
             b"\"content\"",
             b"\"reasoning_content\"",
             b"\"refusal\"",
             b"\"arguments\"",
-        ],
-        Endpoint::Completions => &[b"\"text\""],
-        Endpoint::Responses => &[b"\"delta\""],
-        Endpoint::Messages | Endpoint::CountTokens => {
-            &[b"\"text\"", b"\"thinking\"", b"\"partial_json\""]
-        }
+        ])
+    });
+    static COMPLETIONS: LazyLock<Vec<Finder<'static>>> = LazyLock::new(|| finders(&[b"\"text\""]));
+    static RESPONSES: LazyLock<Vec<Finder<'static>>> = LazyLock::new(|| finders(&[b"\"delta\""]));
+    static MESSAGES: LazyLock<Vec<Finder<'static>>> =
+        LazyLock::new(|| finders(&[b"\"text\"", b"\"thinking\"", b"\"partial_json\""]));
+    match endpoint {
+        Endpoint::ChatCompletions => &CHAT,
+        Endpoint::Completions => &COMPLETIONS,
+        Endpoint::Responses => &RESPONSES,
+        Endpoint::Messages | Endpoint::CountTokens => &MESSAGES,
         Endpoint::Embeddings => &[],
     }
 }
@@ -433,8 +444,8 @@ fn delta_text_chars(endpoint: Endpoint, data: &[u8]) -> usize {
     let mut total = 0;
     for key in text_members(endpoint) {
         let mut from = 0;
-        while let Some(at) = memchr::memmem::find(&data[from..], key) {
-            from += at + key.len();
+        while let Some(at) = key.find(&data[from..]) {
+            from += at + key.needle().len();
             let rest = &data[from..];
             let mut i = 0;
             while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
