@@ -38,6 +38,34 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
     )
     .await?;
     db.migrate().await?;
+    open_secrets(db, config).await
+}
+
+/// Attach `secrets.key` to the store (SPEC §11.7). With a key: every sealed account secret
+/// must open with it (else startup stops naming `secrets.key`), and plaintext rows are sealed
+/// now. Without one: sealed rows stop startup; otherwise one warning.
+pub async fn open_secrets(db: Db, config: &Config) -> anyhow::Result<Db> {
+    let sealer = crate::secrets::at_rest::Sealer::from_config(&config.secrets.key)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keyed = sealer.has_key();
+    let db = db.with_secrets(sealer.clone());
+    db.check_secrets().await.map_err(|e| {
+        anyhow::anyhow!("`secrets.key`: cannot read the stored account secrets: {e}")
+    })?;
+    if keyed {
+        let done = db.reseal_secrets(&sealer, true).await?;
+        if done.rewritten > 0 {
+            tracing::info!(
+                accounts = done.rewritten,
+                "encrypted the plaintext account secrets with `secrets.key`"
+            );
+        }
+    } else {
+        tracing::warn!(
+            "`secrets.key` is not set: upstream account secrets are stored in plaintext \
+             (see `tollgate secrets generate-key`)"
+        );
+    }
     Ok(db)
 }
 

@@ -63,6 +63,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub recorder: RecorderConfig,
     pub log: LogConfig,
+    pub secrets: SecretsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -138,6 +139,14 @@ pub struct RecorderConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: String,
+}
+
+/// Upstream account secrets at rest (SPEC §11.7).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// 32 bytes in base64; empty = account secrets are stored in plaintext (warned at start).
+    pub key: Secret,
 }
 
 impl Default for ServerConfig {
@@ -378,6 +387,9 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return bad("log.level", "is not a valid log filter".into());
         }
+        if let Err(e) = crate::secrets::at_rest::Sealer::from_config(&self.secrets.key) {
+            return Err(ConfigError(e.to_string()));
+        }
         Ok(())
     }
 
@@ -472,6 +484,8 @@ mod tests {
                 "[upstream]\nidle_timeout_secs = 0\n",
                 "upstream.idle_timeout_secs",
             ),
+            ("[secrets]\nkey = \"c2hvcnQ=\"\n", "secrets.key"),
+            ("[secrets]\nkey = \"not base64!\"\n", "secrets.key"),
         ];
         for (toml, key) in cases {
             let err = Config::from_toml_str(toml).unwrap_err().to_string();
@@ -501,9 +515,11 @@ mod tests {
         let mut cfg = Config::default();
         cfg.admin.api_token = Secret::new("tok-very-secret");
         cfg.database.url = Secret::new("mysql://root:hunter2@db/x");
+        cfg.secrets.key = Secret::new("c2VjcmV0cy1rZXktMzItYnl0ZXMtbG9uZy0hISEhISE=");
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("tok-very-secret"));
         assert!(!dbg.contains("hunter2"));
+        assert!(!dbg.contains("c2VjcmV0cy1rZXkt"));
         assert!(dbg.contains("[redacted]"));
     }
 }

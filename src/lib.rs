@@ -33,5 +33,6 @@ pub mod recorder;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod usage;

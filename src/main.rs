@@ -66,6 +66,16 @@ enum Command {
     },
     /// Try it end to end: a local fake upstream, a seeded user, package and key, and the gateway.
     Demo,
+    /// Upstream account secrets at rest (`secrets.key`).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+    /// Model prices.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
+    },
     /// Run only the fake upstream (used by benchmarks).
     FakeUpstream {
         #[arg(long, default_value = "127.0.0.1:9100")]
@@ -84,6 +94,41 @@ enum AdminCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Print a new random key for `secrets.key` (32 bytes, base64).
+    GenerateKey,
+    /// Re-encrypt every account secret under a new key (read with the current `secrets.key`,
+    /// or as plaintext without one). Stop the gateway first; start it with the new key after.
+    Rotate {
+        #[arg(long, env = "TOLLGATE_NEW_SECRETS_KEY", hide_env_values = true)]
+        new_key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Import prices from a file in the format of LiteLLM's
+    /// `model_prices_and_context_window.json`: prints what it would add and change, and
+    /// writes it only with --yes.
+    Import {
+        file: PathBuf,
+        /// Apply the changes (without it, nothing is written).
+        #[arg(long)]
+        yes: bool,
+        /// `litellm_provider`s to take (repeat or comma-separate).
+        #[arg(long = "provider", value_delimiter = ',', default_values_t = default_list(tollgate::admin::price_import::DEFAULT_PROVIDERS))]
+        providers: Vec<String>,
+        /// `mode`s to take (repeat or comma-separate).
+        #[arg(long = "mode", value_delimiter = ',', default_values_t = default_list(tollgate::admin::price_import::DEFAULT_MODES))]
+        modes: Vec<String>,
+    },
+}
+
+fn default_list(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -100,6 +145,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Secrets {
+        command: SecretsCommand::GenerateKey,
+    } = cli.command
+    {
+        println!("{}", tollgate::secrets::at_rest::generate_key());
+        return ExitCode::SUCCESS;
+    }
     if let Command::CheckConfig = cli.command {
         println!("configuration OK ({})", cli.config.display());
         return ExitCode::SUCCESS;
@@ -170,12 +222,58 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Secrets {
+            command: SecretsCommand::Rotate { new_key },
+        } => {
+            let done = tollgate::tasks::rotate_secrets(&config, &new_key).await?;
+            println!(
+                "Re-encrypted {} account secrets under the new key ({} changed meanwhile, left \
+                 as they were). Set `secrets.key` (or TOLLGATE_SECRETS__KEY) to the new key \
+                 before the next start.",
+                done.rewritten, done.kept
+            );
+            Ok(())
+        }
+        Command::Prices {
+            command:
+                PricesCommand::Import {
+                    file,
+                    yes,
+                    providers,
+                    modes,
+                },
+        } => {
+            let filter = tollgate::admin::price_import::ImportFilter { providers, modes };
+            let done = tollgate::tasks::import_prices(&config, &file, &filter, yes).await?;
+            println!(
+                "Prices are USD per 1M tokens; providers {}; modes {}.",
+                filter.providers.join(", "),
+                filter.modes.join(", ")
+            );
+            print!("{}", done.plan.describe());
+            if done.applied {
+                println!(
+                    "Applied: {} added, {} changed.",
+                    done.plan.add.len(),
+                    done.plan.change.len()
+                );
+            } else if done.plan.is_empty() {
+                println!("Nothing to change.");
+            } else {
+                println!("Nothing written: run again with --yes to apply.");
+            }
+            Ok(())
+        }
         Command::Demo => tollgate::demo::run(config).await,
         Command::FakeUpstream { listen } => {
             println!("fake upstream on http://{listen}");
             tollgate::fake_upstream::serve_forever(listen).await?;
             Ok(())
         }
-        Command::PrintDefaultConfig | Command::CheckConfig => Ok(()),
+        Command::PrintDefaultConfig
+        | Command::CheckConfig
+        | Command::Secrets {
+            command: SecretsCommand::GenerateKey,
+        } => Ok(()),
     }
 }

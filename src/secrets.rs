@@ -1,4 +1,7 @@
-//! Secrets: API key generation and hashing, admin password hashing.
+//! Secrets: API key generation and hashing, admin password hashing, and upstream account
+//! secrets at rest ([`at_rest`]).
+
+pub mod at_rest;
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,

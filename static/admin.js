@@ -28,6 +28,22 @@
     input.addEventListener("focus", function () { input.select(); });
   });
 
+  // Read a chosen file into a textarea: <input type="file" data-fill="#textarea-id"> inside a
+  // label that stays hidden without this script (the textarea takes a pasted file then).
+  document.querySelectorAll("input[type=file][data-fill]").forEach(function (input) {
+    var target = document.querySelector(input.getAttribute("data-fill"));
+    if (!target || !window.FileReader) return;
+    var label = input.closest("[data-file-label]");
+    if (label) label.hidden = false;
+    input.addEventListener("change", function () {
+      var file = input.files && input.files[0];
+      if (!file) return;
+      var reader = new FileReader();
+      reader.onload = function () { target.value = reader.result; };
+      reader.readAsText(file);
+    });
+  });
+
   // Ask before destructive actions: <form data-confirm="Revoke this key?">.
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (event) {

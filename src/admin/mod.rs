@@ -12,6 +12,7 @@ mod error;
 mod keys;
 mod packages;
 pub mod parse;
+pub mod price_import;
 mod prices;
 mod users;
 

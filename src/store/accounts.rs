@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::{column_to_list, execute, insert_id, list_to_column, on_db, ser, Db, Result};
-use crate::config::{DbKind, Secret};
+use crate::config::Secret;
 use crate::domain::{AccountStatus, Provider};
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
@@ -109,7 +109,7 @@ impl Db {
             .bind(f.name.as_deref().unwrap_or_default())
             .bind(f.provider)
             .bind(f.base_url.as_deref().unwrap_or_default())
-            .bind(f.secret.as_ref().map(Secret::expose).unwrap_or_default())
+            .bind(f.secret.as_ref().map(|s| self.seal_secret(s)).unwrap_or_default())
             .bind(f.models.as_deref().and_then(list_to_column))
             .bind(f.priority.unwrap_or(0))
             .bind(f.weight.unwrap_or(1))
@@ -122,7 +122,7 @@ impl Db {
 
     pub async fn get_account(&self, id: i64) -> Result<Account> {
         let sql = format!("SELECT {ACC_COLS} FROM accounts WHERE id = ?");
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+        self.opened(on_db!(self, |p| sqlx::query_as(&sql)
             .bind(id)
             .fetch_one(p)
             .await)?)
@@ -130,7 +130,7 @@ impl Db {
 
     pub async fn list_accounts(&self, cursor: Option<i64>, limit: i64) -> Result<Vec<Account>> {
         let sql = format!("SELECT {ACC_COLS} FROM accounts WHERE id > ? ORDER BY id LIMIT ?");
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+        self.all_opened(on_db!(self, |p| sqlx::query_as(&sql)
             .bind(cursor.unwrap_or(0))
             .bind(limit)
             .fetch_all(p)
@@ -143,7 +143,7 @@ impl Db {
             "SELECT {ACC_COLS} FROM accounts WHERE provider = ? AND status = ? \
              ORDER BY priority DESC, id"
         );
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+        self.all_opened(on_db!(self, |p| sqlx::query_as(&sql)
             .bind(provider)
             .bind(AccountStatus::Active)
             .fetch_all(p)
@@ -163,7 +163,7 @@ impl Db {
         .bind(f.name.as_deref().unwrap_or(&cur.name))
         .bind(f.provider.unwrap_or(cur.provider))
         .bind(f.base_url.as_deref().unwrap_or(&cur.base_url))
-        .bind(f.secret.as_ref().unwrap_or(&cur.secret).expose())
+        .bind(self.seal_secret(f.secret.as_ref().unwrap_or(&cur.secret)))
         .bind(models)
         .bind(f.priority.unwrap_or(cur.priority))
         .bind(f.weight.unwrap_or(cur.weight))
@@ -191,22 +191,7 @@ impl Db {
         price: &crate::billing::cost::Price,
         now: i64,
     ) -> Result<ModelPrice> {
-        let sql = match self.kind() {
-            DbKind::Sqlite => {
-                "INSERT INTO model_prices (model, input_price, output_price, cache_read_price, \
-                 cache_write_price, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT(model) DO UPDATE SET input_price = excluded.input_price, \
-                 output_price = excluded.output_price, cache_read_price = excluded.cache_read_price, \
-                 cache_write_price = excluded.cache_write_price, updated_at = excluded.updated_at"
-            }
-            DbKind::MySql => {
-                "INSERT INTO model_prices (model, input_price, output_price, cache_read_price, \
-                 cache_write_price, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON DUPLICATE KEY UPDATE input_price = VALUES(input_price), \
-                 output_price = VALUES(output_price), cache_read_price = VALUES(cache_read_price), \
-                 cache_write_price = VALUES(cache_write_price), updated_at = VALUES(updated_at)"
-            }
-        };
+        let sql = super::pricing::upsert_price_sql(self.kind());
         execute!(
             self,
             sqlx::query(sql)

@@ -13,27 +13,38 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::config::{db_kind_of, DbKind};
+use crate::secrets::at_rest::Sealer;
 
+pub mod account_secrets;
 pub mod accounts;
 pub mod keys;
 pub mod packages;
+pub mod pricing;
 pub mod sessions;
 pub mod settle;
 pub mod usage;
 pub mod users;
 pub mod views;
 
+/// The store: a pool, and the sealer that account secrets pass through on their way in and
+/// out (so every read and write of a secret is encrypted or decrypted in one place).
 #[derive(Clone)]
-pub enum Db {
+pub struct Db {
+    pool: Pool,
+    secrets: Sealer,
+}
+
+#[derive(Clone)]
+pub enum Pool {
     Sqlite(SqlitePool),
     MySql(MySqlPool),
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Db::Sqlite(_) => "Db::Sqlite",
-            Db::MySql(_) => "Db::MySql",
+        f.write_str(match self.pool {
+            Pool::Sqlite(_) => "Db::Sqlite",
+            Pool::MySql(_) => "Db::MySql",
         })
     }
 }
@@ -68,9 +79,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// pool, so the query's database type is inferred per arm.
 macro_rules! on_db {
     ($db:expr, |$p:ident| $body:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite($p) => $body,
-            $crate::store::Db::MySql($p) => $body,
+        match $db.pool() {
+            $crate::store::Pool::Sqlite($p) => $body,
+            $crate::store::Pool::MySql($p) => $body,
         }
     };
 }
@@ -79,9 +90,9 @@ pub(crate) use on_db;
 /// Execute a statement on either database; evaluates to the number of rows affected.
 macro_rules! execute {
     ($db:expr, $q:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite(p) => $q.execute(p).await.map(|r| r.rows_affected()),
-            $crate::store::Db::MySql(p) => $q.execute(p).await.map(|r| r.rows_affected()),
+        match $db.pool() {
+            $crate::store::Pool::Sqlite(p) => $q.execute(p).await.map(|r| r.rows_affected()),
+            $crate::store::Pool::MySql(p) => $q.execute(p).await.map(|r| r.rows_affected()),
         }
     };
 }
@@ -90,9 +101,9 @@ pub(crate) use execute;
 /// Execute an INSERT and return the new row's id on either database.
 macro_rules! insert_id {
     ($db:expr, $q:expr) => {
-        match $db {
-            $crate::store::Db::Sqlite(p) => $q.execute(p).await?.last_insert_rowid(),
-            $crate::store::Db::MySql(p) => $q.execute(p).await?.last_insert_id() as i64,
+        match $db.pool() {
+            $crate::store::Pool::Sqlite(p) => $q.execute(p).await?.last_insert_rowid(),
+            $crate::store::Pool::MySql(p) => $q.execute(p).await?.last_insert_id() as i64,
         }
     };
 }
@@ -135,7 +146,7 @@ impl Db {
                     .acquire_timeout(acquire_timeout)
                     .connect_with(opts)
                     .await?;
-                Ok(Db::Sqlite(pool))
+                Ok(Db::new(Pool::Sqlite(pool)))
             }
             DbKind::MySql => {
                 let url = url.replacen("mariadb://", "mysql://", 1);
@@ -144,23 +155,45 @@ impl Db {
                     .acquire_timeout(acquire_timeout)
                     .connect(&url)
                     .await?;
-                Ok(Db::MySql(pool))
+                Ok(Db::new(Pool::MySql(pool)))
             }
         }
     }
 
+    fn new(pool: Pool) -> Db {
+        Db {
+            pool,
+            secrets: Sealer::plaintext(),
+        }
+    }
+
+    /// The typed pool, for code that runs its own SQL (tests).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The same store, sealing and opening account secrets with `secrets`.
+    pub fn with_secrets(mut self, secrets: Sealer) -> Db {
+        self.secrets = secrets;
+        self
+    }
+
+    pub fn secrets(&self) -> &Sealer {
+        &self.secrets
+    }
+
     pub fn kind(&self) -> DbKind {
-        match self {
-            Db::Sqlite(_) => DbKind::Sqlite,
-            Db::MySql(_) => DbKind::MySql,
+        match self.pool {
+            Pool::Sqlite(_) => DbKind::Sqlite,
+            Pool::MySql(_) => DbKind::MySql,
         }
     }
 
     /// Apply the embedded migrations of this backend.
     pub async fn migrate(&self) -> Result<()> {
-        match self {
-            Db::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
-            Db::MySql(p) => sqlx::migrate!("migrations/mysql").run(p).await?,
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Pool::MySql(p) => sqlx::migrate!("migrations/mysql").run(p).await?,
         }
         Ok(())
     }

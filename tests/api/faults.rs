@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tollgate::fake_upstream::FakeUpstream;
-use tollgate::store::Db;
+use tollgate::store::{Db, Pool};
 
 use crate::faultproxy::{FaultProxy, Mode};
 use crate::helpers::*;
@@ -133,9 +133,9 @@ fn answered(outcomes: &[Outcome]) -> Vec<String> {
 
 async fn logged_ids(db: &Db) -> HashSet<String> {
     let q = "SELECT request_id FROM request_logs";
-    let ids: Vec<String> = match db {
-        Db::Sqlite(p) => sqlx::query_scalar(q).fetch_all(p).await.unwrap(),
-        Db::MySql(p) => sqlx::query_scalar(q).fetch_all(p).await.unwrap(),
+    let ids: Vec<String> = match db.pool() {
+        Pool::Sqlite(p) => sqlx::query_scalar(q).fetch_all(p).await.unwrap(),
+        Pool::MySql(p) => sqlx::query_scalar(q).fetch_all(p).await.unwrap(),
     };
     let n = ids.len();
     let set: HashSet<String> = ids.into_iter().collect();

@@ -8,22 +8,22 @@ use tollgate::store::accounts::AccountFields;
 use tollgate::store::keys::NewKey;
 use tollgate::store::packages::NewPackage;
 use tollgate::store::usage::LogFilter;
-use tollgate::store::{Db, StoreError};
+use tollgate::store::{Db, Pool, StoreError};
 
 use crate::helpers::*;
 
 async fn exec(db: &Db, sql: &str) {
-    match db {
-        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
-        Db::MySql(p) => sqlx::query(sql).execute(p).await.map(drop),
+    match db.pool() {
+        Pool::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        Pool::MySql(p) => sqlx::query(sql).execute(p).await.map(drop),
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn text(db: &Db, sql: &str) -> String {
-    match db {
-        Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
-        Db::MySql(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    match db.pool() {
+        Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        Pool::MySql(p) => sqlx::query_scalar(sql).fetch_one(p).await,
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

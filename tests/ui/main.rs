@@ -11,5 +11,6 @@ mod helpers;
 
 mod browser;
 mod pages;
+mod prices;
 mod web;
 mod webdriver;

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
@@ -37,6 +37,7 @@ mod format;
 mod keys;
 mod models;
 mod packages;
+mod price_import;
 mod usage;
 mod users;
 mod view;
@@ -82,6 +83,15 @@ pub fn router(state: AppState) -> Router<AppState> {
         )
         .route("/admin/accounts/{id}/status", post(accounts::set_status))
         .route("/admin/models", get(models::list).post(models::save))
+        .route(
+            price_import::IMPORT_PATH,
+            post(price_import::preview)
+                .layer(DefaultBodyLimit::max(price_import::MAX_IMPORT_BYTES)),
+        )
+        .route(
+            "/admin/models/import/apply",
+            post(price_import::apply).layer(DefaultBodyLimit::max(price_import::MAX_IMPORT_BYTES)),
+        )
         .route("/admin/usage", get(usage::daily))
         .route("/admin/logs", get(usage::logs))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
@@ -146,7 +156,12 @@ async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> 
     let mut req = req;
     if !safe && !admin.csrf.is_empty() {
         let (parts, body) = req.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        let limit = if parts.uri.path().starts_with(price_import::IMPORT_PATH) {
+            price_import::MAX_IMPORT_BYTES
+        } else {
+            MAX_FORM_BYTES
+        };
+        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
             return error_page(&st, lang, StatusCode::PAYLOAD_TOO_LARGE, "error.too_large");
         };
         let sent = form_field(&bytes, "csrf");
@@ -339,6 +354,7 @@ fn notice_text(tr: Tr, name: &str) -> Option<&'static str> {
         "account_created" => tr.t("notice.account_created"),
         "account_updated" => tr.t("notice.account_updated"),
         "price_saved" => tr.t("notice.price_saved"),
+        "prices_imported" => tr.t("notice.prices_imported"),
         _ => return None,
     })
 }

@@ -22,11 +22,19 @@ struct Row {
     updated: String,
 }
 
+/// A model clients asked for that has no price, with a form to price it.
+struct Unpriced {
+    model: String,
+    requests: String,
+    last_seen: String,
+}
+
 #[derive(askama::Template)]
 #[template(path = "admin/models.html")]
 struct ModelsPage {
     ctx: Ctx,
     rows: Vec<Row>,
+    unpriced: Vec<Unpriced>,
     form: FormValues,
 }
 
@@ -39,13 +47,16 @@ pub async fn list(State(st): State<AppState>, ctx: Ctx) -> Response {
     )
 }
 
+/// Unpriced models listed on the page at most (the API pages through more).
+const UNPRICED_SHOWN: i64 = 50;
+
 /// A price for an input field: the decimal without trailing zeros (`2.5`, `0`).
 fn plain(nanos: i64) -> String {
     let d = Usd(nanos).to_decimal().normalize();
     d.to_string()
 }
 
-async fn page(
+pub(super) async fn page(
     st: &AppState,
     mut ctx: Ctx,
     form: FormValues,
@@ -65,9 +76,28 @@ async fn page(
             model: p.model,
         })
         .collect();
+    let unpriced = st
+        .db
+        .unpriced_models(UNPRICED_SHOWN)
+        .await?
+        .into_iter()
+        .map(|u| Unpriced {
+            requests: format::count(u.requests),
+            last_seen: format::time(u.last_seen_at, st.tz),
+            model: u.model,
+        })
+        .collect();
     ctx.section = "models";
     ctx.here = "/admin/models".into();
-    Ok(render(status, &ModelsPage { ctx, rows, form }))
+    Ok(render(
+        status,
+        &ModelsPage {
+            ctx,
+            rows,
+            unpriced,
+            form,
+        },
+    ))
 }
 
 #[derive(Deserialize)]

@@ -36,6 +36,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/{id}", get(accounts::get).patch(accounts::update))
         .route("/models", get(models::list))
+        .route(
+            "/models/unpriced",
+            get(models::unpriced).put(models::put_unpriced),
+        )
         .route("/models/{*model}", put(models::put).get(models::get))
         .route("/usage/daily", get(usage::daily))
         .route("/logs", get(usage::logs))
