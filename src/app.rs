@@ -134,6 +134,7 @@ impl App {
             None => Reservations::default(),
         });
         let grants = Arc::new(crate::cache::TtlCache::new(crate::cache::TTL));
+        let key_budgets = Arc::new(crate::billing::key_budget::KeyBudgets::default());
         let (recorder, worker) = Recorder::start(
             db.clone(),
             stats.clone(),
@@ -147,6 +148,7 @@ impl App {
                 tz: config.timezone(),
                 reservations: reservations.clone(),
                 grants: grants.clone(),
+                key_budgets: key_budgets.clone(),
             },
             Arc::new(RecorderMetrics::default()),
         );
@@ -162,7 +164,8 @@ impl App {
             grants,
             account_errors,
             clock.clone(),
-        )?;
+        )?
+        .with_key_budgets(key_budgets);
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {
             config,

@@ -41,4 +41,13 @@ pub struct UsageEvent {
     /// settled (never persisted: a replayed event reserves nothing).
     #[serde(skip)]
     pub reserved: i64,
+    /// The key's budget window starts at the time of the request (`billing::key_budget`).
+    /// None in journal lines written before key budgets: then only the key's lifetime total
+    /// is charged.
+    #[serde(default)]
+    pub key_windows: Option<WindowStarts>,
+    /// What this event holds against its key's budget in this process until it is settled (0
+    /// for a key without a budget; never persisted, as `reserved`).
+    #[serde(skip)]
+    pub key_reserved: i64,
 }

@@ -20,6 +20,8 @@ pub enum Failure {
     ModelNotAllowed(String),
     ModelNotFound(String),
     NoQuota(String),
+    /// The key's own budget (SPEC §11.3) has no room: the message names the window and reset.
+    KeyBudget(String),
     RateLimited {
         message: String,
         retry_after: u64,
@@ -71,6 +73,8 @@ impl ProxyError {
             (Failure::ModelNotFound(_), _) => StatusCode::NOT_FOUND,
             (Failure::NoQuota(_), Protocol::OpenAi) => StatusCode::TOO_MANY_REQUESTS,
             (Failure::NoQuota(_), Protocol::Anthropic) => StatusCode::PAYMENT_REQUIRED,
+            (Failure::KeyBudget(_), Protocol::OpenAi) => StatusCode::TOO_MANY_REQUESTS,
+            (Failure::KeyBudget(_), Protocol::Anthropic) => StatusCode::PAYMENT_REQUIRED,
             (Failure::RateLimited { .. }, _) => StatusCode::TOO_MANY_REQUESTS,
             (Failure::InvalidRequest(_), _) => StatusCode::BAD_REQUEST,
             (Failure::TooLarge(_), _) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -87,6 +91,7 @@ impl ProxyError {
             | Failure::ModelNotAllowed(m)
             | Failure::ModelNotFound(m)
             | Failure::NoQuota(m)
+            | Failure::KeyBudget(m)
             | Failure::InvalidRequest(m)
             | Failure::NoAccount(m)
             | Failure::Unreachable(m)
@@ -112,6 +117,7 @@ impl ProxyError {
             Failure::ModelNotAllowed(_) => ("invalid_request_error", "model_not_allowed"),
             Failure::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             Failure::NoQuota(_) => ("insufficient_quota", "insufficient_quota"),
+            Failure::KeyBudget(_) => ("insufficient_quota", "key_budget_exceeded"),
             Failure::RateLimited { .. } => ("rate_limit_exceeded", "rate_limit_exceeded"),
             Failure::InvalidRequest(_) => ("invalid_request_error", "invalid_request_error"),
             Failure::TooLarge(_) => ("invalid_request_error", "request_too_large"),
@@ -131,7 +137,8 @@ impl ProxyError {
             Failure::InvalidKey(_)
             | Failure::ModelNotAllowed(_)
             | Failure::ModelNotFound(_)
-            | Failure::NoQuota(_) => RetryHint::Final,
+            | Failure::NoQuota(_)
+            | Failure::KeyBudget(_) => RetryHint::Final,
             Failure::RateLimited { retry_after, .. } => RetryHint::After(*retry_after),
             Failure::NoAccount(_) | Failure::Unavailable(_) => RetryHint::After(1),
             Failure::InvalidRequest(_)
@@ -146,7 +153,7 @@ impl ProxyError {
             Failure::InvalidKey(_) => "authentication_error",
             Failure::ModelNotAllowed(_) => "permission_error",
             Failure::ModelNotFound(_) => "not_found_error",
-            Failure::NoQuota(_) => "billing_error",
+            Failure::NoQuota(_) | Failure::KeyBudget(_) => "billing_error",
             Failure::RateLimited { .. } => "rate_limit_error",
             Failure::InvalidRequest(_) => "invalid_request_error",
             Failure::TooLarge(_) => "request_too_large",
@@ -229,6 +236,7 @@ mod tests {
         assert_eq!(headers(Failure::ModelNotAllowed("m".into())), fin);
         assert_eq!(headers(Failure::ModelNotFound("m".into())), fin);
         assert_eq!(headers(Failure::NoQuota("q".into())), fin);
+        assert_eq!(headers(Failure::KeyBudget("k".into())), fin);
         let after = |n: &str| (None, Some(n.to_string()));
         let rate = Failure::RateLimited {
             message: "slow down".into(),

@@ -60,6 +60,7 @@ use serde_json::Value;
 use crate::billing::admission::{GrantCache, Reservations};
 use crate::billing::cost::Price;
 use crate::billing::estimate::Learner;
+use crate::billing::key_budget::KeyBudgets;
 use crate::cache::{self, TtlCache};
 use crate::domain::Provider;
 use crate::state::AppState;
@@ -134,6 +135,8 @@ pub struct ProxyState {
     pub limiter: limits::Limiter,
     pub reservations: Arc<Reservations>,
     pub grants: Arc<GrantCache>,
+    /// Key budgets' in-flight holds and counters (shared with the recorder).
+    pub key_budgets: Arc<KeyBudgets>,
     /// What recent requests cost, per key and model (the admission estimate).
     pub learner: Learner,
     pub account_errors: account_errors::AccountErrors,
@@ -162,6 +165,7 @@ impl ProxyState {
             limiter,
             reservations,
             grants,
+            key_budgets: Arc::default(),
             learner: Learner::default(),
             account_errors,
             refusals: Default::default(),
@@ -172,6 +176,12 @@ impl ProxyState {
         })
     }
 
+    /// The key budgets the recorder releases and settles.
+    pub fn with_key_budgets(mut self, key_budgets: Arc<KeyBudgets>) -> ProxyState {
+        self.key_budgets = key_budgets;
+        self
+    }
+
     /// Drop every cached key, price, account list and grant list (after an admin change, so it
     /// takes effect at once on this instance; other instances follow within `cache::TTL`).
     pub fn forget_cached(&self) {
@@ -179,6 +189,7 @@ impl ProxyState {
         self.prices.clear();
         self.accounts.clear();
         self.grants.clear();
+        self.key_budgets.cache.clear();
     }
 }
 

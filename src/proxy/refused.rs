@@ -83,6 +83,8 @@ pub fn record(
         ttfb_ms: None,
         error: Some(code.to_string()),
         reserved: 0,
+        key_windows: None,
+        key_reserved: 0,
     }));
 }
 

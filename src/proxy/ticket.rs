@@ -29,6 +29,9 @@ pub struct Ticket {
     pub account_id: Option<i64>,
     user_package_id: Option<i64>,
     windows: Option<WindowStarts>,
+    key_windows: Option<WindowStarts>,
+    /// Held against the key's budget; None for a key without a budget.
+    key_reserved: Option<i64>,
     model: String,
     stream: bool,
     price: Price,
@@ -59,6 +62,8 @@ impl Ticket {
             account_id: None,
             user_package_id: admitted.charge.user_package_id,
             windows: admitted.charge.windows,
+            key_windows: admitted.charge.key_windows,
+            key_reserved: admitted.charge.key_reserved,
             model: request.model,
             stream: request.stream,
             price: admitted.price,
@@ -134,6 +139,11 @@ impl Ticket {
                 });
             }
         }
+        if let Some(held) = self.key_reserved {
+            // As for the grant: the key's hold is now the actual cost until it is settled.
+            let kb = &st.proxy.key_budgets;
+            kb.reservations.add(self.api_key_id, cost_nanos - held);
+        }
         if self.tpm_limited && tokens.total() > 0 {
             let st2 = st.clone();
             let (key, n, now) = (self.api_key_id, tokens.total(), st.now_ms());
@@ -159,6 +169,12 @@ impl Ticket {
             ttfb_ms: self.ttfb_ms,
             error,
             reserved: if self.user_package_id.is_some() {
+                cost_nanos
+            } else {
+                0
+            },
+            key_windows: self.key_windows,
+            key_reserved: if self.key_reserved.is_some() {
                 cost_nanos
             } else {
                 0

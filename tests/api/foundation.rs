@@ -329,6 +329,7 @@ async fn store_story() {
                 allowed_models: &["m1".to_string()],
                 rpm_limit: Some(5),
                 tpm_limit: None,
+                limits: Default::default(),
             },
             1,
         )
@@ -358,6 +359,7 @@ async fn store_story() {
         allowed_models: &[],
         rpm_limit: None,
         tpm_limit: None,
+        limits: Default::default(),
     };
     assert!(matches!(
         db.create_key(&dup, 1).await,
@@ -810,6 +812,8 @@ async fn user_balances_use_effective_used() {
         ttfb_ms: None,
         error: None,
         reserved: 0,
+        key_windows: None,
+        key_reserved: 0,
     };
     app.state
         .db

@@ -46,6 +46,8 @@ fn event(id: &str, user: i64, key: i64, account: i64, up: Option<i64>, cost: i64
         ttfb_ms: Some(1),
         error: None,
         reserved: 0,
+        key_windows: None,
+        key_reserved: 0,
     }
 }
 

@@ -12,6 +12,7 @@ mod faults;
 mod foundation;
 mod health;
 mod helpers;
+mod key_budgets;
 mod ledger;
 mod logs;
 mod proxy;

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/packages/{id}/status", post(packages::set_status))
         .route("/admin/keys", get(keys::list))
         .route("/admin/keys/{id}/status", post(keys::set_status))
+        .route("/admin/keys/{id}/budget", post(keys::set_budget))
         .route(
             "/admin/accounts",
             get(accounts::list).post(accounts::create),

@@ -323,7 +323,7 @@ async fn detail_page(
     });
     let keys = api_keys
         .iter()
-        .map(|k| Key::new(tr, k, user.username.clone(), st.tz))
+        .map(|k| Key::new(tr, k, user.username.clone(), st.tz).with_budget(tr, k, now, st.tz))
         .collect();
     let logs = st
         .db
@@ -475,6 +475,10 @@ pub struct KeyForm {
     rpm_limit: Option<String>,
     tpm_limit: Option<String>,
     expires_at: Option<String>,
+    daily_limit: Option<String>,
+    weekly_limit: Option<String>,
+    monthly_limit: Option<String>,
+    total_limit: Option<String>,
 }
 
 pub async fn create_key(
@@ -489,8 +493,27 @@ pub async fn create_key(
         ("rpm_limit", f.rpm_limit.as_ref()),
         ("tpm_limit", f.tpm_limit.as_ref()),
         ("expires_at", f.expires_at.as_ref()),
+        ("daily_limit", f.daily_limit.as_ref()),
+        ("weekly_limit", f.weekly_limit.as_ref()),
+        ("monthly_limit", f.monthly_limit.as_ref()),
+        ("total_limit", f.total_limit.as_ref()),
     ]);
     let tr = ctx.tr;
+    let budget = match super::keys::budget_input(
+        tr,
+        [
+            &f.daily_limit,
+            &f.weekly_limit,
+            &f.monthly_limit,
+            &f.total_limit,
+        ],
+    ) {
+        Ok(b) => b,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return detail_form_error(&st, ctx, id, values).await;
+        }
+    };
     let mut limits = [None, None];
     for (slot, (field, v)) in limits
         .iter_mut()
@@ -518,6 +541,7 @@ pub async fn create_key(
         rpm_limit: limits[0],
         tpm_limit: limits[1],
         expires_at,
+        budget,
     };
     match admin::create_key(&st, id, key).await {
         Ok(created) => {

@@ -218,9 +218,72 @@ pub struct Key {
     pub tokens: String,
     pub last_used: String,
     pub expires: String,
+    /// Its budgets as of now: `daily $0.40 / $1.00 · total …`, or `—`.
+    pub budget: String,
+    /// (field, label, value for its input) of the four budgets, for the edit form.
+    pub budget_inputs: Vec<(&'static str, &'static str, String)>,
 }
 
 impl Key {
+    /// Add the key's budgets as of `now` (SPEC §11.3).
+    pub fn with_budget(
+        mut self,
+        tr: Tr,
+        k: &ApiKey,
+        now: chrono::DateTime<chrono::Utc>,
+        tz: Tz,
+    ) -> Key {
+        let st = crate::billing::key_budget::status(&k.budget, k.used_cost, k.created_at, now, tz);
+        self.budget = if st.is_empty() {
+            "—".to_string()
+        } else {
+            st.iter()
+                .map(|b| {
+                    format!(
+                        "{} {} / {}",
+                        tr.t(&format!("field.{}_limit", b.window)),
+                        format::usd(b.used),
+                        format::usd(b.limit)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" · ")
+        };
+        let plain = |v: Option<i64>| {
+            v.map(|n| {
+                crate::billing::money::Usd(n)
+                    .to_decimal()
+                    .normalize()
+                    .to_string()
+            })
+            .unwrap_or_default()
+        };
+        let b = &k.budget;
+        self.budget_inputs = vec![
+            (
+                "daily_limit",
+                tr.t("field.daily_limit"),
+                plain(b.daily_limit),
+            ),
+            (
+                "weekly_limit",
+                tr.t("field.weekly_limit"),
+                plain(b.weekly_limit),
+            ),
+            (
+                "monthly_limit",
+                tr.t("field.monthly_limit"),
+                plain(b.monthly_limit),
+            ),
+            (
+                "total_limit",
+                tr.t("field.total_limit"),
+                plain(b.total_limit),
+            ),
+        ];
+        self
+    }
+
     pub fn new(tr: Tr, k: &ApiKey, username: String, tz: Tz) -> Key {
         let models = k.allowed_models();
         let limits = match (k.rpm_limit, k.tpm_limit) {
@@ -252,6 +315,8 @@ impl Key {
             ),
             last_used: format::opt_time(k.last_used_at, tz),
             expires: format::opt_time(k.expires_at, tz),
+            budget: String::new(),
+            budget_inputs: Vec::new(),
         }
     }
 }

@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use super::{id_page, parse_id, PageQuery};
 use crate::admin::{self, AdminError};
+use crate::billing::key_budget;
+use crate::billing::money::Usd;
 use crate::error::{ApiError, AppJson};
 use crate::state::AppState;
 use crate::store::keys::ApiKey;
@@ -18,6 +20,15 @@ pub struct CreateKey {
     rpm_limit: Option<i64>,
     tpm_limit: Option<i64>,
     expires_at: Option<String>,
+    daily_limit: Option<Usd>,
+    weekly_limit: Option<Usd>,
+    monthly_limit: Option<Usd>,
+    total_limit: Option<Usd>,
+}
+
+/// A key with its budgets as of now (SPEC §11.3).
+fn key_json(st: &AppState, k: &ApiKey) -> Value {
+    serde_json::to_value(key_budget::view(k, st.clock.now(), st.tz)).unwrap_or_default()
 }
 
 pub async fn create(
@@ -35,10 +46,16 @@ pub async fn create(
             rpm_limit: b.rpm_limit,
             tpm_limit: b.tpm_limit,
             expires_at: b.expires_at,
+            budget: admin::BudgetInput {
+                daily_limit: b.daily_limit,
+                weekly_limit: b.weekly_limit,
+                monthly_limit: b.monthly_limit,
+                total_limit: b.total_limit,
+            },
         },
     )
     .await?;
-    let mut v = serde_json::to_value(&created.key).unwrap_or_default();
+    let mut v = key_json(&st, &created.key);
     v["key"] = Value::String(created.secret);
     Ok((StatusCode::CREATED, Json(v)))
 }
@@ -61,30 +78,69 @@ pub async fn list(
     };
     let limit = page.limit()?;
     let rows = st.db.list_keys(q.user_id, page.id_cursor()?, limit).await?;
-    Ok(Json(id_page(rows, limit, |k| k.id)))
+    let (now, tz) = (st.clock.now(), st.tz);
+    let views: Vec<_> = rows.iter().map(|k| key_budget::view(k, now, tz)).collect();
+    Ok(Json(id_page(views, limit, |k| k.key.id)))
 }
 
 pub async fn get(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<ApiKey>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id("key", &id)?;
-    Ok(Json(
-        st.db.get_key(id).await.map_err(AdminError::lookup("key"))?,
-    ))
+    let key = st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
+    Ok(Json(key_json(&st, &key)))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    status: String,
+    status: Option<String>,
+    /// Absent: unchanged; null: lifted; an amount: set.
+    #[serde(default, deserialize_with = "present")]
+    daily_limit: Option<Option<Usd>>,
+    #[serde(default, deserialize_with = "present")]
+    weekly_limit: Option<Option<Usd>>,
+    #[serde(default, deserialize_with = "present")]
+    monthly_limit: Option<Option<Usd>>,
+    #[serde(default, deserialize_with = "present")]
+    total_limit: Option<Option<Usd>>,
+}
+
+/// A field that is present, even as null (absent fields stay None through `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 pub async fn update(
     State(st): State<AppState>,
     Path(id): Path<String>,
     AppJson(b): AppJson<UpdateKey>,
-) -> Result<Json<ApiKey>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id("key", &id)?;
-    Ok(Json(admin::set_key_status(&st, id, &b.status).await?))
+    let budget = admin::BudgetPatch {
+        daily_limit: b.daily_limit,
+        weekly_limit: b.weekly_limit,
+        monthly_limit: b.monthly_limit,
+        total_limit: b.total_limit,
+    };
+    // At least one field: a status change keeps its old contract (`status` required).
+    if b.status.is_none() && budget.is_empty() {
+        return Err(AdminError::invalid("status", admin::Problem::Required).into());
+    }
+    // Every field is checked before anything is written.
+    admin::check_key_budget(&budget)?;
+    let mut key = None;
+    if let Some(status) = &b.status {
+        key = Some(admin::set_key_status(&st, id, status).await?);
+    }
+    if !budget.is_empty() {
+        key = Some(admin::update_key_budget(&st, id, budget).await?);
+    }
+    let key = key.expect("a status or a budget was given");
+    Ok(Json(key_json(&st, &key)))
 }
