@@ -164,7 +164,8 @@ async fn a_daily_key_budget_refuses_once_used_in_both_shapes() {
     }
     assert!(!refused.is_empty(), "a refused row is logged");
     for r in &refused {
-        assert_eq!(r.status, 429);
+        // The OpenAI refusal's row, or the Anthropic one's when it fell in another second.
+        assert!([429, 402].contains(&r.status), "{}", r.status);
         assert_eq!(r.cost, 0);
         assert_eq!(r.billing_status, BillingStatus::Refused);
     }

@@ -10,6 +10,7 @@
 mod helpers;
 
 mod browser;
+mod key_budgets;
 mod pages;
 mod web;
 mod webdriver;
