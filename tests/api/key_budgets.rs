@@ -389,3 +389,72 @@ async fn concurrent_requests_do_not_oversell_a_key_budget() {
     let b = budgets(&app, kid).await;
     assert_eq!(b[0]["used"], json!(usd(cost)));
 }
+
+/// The key's window charge rolls like the package charge, on both databases (MySQL evaluates
+/// SET left to right): a new window starts from the cost, a late event of a past window leaves
+/// the current one alone, and the lifetime total counts every event.
+#[tokio::test]
+async fn key_windows_roll_in_the_settlement_statement() {
+    use tollgate::billing::cost::Tokens;
+    use tollgate::usage::{UsageEvent, WindowStarts};
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let (account, _) = app.wire_upstream(&fake).await;
+    let uid = app.user("roll").await;
+    let (kid, _) = app.key(uid, json!({"name": "k"})).await;
+    let day = 86_400_000;
+    let (d1, w, m) = (10 * day, 7 * day, 3 * day);
+    let ev = |id: &str, daily: i64, cost: i64| UsageEvent {
+        request_id: id.into(),
+        created_at_ms: daily,
+        day: "2026-01-01".into(),
+        user_id: uid,
+        api_key_id: kid,
+        account_id: Some(account),
+        user_package_id: None,
+        windows: None,
+        model: "gpt-test".into(),
+        endpoint: "/v1/chat/completions".into(),
+        stream: false,
+        status: 200,
+        tokens: Tokens::default(),
+        cost_nanos: cost,
+        billing_status: BillingStatus::Complete,
+        latency_ms: 1,
+        ttfb_ms: None,
+        error: None,
+        reserved: 0,
+        key_windows: Some(WindowStarts {
+            daily,
+            weekly: w,
+            monthly: m,
+        }),
+        key_reserved: 0,
+    };
+    let db = &app.state.db;
+    db.settle(&[ev("a", d1, 100), ev("b", d1, 20)], 0)
+        .await
+        .unwrap();
+    let k = db.get_key(kid).await.unwrap().budget;
+    assert_eq!((k.daily_used, k.daily_window_start), (120, Some(d1)));
+    assert_eq!((k.weekly_used, k.monthly_used), (120, 120));
+    // The next day: the daily window starts again from this cost; the week and month go on.
+    db.settle(&[ev("c", d1 + day, 7)], 0).await.unwrap();
+    let k = db.get_key(kid).await.unwrap().budget;
+    assert_eq!((k.daily_used, k.daily_window_start), (7, Some(d1 + day)));
+    assert_eq!((k.weekly_used, k.weekly_window_start), (127, Some(w)));
+    // A late event of the day before: today's window is left alone, the week counts it.
+    db.settle(&[ev("d", d1, 1000)], 0).await.unwrap();
+    let key = db.get_key(kid).await.unwrap();
+    eprintln!(
+        "daily {} weekly {} monthly {} total {}",
+        key.budget.daily_used, key.budget.weekly_used, key.budget.monthly_used, key.used_cost
+    );
+    assert_eq!(
+        (key.budget.daily_used, key.budget.daily_window_start),
+        (7, Some(d1 + day))
+    );
+    assert_eq!(key.budget.weekly_used, 1127);
+    assert_eq!(key.budget.monthly_used, 1127);
+    assert_eq!(key.used_cost, 1127);
+}
