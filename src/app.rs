@@ -304,6 +304,21 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("`server.listen`: cannot bind {addr}: {e}"))
 }
 
+/// Where the gateway can be reached from this machine: `server.public_url` when set, else the
+/// bound address (a wildcard bind shown as loopback, which is where a newcomer's browser is).
+pub fn base_url(config: &Config, local: SocketAddr) -> String {
+    let public = config.server.public_url.trim_end_matches('/');
+    if !public.is_empty() {
+        return public.to_string();
+    }
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, local.port()))
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

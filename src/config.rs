@@ -138,6 +138,8 @@ pub struct RecorderConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: String,
+    /// One line per proxied request (target `tollgate::access`, level info).
+    pub access: bool,
 }
 
 impl Default for ServerConfig {
@@ -224,6 +226,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: "text".into(),
+            access: true,
         }
     }
 }

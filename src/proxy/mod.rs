@@ -66,6 +66,7 @@ use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
 
+pub mod access_log;
 pub mod account_errors;
 pub mod admit;
 pub mod auth;

@@ -164,6 +164,7 @@ impl Ticket {
                 0
             },
         };
+        super::access_log::line(st, &event);
         let durable = st.recorder.record(event);
         match shared_hold {
             Some(adjust) => durable.and(adjust),

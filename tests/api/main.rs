@@ -9,6 +9,7 @@ mod admission;
 mod breadth;
 mod faultproxy;
 mod faults;
+mod first_hour;
 mod foundation;
 mod health;
 mod helpers;

@@ -1286,3 +1286,39 @@ async fn static_files_are_embedded_with_types_and_cache_headers() {
     assert_eq!(web.get("/static/nope.js").await.status, 404);
     assert_eq!(web.get("/static/../Cargo.toml").await.status, 404);
 }
+
+#[tokio::test]
+async fn refused_requests_show_on_the_user_page_and_the_logs_page() {
+    let (app, _fake) = seeded(Options::default()).await;
+    let uid = app.user("refusal-shown").await;
+    let (kid, key) = app.key(uid, json!({"name": "k"})).await;
+    let r = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The row goes through the recorder: wait for it.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) = app.get(&format!("/logs?api_key_id={kid}")).await;
+        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let web = Web::new(&app.base);
+    web.login().await;
+    for path in [format!("/admin/users/{uid}"), "/admin/logs".to_string()] {
+        let page = web.get(&path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains("No requests"), "{path}");
+        assert!(page.body.contains("model_not_found"), "{path}");
+        assert!(page.body.contains("<td>Refused</td>"), "{path}");
+        assert!(page.body.contains("no-such-model"), "{path}");
+    }
+}
