@@ -195,6 +195,7 @@ impl App {
         use tower::ServiceExt;
 
         let App { state, worker, .. } = self;
+        crate::proxy::probe::start(&state);
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let router = crate::http::router(state.clone());
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

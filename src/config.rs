@@ -120,6 +120,8 @@ pub struct UpstreamConfig {
     pub failure_threshold: u32,
     pub max_cooldown_secs: u64,
     pub max_tokens_per_request: i64,
+    /// Seconds between background probes of cooling accounts (SPEC §11.2); 0 turns them off.
+    pub probe_interval_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -205,6 +207,7 @@ impl Default for UpstreamConfig {
             failure_threshold: 3,
             max_cooldown_secs: 300,
             max_tokens_per_request: 10_000_000,
+            probe_interval_secs: 10,
         }
     }
 }

@@ -253,6 +253,10 @@ const EN: &[(&str, &str)] = &[
     ("problem.not_a_day", "must be a day as YYYY-MM-DD"),
     ("problem.not_a_cursor", "is not a cursor this API returned"),
     ("problem.not_a_url", "must be an http(s) URL such as https://api.openai.com/v1"),
+    ("problem.url_query_or_fragment", "must not have a query (?…) or a fragment (#…): the endpoint's path is added to it"),
+    ("problem.anthropic_base_with_v1", "must not end in /v1 for an Anthropic account: tollgate adds /v1/messages itself (e.g. https://api.anthropic.com)"),
+    ("problem.openai_base_without_v1", "must be https://api.openai.com/v1 for api.openai.com: tollgate adds /chat/completions to it"),
+    ("warning.no_version_path", "has no version in its path (such as /v1): requests go to base_url/chat/completions, which most OpenAI-compatible upstreams only serve under /v1"),
     ("problem.empty_model_name", "model names must not be empty"),
     ("problem.subscription_needs_window", "a subscription needs at least one of daily_quota, weekly_quota, monthly_quota"),
     ("problem.total_on_subscription", "is for `quota` packages; a subscription has daily/weekly/monthly quotas"),
@@ -343,9 +347,10 @@ const EN: &[(&str, &str)] = &[
     ("accounts.create", "Add account"),
     ("accounts.edit", "Edit account"),
     ("accounts.health", "Health"),
-    ("accounts.healthy", "OK"),
-    ("accounts.cooling", "Cooling down"),
-    ("accounts.auth_failed", "Secret refused by upstream"),
+    ("accounts.test", "Test"),
+    ("accounts.test_ok", "Test of {name}: upstream answered {status} in {ms} ms."),
+    ("accounts.test_failed", "Test of {name} failed after {ms} ms: {error}"),
+    ("accounts.warning", "Check the base URL"),
     ("accounts.last_error", "Last error"),
     ("accounts.last_used", "Last used"),
     ("accounts.secret_masked", "Stored on the server; never shown"),
@@ -521,6 +526,10 @@ const ZH: &[(&str, &str)] = &[
     ("problem.not_a_day", "须为日期，格式 YYYY-MM-DD"),
     ("problem.not_a_cursor", "不是本接口返回的分页游标"),
     ("problem.not_a_url", "须为 http(s) 地址，例如 https://api.openai.com/v1"),
+    ("problem.url_query_or_fragment", "不能带查询参数（?…）或片段（#…）：接口路径会接在它后面"),
+    ("problem.anthropic_base_with_v1", "Anthropic 账号的地址不能以 /v1 结尾：tollgate 会自己加上 /v1/messages（例如 https://api.anthropic.com）"),
+    ("problem.openai_base_without_v1", "api.openai.com 的地址须为 https://api.openai.com/v1：tollgate 会在后面加上 /chat/completions"),
+    ("warning.no_version_path", "路径里没有版本号（例如 /v1）：请求会发往 base_url/chat/completions，而多数 OpenAI 兼容上游只在 /v1 下提供这些接口"),
     ("problem.empty_model_name", "模型名不能为空"),
     ("problem.subscription_needs_window", "订阅套餐至少需要日、周、月额度之一"),
     ("problem.total_on_subscription", "仅用于额度套餐；订阅套餐使用日/周/月额度"),
@@ -611,9 +620,10 @@ const ZH: &[(&str, &str)] = &[
     ("accounts.create", "添加账号"),
     ("accounts.edit", "编辑账号"),
     ("accounts.health", "健康状况"),
-    ("accounts.healthy", "正常"),
-    ("accounts.cooling", "冷却中"),
-    ("accounts.auth_failed", "上游拒绝了密钥"),
+    ("accounts.test", "测试"),
+    ("accounts.test_ok", "{name} 测试通过：上游在 {ms} 毫秒内返回 {status}。"),
+    ("accounts.test_failed", "{name} 测试失败（{ms} 毫秒）：{error}"),
+    ("accounts.warning", "请检查地址"),
     ("accounts.last_error", "最近错误"),
     ("accounts.last_used", "最近使用"),
     ("accounts.secret_masked", "保存在服务器上，从不显示"),
@@ -777,6 +787,11 @@ mod tests {
             .map(|p| format!("problem.{}", p.code()))
             .collect();
         keys.push("problem.or".into());
+        keys.extend(
+            crate::admin::Warning::ALL
+                .iter()
+                .map(|w| format!("warning.{}", w.code())),
+        );
         keys.extend(crate::admin::FIELDS.iter().map(|f| format!("field.{f}")));
         for (name, c) in [("en", EN), ("zh-CN", ZH)] {
             for k in &keys {

@@ -75,6 +75,12 @@ pub enum Problem {
     NotACursor,
     /// Not an http(s) URL with a host.
     NotAUrl,
+    /// A base URL with a query or a fragment (the endpoint's path is appended to it).
+    UrlQueryOrFragment,
+    /// An Anthropic base URL ending in `/v1` (`/v1/messages` is appended to it).
+    AnthropicBaseWithV1,
+    /// `api.openai.com` without `/v1`.
+    OpenAiBaseWithoutV1,
     /// A list of model names with an empty one.
     EmptyModelName,
     /// A subscription with none of the daily, weekly, monthly quotas.
@@ -110,6 +116,9 @@ impl Problem {
             Problem::NotADay => "not_a_day",
             Problem::NotACursor => "not_a_cursor",
             Problem::NotAUrl => "not_a_url",
+            Problem::UrlQueryOrFragment => "url_query_or_fragment",
+            Problem::AnthropicBaseWithV1 => "anthropic_base_with_v1",
+            Problem::OpenAiBaseWithoutV1 => "openai_base_without_v1",
             Problem::EmptyModelName => "empty_model_name",
             Problem::SubscriptionNeedsWindow => "subscription_needs_window",
             Problem::TotalOnSubscription => "total_on_subscription",
@@ -142,6 +151,9 @@ impl Problem {
             Problem::NotADay,
             Problem::NotACursor,
             Problem::NotAUrl,
+            Problem::UrlQueryOrFragment,
+            Problem::AnthropicBaseWithV1,
+            Problem::OpenAiBaseWithoutV1,
             Problem::EmptyModelName,
             Problem::SubscriptionNeedsWindow,
             Problem::TotalOnSubscription,

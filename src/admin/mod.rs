@@ -15,7 +15,10 @@ pub mod parse;
 mod prices;
 mod users;
 
-pub use accounts::{create_account, update_account, AccountInput};
+pub use accounts::{
+    base_url_warnings, check_base_url, create_account, test_account, update_account, AccountInput,
+    Warning,
+};
 pub use error::{AdminError, Problem, Result, Taken, FIELDS};
 pub use keys::{create_key, set_key_status, CreatedKey, NewKey};
 pub use packages::{

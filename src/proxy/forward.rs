@@ -142,10 +142,16 @@ async fn refusal(resp: UpstreamResponse, within: Duration) -> (UpstreamResponse,
             Bytes::new()
         }
     };
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+    let message = upstream_message(&bytes);
     let resp = UpstreamResponse::from_parts(parts, client::UpstreamBody::read(bytes));
     (resp, message)
+}
+
+/// The upstream's message in an error body: `error.message` in both providers' shapes, else
+/// the start of the text.
+pub(super) fn upstream_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(500).collect())
 }

@@ -75,6 +75,7 @@ pub mod error;
 pub mod forward;
 pub mod limits;
 pub mod parse;
+pub mod probe;
 pub mod refused;
 pub mod respond;
 pub mod rewrite;

@@ -1321,4 +1321,100 @@ async fn refused_requests_show_on_the_user_page_and_the_logs_page() {
         assert!(page.body.contains("<td>Refused</td>"), "{path}");
         assert!(page.body.contains("no-such-model"), "{path}");
     }
+
+async fn accounts_page_tests_an_account_and_shows_health_and_base_url_warnings() {
+    let (app, fake) = seeded(Options {
+        tweak: Some(Box::new(|c| c.upstream.probe_interval_secs = 0)),
+        ..Default::default()
+    })
+    .await;
+    let web = Web::new(&app.base);
+    web.login().await;
+    let health = |html: &str, id: &str| {
+        let rows = rows(html, "account-id");
+        let (_, cells) = rows.into_iter().find(|(i, _)| i == id).unwrap();
+        cells
+    };
+    let page = web.get("/admin/accounts").await;
+    assert!(page.body.contains(r#"action="/admin/accounts/1/test""#));
+    assert_eq!(health(&page.body, "1")["health"], "OK");
+    // The secret was refused: the row says so, in each language (the vocabulary's text).
+    app.state.proxy.health.refused(1);
+    let page = web.get("/admin/accounts").await;
+    assert_eq!(
+        health(&page.body, "1")["health"],
+        "Secret refused by upstream"
+    );
+    let zh = web.get("/admin/accounts?lang=zh-CN").await;
+    assert_eq!(health(&zh.body, "1")["health"], "上游拒绝了密钥");
+    web.get("/admin/accounts?lang=en").await;
+    // A failing Test shows upstream's answer and changes nothing.
+    fake.set_fail_status(Some(500));
+    let r = web.submit("/admin/accounts/1/test", &[]).await;
+    assert_eq!(r.status, 200);
+    let error = text_by_id(&r.body, "form-error").unwrap();
+    assert!(error.starts_with("Test of oa failed after"), "{error}");
+    assert!(error.contains("upstream answered 500"), "{error}");
+    assert_eq!(health(&r.body, "1")["health"], "Secret refused by upstream");
+    // A passing Test says so and brings the account back.
+    fake.set_fail_status(None);
+    let r = web.submit("/admin/accounts/1/test", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("Test of oa: upstream answered 200 in"),
+        "{}",
+        r.body
+    );
+    assert_eq!(health(&r.body, "1")["health"], "OK");
+    let (_, acc) = app.get("/accounts/1").await;
+    assert_eq!(acc["health"], "ok", "{acc}");
+    // Testing an account that does not exist is the not-found page.
+    assert_eq!(
+        web.submit("/admin/accounts/999/test", &[]).await.status,
+        404
+    );
+    // A doubtful OpenAI base URL: accepted, with its warning on the list and the edit page.
+    let r = web
+        .submit(
+            "/admin/accounts",
+            &[
+                ("name", "unversioned"),
+                ("provider", "openai"),
+                ("base_url", "https://relay.example"),
+                ("api_key", "sk-x"),
+                ("models", ""),
+                ("priority", "0"),
+                ("weight", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = web.get("/admin/accounts").await;
+    let warning = "has no version in its path (such as /v1)";
+    let cells = health(&page.body, "3");
+    assert!(cells["base_url"].contains(warning), "{cells:?}");
+    assert!(!health(&page.body, "1")["base_url"].contains(warning));
+    assert!(web.get("/admin/accounts/3").await.body.contains(warning));
+    // One that cannot be right is refused with the reason, on the form.
+    let r = web
+        .submit(
+            "/admin/accounts",
+            &[
+                ("name", "bad"),
+                ("provider", "anthropic"),
+                ("base_url", "https://api.anthropic.com/v1"),
+                ("api_key", "sk-x"),
+                ("models", ""),
+                ("priority", "0"),
+                ("weight", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body
+            .contains("Base URL: must not end in /v1 for an Anthropic account"),
+        "{}",
+        r.body
+    );
 }

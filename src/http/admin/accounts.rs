@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::view::{self, form_int, model_list, FormValues, Money, StatusForm};
 use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin;
-use crate::domain::AccountStatus;
+use crate::domain::{AccountHealth, AccountStatus};
 use crate::state::AppState;
 use crate::store::accounts::Account;
 
@@ -25,10 +25,13 @@ struct Row {
     weight: i64,
     active: bool,
     status_label: &'static str,
+    /// Its live health (SPEC §11.2), in the page's language.
+    health: &'static str,
+    health_ok: bool,
     /// Seconds of cooldown left after a failure, if any.
     cooling: Option<u64>,
-    /// Upstream refused its secret (SPEC §11.2).
-    auth_failed: bool,
+    /// Cautions about its base URL, in the page's language.
+    warnings: Vec<&'static str>,
     cost: Money,
     requests: String,
     tokens: String,
@@ -40,6 +43,10 @@ struct Row {
 impl Row {
     fn new(st: &AppState, ctx: &Ctx, a: Account) -> Row {
         let models = a.models();
+        let warnings = admin::base_url_warnings(&a)
+            .into_iter()
+            .map(|w| w.text(ctx.tr))
+            .collect();
         Row {
             id: a.id,
             provider: a.provider.to_string(),
@@ -53,8 +60,10 @@ impl Row {
             weight: a.weight,
             active: a.status == AccountStatus::Active,
             status_label: view::status_label(ctx.tr, a.status.as_str()),
+            health: ctx.tr.vocab(st.proxy.health.label(a.id)),
+            health_ok: st.proxy.health.label(a.id) == AccountHealth::Ok,
             cooling: st.proxy.health.cooldown_left(a.id),
-            auth_failed: st.proxy.health.auth_failed(a.id),
+            warnings,
             cost: Money::nanos(a.total_cost),
             requests: format::count(a.request_count),
             tokens: format::count(
@@ -66,6 +75,40 @@ impl Row {
             name: a.name,
         }
     }
+}
+
+/// The Test button: one probe now, its result shown on the accounts page (a success clears
+/// the account's health).
+pub async fn test(State(st): State<AppState>, mut ctx: Ctx, Path(id): Path<i64>) -> Response {
+    let lang = ctx.tr.lang;
+    let status = match admin::test_account(&st, id).await {
+        Ok((a, p)) => {
+            let ms = p.latency_ms.to_string();
+            if p.ok {
+                let status = p.status.map(|s| s.to_string()).unwrap_or_default();
+                ctx.notice = Some(
+                    ctx.t("accounts.test_ok")
+                        .replace("{name}", &a.name)
+                        .replace("{status}", &status)
+                        .replace("{ms}", &ms),
+                );
+            } else {
+                ctx.set_error(
+                    ctx.t("accounts.test_failed")
+                        .replace("{name}", &a.name)
+                        .replace("{ms}", &ms)
+                        .replace("{error}", p.error.as_deref().unwrap_or("")),
+                );
+            }
+            StatusCode::OK
+        }
+        Err(e) => ctx.fail(&e).1,
+    };
+    respond(
+        &st,
+        lang,
+        list_page(&st, ctx, FormValues::default(), status).await,
+    )
 }
 
 #[derive(askama::Template)]

@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(accounts::edit).post(accounts::update),
         )
         .route("/admin/accounts/{id}/status", post(accounts::set_status))
+        .route("/admin/accounts/{id}/test", post(accounts::test))
         .route("/admin/models", get(models::list).post(models::save))
         .route("/admin/usage", get(usage::daily))
         .route("/admin/logs", get(usage::logs))

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/keys/{id}", get(keys::get).patch(keys::update))
         .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/{id}", get(accounts::get).patch(accounts::update))
+        .route("/accounts/{id}/test", post(accounts::test))
         .route("/models", get(models::list))
         .route("/models/{*model}", put(models::put).get(models::get))
         .route("/usage/daily", get(usage::daily))
