@@ -1321,7 +1321,9 @@ async fn refused_requests_show_on_the_user_page_and_the_logs_page() {
         assert!(page.body.contains("<td>Refused</td>"), "{path}");
         assert!(page.body.contains("no-such-model"), "{path}");
     }
+}
 
+#[tokio::test]
 async fn accounts_page_tests_an_account_and_shows_health_and_base_url_warnings() {
     let (app, fake) = seeded(Options {
         tweak: Some(Box::new(|c| c.upstream.probe_interval_secs = 0)),
