@@ -21,6 +21,8 @@ pub struct AccountBody {
     priority: Option<i64>,
     weight: Option<i64>,
     status: Option<String>,
+    /// Any JSON here, so that a wrong shape gets `not_a_model_map` naming the field.
+    model_map: Option<Value>,
 }
 
 impl From<AccountBody> for admin::AccountInput {
@@ -34,6 +36,7 @@ impl From<AccountBody> for admin::AccountInput {
             priority: b.priority,
             weight: b.weight,
             status: b.status,
+            model_map: b.model_map,
         }
     }
 }
