@@ -133,14 +133,15 @@ impl AccountForm {
         ])
     }
 
-    /// The aliases as typed: blank clears them; text that is not JSON goes on as a string,
-    /// which the admin layer refuses as `not_a_model_map`.
-    fn model_map(&self) -> serde_json::Value {
-        let text = self.model_map.as_deref().unwrap_or("").trim();
+    /// The aliases as typed: blank clears them, a form without the field keeps them; text
+    /// that is not JSON goes on as a string, which the admin layer refuses as
+    /// `not_a_model_map`.
+    fn model_map(&self) -> Option<serde_json::Value> {
+        let text = self.model_map.as_deref()?.trim();
         if text.is_empty() {
-            return serde_json::json!({});
+            return Some(serde_json::json!({}));
         }
-        serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.into()))
+        Some(serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.into())))
     }
 
     /// The account as typed; a blank secret is left out (on edit: keep the stored one).
@@ -160,7 +161,7 @@ impl AccountForm {
             priority: form_int(ctx.tr, "priority", self.priority.as_deref())?,
             weight: form_int(ctx.tr, "weight", self.weight.as_deref())?,
             status: None,
-            model_map: Some(self.model_map()),
+            model_map: self.model_map(),
         })
     }
 }
