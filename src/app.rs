@@ -155,7 +155,7 @@ impl App {
             tracing::warn!(error = %e, "could not apply the recorder journal yet; it will be retried");
         }
         let account_errors = AccountErrors::start(db.clone());
-        let proxy = ProxyState::new(
+        let mut proxy = ProxyState::new(
             &config.upstream,
             limiter,
             reservations,
@@ -163,6 +163,17 @@ impl App {
             account_errors,
             clock.clone(),
         )?;
+        // Instant propagation of admin writes (SPEC §11.2): its own connection subscribes.
+        let bus_client = match &redis {
+            Some(c) => {
+                proxy.set_bus(crate::cache::bus::Bus::new(
+                    c.clone(),
+                    &config.redis.key_prefix,
+                ));
+                Some(redis::Client::open(config.redis.url.expose())?)
+            }
+            None => None,
+        };
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {
             config,
@@ -175,6 +186,9 @@ impl App {
             proxy,
             metrics: crate::metrics::Metrics::default(),
         }));
+        if let Some(client) = bus_client {
+            ProxyState::listen(&state, client);
+        }
         Ok(App {
             state,
             worker,

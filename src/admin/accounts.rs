@@ -7,7 +7,7 @@ use crate::domain::{AccountStatus, Provider};
 use crate::i18n::Tr;
 use crate::proxy::probe::{self, Probe};
 use crate::state::AppState;
-use crate::store::accounts::{Account, AccountFields};
+use crate::store::accounts::{Account, AccountFields, ModelMap};
 
 /// The fields of an account as sent; on update, `None` keeps the stored value.
 #[derive(Default)]
@@ -20,6 +20,8 @@ pub struct AccountInput {
     pub priority: Option<i64>,
     pub weight: Option<i64>,
     pub status: Option<String>,
+    /// `{"client-name": "upstream-name"}` as sent (anything else is refused); `{}` clears.
+    pub model_map: Option<serde_json::Value>,
 }
 
 /// Validate the fields present; `creating` requires name, provider, base_url and api_key.
@@ -68,6 +70,7 @@ fn fields(b: AccountInput, creating: bool) -> Result<AccountFields> {
     if let Some(m) = &b.models {
         models("models", m)?;
     }
+    let model_map = b.model_map.as_ref().map(model_map).transpose()?;
     let status = b
         .status
         .as_deref()
@@ -82,7 +85,23 @@ fn fields(b: AccountInput, creating: bool) -> Result<AccountFields> {
         priority: b.priority,
         weight: b.weight,
         status,
+        model_map,
     })
+}
+
+/// A JSON object of non-empty model names to non-empty model names (names trimmed).
+fn model_map(v: &serde_json::Value) -> Result<ModelMap> {
+    let bad = || AdminError::invalid("model_map", Problem::NotAModelMap);
+    let obj = v.as_object().ok_or_else(bad)?;
+    let mut map = std::collections::BTreeMap::new();
+    for (client, upstream) in obj {
+        let upstream = upstream.as_str().map(str::trim).unwrap_or_default();
+        if client.trim().is_empty() || upstream.is_empty() {
+            return Err(bad());
+        }
+        map.insert(client.trim().to_string(), upstream.to_string());
+    }
+    Ok(ModelMap(map))
 }
 
 pub async fn create_account(st: &AppState, a: AccountInput) -> Result<Account> {

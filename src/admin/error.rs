@@ -29,6 +29,7 @@ pub const FIELDS: &[&str] = &[
     "base_url",
     "api_key",
     "models",
+    "model_map",
     "weight",
     "model",
     "input",
@@ -95,6 +96,8 @@ pub enum Problem {
     NoSuchPackage { id: i64 },
     /// The package named is disabled.
     PackageDisabled,
+    /// Not a JSON object of non-empty model names to non-empty model names.
+    NotAModelMap,
 }
 
 impl Problem {
@@ -126,6 +129,7 @@ impl Problem {
             Problem::WindowsOnQuota => "windows_on_quota",
             Problem::NoSuchPackage { .. } => "no_such_package",
             Problem::PackageDisabled => "package_disabled",
+            Problem::NotAModelMap => "not_a_model_map",
         }
     }
 
@@ -161,6 +165,7 @@ impl Problem {
             Problem::WindowsOnQuota,
             Problem::NoSuchPackage { id: 7 },
             Problem::PackageDisabled,
+            Problem::NotAModelMap,
         ]
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 
+use super::alias;
 use super::client::{self, UpstreamResponse};
 use super::rewrite::{upstream_headers, upstream_url};
 use super::ticket::Ticket;
@@ -49,7 +50,12 @@ pub async fn forward(
     for (n, account) in ordered.into_iter().take(attempts).enumerate() {
         let url = upstream_url(ticket.endpoint, &account.base_url, ticket.query.as_deref());
         let headers = upstream_headers(client_hdrs, account.provider, account.secret.expose());
-        let req = st.proxy.http.post(&url, headers, body.clone());
+        // An alias: this account's upstream gets its own name for the model.
+        let body = match account.upstream_model(ticket.model()) {
+            Some(up) => alias::rename_model(body, up, 1).map_or_else(|| body.clone(), Bytes::from),
+            None => body.clone(),
+        };
+        let req = st.proxy.http.post(&url, headers, body);
         let sent_at = Instant::now();
         let outcome = match tokio::time::timeout(first_byte, req).await {
             Err(_) => Err(AttemptError::Timeout(format!(

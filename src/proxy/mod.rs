@@ -69,6 +69,7 @@ use crate::store::keys::KeyAuth;
 pub mod access_log;
 pub mod account_errors;
 pub mod admit;
+pub mod alias;
 pub mod auth;
 pub mod client;
 pub mod error;
@@ -146,6 +147,10 @@ pub struct ProxyState {
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
     accounts: TtlCache<Provider, Vec<Account>>,
+    /// With Redis: tells the other instances about admin writes (`cache::bus`).
+    bus: Option<cache::bus::Bus>,
+    /// With Redis: hears the other instances' admin writes; ends with this state.
+    listener: std::sync::Mutex<Option<cache::bus::Listener>>,
 }
 
 impl ProxyState {
@@ -171,12 +176,48 @@ impl ProxyState {
             keys: TtlCache::new(cache::TTL),
             prices: TtlCache::new(cache::TTL),
             accounts: TtlCache::new(cache::TTL),
+            bus: None,
+            listener: Default::default(),
         })
     }
 
-    /// Drop every cached key, price, account list and grant list (after an admin change, so it
-    /// takes effect at once on this instance; other instances follow within `cache::TTL`).
+    /// Publish admin writes on Redis (before the state is shared; see [`Self::listen`]).
+    pub fn set_bus(&mut self, bus: cache::bus::Bus) {
+        self.bus = Some(bus);
+    }
+
+    /// Start hearing the other instances' admin writes: each drops this instance's caches
+    /// (`forget_local`). The listener holds only `st` weakly and ends with it.
+    pub fn listen(st: &AppState, client: redis::Client) {
+        let Some(bus) = &st.proxy.bus else { return };
+        let weak = std::sync::Arc::downgrade(&st.0);
+        let listener = cache::bus::listen(
+            client,
+            bus.channel().to_string(),
+            bus.instance().to_string(),
+            move || match weak.upgrade() {
+                Some(st) => {
+                    st.proxy.forget_local();
+                    true
+                }
+                None => false,
+            },
+        );
+        *st.proxy.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    /// Drop every cached key, price, account list and grant list after an admin change: on
+    /// this instance at once, and with Redis on every other one too (`cache::bus`); without
+    /// Redis the others follow within `cache::TTL + cache::GRACE`.
     pub fn forget_cached(&self) {
+        self.forget_local();
+        if let Some(bus) = &self.bus {
+            bus.publish();
+        }
+    }
+
+    /// Drop this instance's cached keys, prices, account lists and grant lists.
+    pub fn forget_local(&self) {
         self.keys.clear();
         self.prices.clear();
         self.accounts.clear();
@@ -249,9 +290,14 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     .await;
     match answer {
         Ok(resp) => {
-            Ok(respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in).await)
+            let alias = offer.alias_answer(ticket.account_id, ticket.model());
+            Ok(respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in, alias).await)
         }
-        Err(exhausted) => respond::failed(ticket, exhausted).await,
+        Err(exhausted) => {
+            let last = exhausted.0.as_ref().map(|(_, id)| *id);
+            let alias = offer.alias_answer(last, ticket.model());
+            respond::failed(ticket, exhausted, alias).await
+        }
     }
 }
 

@@ -212,6 +212,11 @@ impl Ticket {
         self.st.config.upstream.max_tokens_per_request
     }
 
+    /// The model as the client named it (what prices, logs and limits use).
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// A rough usage figure when upstream reported none (`billing::estimate`).
     pub fn estimate(&self, output_bytes: usize) -> Tokens {
         usage_estimate(self.request_bytes, output_bytes)

@@ -194,6 +194,7 @@ mod tests {
             base_url: "http://x".into(),
             secret: Default::default(),
             models: None,
+            model_map: Default::default(),
             priority,
             weight,
             status: crate::domain::AccountStatus::Active,

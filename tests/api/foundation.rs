@@ -375,6 +375,7 @@ async fn store_story() {
                 priority: Some(5),
                 weight: Some(2),
                 status: None,
+                ..Default::default()
             },
             1,
         )

@@ -6,6 +6,7 @@
 
 mod absurd;
 mod admission;
+mod aliases;
 mod breadth;
 mod faultproxy;
 mod faults;
@@ -15,6 +16,7 @@ mod health;
 mod helpers;
 mod ledger;
 mod logs;
+mod propagation;
 mod proxy;
 mod refusals;
 mod refused_rows;

@@ -1420,3 +1420,91 @@ async fn accounts_page_tests_an_account_and_shows_health_and_base_url_warnings()
         r.body
     );
 }
+
+/// The text of the `<textarea name="{name}">`, entities decoded.
+fn textarea_value(html: &str, name: &str) -> Option<String> {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse("textarea[name]").unwrap();
+    let found = doc
+        .select(&sel)
+        .find(|e| e.value().attr("name") == Some(name))
+        .map(|e| e.text().collect::<String>());
+    found
+}
+
+/// Model aliases through the account form (SPEC §11.2): typed as JSON in a textarea, shown
+/// again on the edit page, refused naming the field when not a map, cleared when blank.
+#[tokio::test]
+async fn account_model_aliases_through_the_form() {
+    let (app, _fake) = seeded(Options::default()).await;
+    let web = Web::new(&app.base);
+    web.login().await;
+    let form = |map: &'static str| {
+        vec![
+            ("name", "aliased"),
+            ("provider", "openai"),
+            ("base_url", "https://api.openai.example/v1"),
+            ("api_key", "sk-x"),
+            ("models", ""),
+            ("priority", "0"),
+            ("weight", "1"),
+            ("model_map", map),
+        ]
+    };
+    let r = web
+        .submit(
+            "/admin/accounts",
+            &form(r#"{"fast": "gpt-upstream-mini", "smart": "gpt-upstream-large"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let (_, list) = app.get("/accounts").await;
+    let acc = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "aliased")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        acc["model_map"],
+        json!({"fast": "gpt-upstream-mini", "smart": "gpt-upstream-large"})
+    );
+    let id = acc["id"].as_i64().unwrap();
+    let path = format!("/admin/accounts/{id}");
+    let edit = web.get(&path).await;
+    let shown = textarea_value(&edit.body, "model_map").unwrap();
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown, acc["model_map"],
+        "the edit form shows the stored map"
+    );
+    let list_page = web.get("/admin/accounts").await;
+    assert!(list_page.body.contains("fast → gpt-upstream-mini"));
+
+    // Not a map: refused naming the field, what was typed kept, nothing stored.
+    for bad in [r#"fast=gpt-x"#, r#"["fast"]"#, r#"{"fast": ""}"#] {
+        let r = web.submit(&path, &form(bad)).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(
+            r.body.contains("Model aliases: must be a JSON object"),
+            "{bad}: {}",
+            r.body
+        );
+        assert_eq!(textarea_value(&r.body, "model_map").as_deref(), Some(bad));
+    }
+    let stored = app.state.db.get_account(id).await.unwrap();
+    assert_eq!(stored.model_map.0.len(), 2);
+    // Blank clears it.
+    let r = web.submit(&path, &form("  ")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(app
+        .state
+        .db
+        .get_account(id)
+        .await
+        .unwrap()
+        .model_map
+        .0
+        .is_empty());
+}

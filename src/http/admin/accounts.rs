@@ -47,15 +47,20 @@ impl Row {
             .into_iter()
             .map(|w| w.text(ctx.tr))
             .collect();
+        let mut models = if models.is_empty() {
+            ctx.t("keys.all_models").to_string()
+        } else {
+            models.join(", ")
+        };
+        // Aliases after the list: `client → upstream`.
+        for (client, upstream) in &a.model_map.0 {
+            models.push_str(&format!("; {client} → {upstream}"));
+        }
         Row {
             id: a.id,
             provider: a.provider.to_string(),
             base_url: a.base_url,
-            models: if models.is_empty() {
-                ctx.t("keys.all_models").to_string()
-            } else {
-                models.join(", ")
-            },
+            models,
             priority: a.priority,
             weight: a.weight,
             active: a.status == AccountStatus::Active,
@@ -155,6 +160,7 @@ pub struct AccountForm {
     models: Option<String>,
     priority: Option<String>,
     weight: Option<String>,
+    model_map: Option<String>,
 }
 
 impl AccountForm {
@@ -166,7 +172,19 @@ impl AccountForm {
             ("models", self.models.as_ref()),
             ("priority", self.priority.as_ref()),
             ("weight", self.weight.as_ref()),
+            ("model_map", self.model_map.as_ref()),
         ])
+    }
+
+    /// The aliases as typed: blank clears them, a form without the field keeps them; text
+    /// that is not JSON goes on as a string, which the admin layer refuses as
+    /// `not_a_model_map`.
+    fn model_map(&self) -> Option<serde_json::Value> {
+        let text = self.model_map.as_deref()?.trim();
+        if text.is_empty() {
+            return Some(serde_json::json!({}));
+        }
+        Some(serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.into())))
     }
 
     /// The account as typed; a blank secret is left out (on edit: keep the stored one).
@@ -186,6 +204,7 @@ impl AccountForm {
             priority: form_int(ctx.tr, "priority", self.priority.as_deref())?,
             weight: form_int(ctx.tr, "weight", self.weight.as_deref())?,
             status: None,
+            model_map: self.model_map(),
         })
     }
 }
@@ -251,6 +270,11 @@ async fn edit_page(
         let (priority, weight) = (a.priority.to_string(), a.weight.to_string());
         let models = a.models().join(", ");
         let provider = a.provider.to_string();
+        let model_map = if a.model_map.0.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&a.model_map).unwrap_or_default()
+        };
         FormValues::from_pairs([
             ("name", Some(&a.name)),
             ("provider", Some(&provider)),
@@ -258,6 +282,7 @@ async fn edit_page(
             ("models", Some(&models)),
             ("priority", Some(&priority)),
             ("weight", Some(&weight)),
+            ("model_map", Some(&model_map)),
         ])
     });
     let row = Row::new(st, &ctx, a);

@@ -22,6 +22,8 @@ pub struct AccountBody {
     priority: Option<i64>,
     weight: Option<i64>,
     status: Option<String>,
+    /// Any JSON here, so that a wrong shape gets `not_a_model_map` naming the field.
+    model_map: Option<Value>,
 }
 
 impl From<AccountBody> for admin::AccountInput {
@@ -35,6 +37,7 @@ impl From<AccountBody> for admin::AccountInput {
             priority: b.priority,
             weight: b.weight,
             status: b.status,
+            model_map: b.model_map,
         }
     }
 }
