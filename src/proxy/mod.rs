@@ -25,25 +25,27 @@
 //!    borrowed: model, stream, output limit, whether the client asked for stream usage).
 //! 3. [`admit::offer`]: → [`admit::Offer`] (the model allowed for the key, its price, the
 //!    provider's active accounts; cached).
-//! 4. [`admit::admit`]: → [`admit::Admitted`] (the accounts that serve the model and are not
+//! 4. [`concurrency::Concurrency::acquire`]: a slot under the key's and its user's
+//!    `max_concurrency`, held by the response body ([`concurrency::hold`]).
+//! 5. [`admit::admit`]: → [`admit::Admitted`] (the accounts that serve the model and are not
 //!    cooling down, RPM and TPM, the grant that pays and the reservation of the admission
 //!    estimate: `billing::admission`, `billing::estimate`).
-//! 5. [`rewrite::body`]: → [`rewrite::UpstreamBody`] (OpenAI streams always ask upstream for
+//! 6. [`rewrite::body`]: → [`rewrite::UpstreamBody`] (OpenAI streams always ask upstream for
 //!    usage); per attempt, [`rewrite::upstream_headers`] and [`rewrite::upstream_url`].
-//! 6. [`ticket::Ticket::new`]: what the usage event needs; from here on one is recorded,
+//! 7. [`ticket::Ticket::new`]: what the usage event needs; from here on one is recorded,
 //!    whatever happens.
-//! 7. [`forward::forward`]: attempts over the ordered accounts (`upstream::order`) with the
+//! 8. [`forward::forward`]: attempts over the ordered accounts (`upstream::order`) with the
 //!    first-byte timeout, the next account on a connect error, timeout, 429 or 5xx; a failed
 //!    attempt cools its account down and goes to [`account_errors`].
-//! 8. [`respond::respond`] (upstream answered) or [`respond::failed`] (no attempt did): whole
+//! 9. [`respond::respond`] (upstream answered) or [`respond::failed`] (no attempt did): whole
 //!    bodies are read and their usage read (`tap::usage_from_body`); SSE streams pass through
 //!    [`respond::TapStream`] (`tap::SseTap`) event by event.
-//! 9. [`ticket::Ticket::finish`], once the body is read or the stream ends, breaks, stalls or
+//! 10. [`ticket::Ticket::finish`], once the body is read or the stream ends, breaks, stalls or
 //!    is dropped: the usage event to the recorder, the reservation moved to the actual cost,
 //!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
 //!    admission estimates of its key and model (`billing::estimate::Learner`).
 //!
-//! Steps 1 to 5 fail with a [`ProxyError`] in the provider's shape, counted in
+//! Steps 1 to 6 fail with a [`ProxyError`] in the provider's shape, counted in
 //! `tollgate_refused_total{code}`; after step 1, for a known key, also a `refused` log row
 //! ([`refused`]) and nothing else.
 
@@ -70,6 +72,7 @@ pub mod account_errors;
 pub mod admit;
 pub mod auth;
 pub mod client;
+pub mod concurrency;
 pub mod error;
 pub mod forward;
 pub mod limits;
@@ -132,6 +135,8 @@ pub struct ProxyState {
     pub http: client::UpstreamClient,
     pub health: upstream::Health,
     pub limiter: limits::Limiter,
+    /// Requests in flight per key and per user (`max_concurrency`).
+    pub concurrency: Arc<concurrency::Concurrency>,
     pub reservations: Arc<Reservations>,
     pub grants: Arc<GrantCache>,
     /// What recent requests cost, per key and model (the admission estimate).
@@ -150,6 +155,7 @@ impl ProxyState {
     pub fn new(
         cfg: &crate::config::UpstreamConfig,
         limiter: limits::Limiter,
+        concurrency: Arc<concurrency::Concurrency>,
         reservations: Arc<Reservations>,
         grants: Arc<GrantCache>,
         account_errors: account_errors::AccountErrors,
@@ -160,6 +166,7 @@ impl ProxyState {
             http,
             health: upstream::Health::new(clock),
             limiter,
+            concurrency,
             reservations,
             grants,
             learner: Learner::default(),
@@ -229,6 +236,14 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     let offer = admit::offer(&st, &key, &request)
         .await
         .map_err(|e| refuse(&request.model, e))?;
+    // Held until the answer's body is sent or dropped, or the request fails (SPEC §11.3).
+    let slot = st.proxy.concurrency.acquire(&key).await.map_err(|full| {
+        let e = ProxyError::new(
+            endpoint.protocol(),
+            error::Failure::Concurrency(full.message()),
+        );
+        refuse(&request.model, e)
+    })?;
     let admitted = admit::admit(&st, &key, &request, &offer)
         .await
         .map_err(|e| refuse(&request.model, e))?;
@@ -245,12 +260,11 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
         admitted.accounts,
     )
     .await;
-    match answer {
-        Ok(resp) => {
-            Ok(respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in).await)
-        }
-        Err(exhausted) => respond::failed(ticket, exhausted).await,
-    }
+    let resp = match answer {
+        Ok(resp) => respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in).await,
+        Err(exhausted) => respond::failed(ticket, exhausted).await?,
+    };
+    Ok(concurrency::hold(resp, slot))
 }
 
 /// `GET /v1/models`: the models this key may use, in OpenAI's list shape.

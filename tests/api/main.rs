@@ -7,6 +7,7 @@
 mod absurd;
 mod admission;
 mod breadth;
+mod concurrency;
 mod faultproxy;
 mod faults;
 mod foundation;
