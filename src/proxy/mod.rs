@@ -41,9 +41,9 @@
 //!    bodies are read and their usage read (`tap::usage_from_body`); SSE streams pass through
 //!    [`respond::TapStream`] (`tap::SseTap`) event by event.
 //! 10. [`ticket::Ticket::finish`], once the body is read or the stream ends, breaks, stalls or
-//!    is dropped: the usage event to the recorder, the reservation moved to the actual cost,
-//!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
-//!    admission estimates of its key and model (`billing::estimate::Learner`).
+//!     is dropped: the usage event to the recorder, the reservation moved to the actual cost,
+//!     the tokens added to the key's TPM, and a complete answer's cost learned for the next
+//!     admission estimates of its key and model (`billing::estimate::Learner`).
 //!
 //! Steps 1 to 6 fail with a [`ProxyError`] in the provider's shape, counted in
 //! `tollgate_refused_total{code}`; after step 1, for a known key, also a `refused` log row
