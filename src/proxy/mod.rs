@@ -25,27 +25,29 @@
 //!    borrowed: model, stream, output limit, whether the client asked for stream usage).
 //! 3. [`admit::offer`]: → [`admit::Offer`] (the model allowed for the key, its price, the
 //!    provider's active accounts; cached).
-//! 4. [`concurrency::Concurrency::acquire`]: a slot under the key's and its user's
-//!    `max_concurrency`, held by the response body ([`concurrency::hold`]).
-//! 5. [`admit::admit`]: → [`admit::Admitted`] (the accounts that serve the model and are not
+//! 4. [`admit::admit`]: → [`admit::Admitted`] (the accounts that serve the model and are not
 //!    cooling down, RPM and TPM, the grant that pays and the reservation of the admission
 //!    estimate: `billing::admission`, `billing::estimate`).
-//! 6. [`rewrite::body`]: → [`rewrite::UpstreamBody`] (OpenAI streams always ask upstream for
+//! 5. [`rewrite::body`]: → [`rewrite::UpstreamBody`] (OpenAI streams always ask upstream for
 //!    usage); per attempt, [`rewrite::upstream_headers`] and [`rewrite::upstream_url`].
-//! 7. [`ticket::Ticket::new`]: what the usage event needs; from here on one is recorded,
+//! 6. [`ticket::Ticket::new`]: what the usage event needs; from here on one is recorded,
 //!    whatever happens.
-//! 8. [`forward::forward`]: attempts over the ordered accounts (`upstream::order`) with the
+//! 7. [`forward::forward`]: attempts over the ordered accounts (`upstream::order`) with the
 //!    first-byte timeout, the next account on a connect error, timeout, 429 or 5xx; a failed
 //!    attempt cools its account down and goes to [`account_errors`].
-//! 9. [`respond::respond`] (upstream answered) or [`respond::failed`] (no attempt did): whole
+//! 8. [`respond::respond`] (upstream answered) or [`respond::failed`] (no attempt did): whole
 //!    bodies are read and their usage read (`tap::usage_from_body`); SSE streams pass through
 //!    [`respond::TapStream`] (`tap::SseTap`) event by event.
-//! 10. [`ticket::Ticket::finish`], once the body is read or the stream ends, breaks, stalls or
-//!     is dropped: the usage event to the recorder, the reservation moved to the actual cost,
-//!     the tokens added to the key's TPM, and a complete answer's cost learned for the next
-//!     admission estimates of its key and model (`billing::estimate::Learner`).
+//! 9. [`ticket::Ticket::finish`], once the body is read or the stream ends, breaks, stalls or
+//!    is dropped: the usage event to the recorder, the reservation moved to the actual cost,
+//!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
+//!    admission estimates of its key and model (`billing::estimate::Learner`).
 //!
-//! Steps 1 to 6 fail with a [`ProxyError`] in the provider's shape, counted in
+//! Between steps 3 and 4, [`concurrency::Concurrency::acquire`] takes a slot under the key's
+//! and its user's `max_concurrency` (SPEC §11.3); the response body holds it
+//! ([`concurrency::hold`]), so it ends with the answer, the client or the failure.
+//!
+//! Steps 1 to 5 (and the slot) fail with a [`ProxyError`] in the provider's shape, counted in
 //! `tollgate_refused_total{code}`; after step 1, for a known key, also a `refused` log row
 //! ([`refused`]) and nothing else.
 
