@@ -86,6 +86,23 @@ async fn wait_released(app: &TestApp, holder: Holder) -> Duration {
     t0.elapsed()
 }
 
+/// What the proxy knows of an active key with `max` concurrent requests, its user uncapped.
+fn key_with_cap(id: i64, user_id: i64, max: i64) -> tollgate::store::keys::KeyAuth {
+    use tollgate::domain::{KeyStatus, UserStatus};
+    tollgate::store::keys::KeyAuth {
+        id,
+        user_id,
+        status: KeyStatus::Active,
+        expires_at: None,
+        allowed_models: None,
+        rpm_limit: None,
+        tpm_limit: None,
+        user_status: UserStatus::Active,
+        max_concurrency: Some(max),
+        user_max_concurrency: None,
+    }
+}
+
 fn assert_refused_openai(a: &Answer, who: &str) {
     assert_eq!(a.status, 429, "{}", a.body);
     assert_eq!(a.retry_after.as_deref(), Some("1"));
@@ -360,9 +377,7 @@ async fn max_concurrency_is_validated_and_nothing_written() {
 /// never refreshed) expires by itself.
 #[tokio::test]
 async fn redis_leases_are_shared_and_a_dead_instances_expire() {
-    use tollgate::domain::{KeyStatus, UserStatus};
     use tollgate::proxy::concurrency::Concurrency;
-    use tollgate::store::keys::KeyAuth;
     let Some(url) = redis_url() else { return };
     let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
     let conn = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
@@ -377,18 +392,7 @@ async fn redis_leases_are_shared_and_a_dead_instances_expire() {
         )
     };
     let (a, b) = (instance(), instance());
-    let key = KeyAuth {
-        id: 7,
-        user_id: 70,
-        status: KeyStatus::Active,
-        expires_at: None,
-        allowed_models: None,
-        rpm_limit: None,
-        tpm_limit: None,
-        user_status: UserStatus::Active,
-        max_concurrency: Some(1),
-        user_max_concurrency: None,
-    };
+    let key = key_with_cap(7, 70, 1);
     let held = a.acquire(&key).await.unwrap().expect("a slot");
     assert!(b.acquire(&key).await.is_err(), "the other instance sees it");
     // Held past its TTL: refreshed, so still held.
@@ -448,9 +452,7 @@ async fn redis_leases_are_shared_and_a_dead_instances_expire() {
 #[tokio::test]
 async fn with_redis_hung_the_caps_hold_in_process() {
     use crate::faultproxy::{FaultProxy, Mode};
-    use tollgate::domain::{KeyStatus, UserStatus};
     use tollgate::proxy::concurrency::Concurrency;
-    use tollgate::store::keys::KeyAuth;
     let Some(url) = redis_url() else { return };
     let target = url
         .trim_start_matches("redis://")
@@ -473,18 +475,7 @@ async fn with_redis_hung_the_caps_hold_in_process() {
         Duration::from_millis(50),
         Duration::from_secs(30),
     );
-    let key = KeyAuth {
-        id: 8,
-        user_id: 80,
-        status: KeyStatus::Active,
-        expires_at: None,
-        allowed_models: None,
-        rpm_limit: None,
-        tpm_limit: None,
-        user_status: UserStatus::Active,
-        max_concurrency: Some(1),
-        user_max_concurrency: None,
-    };
+    let key = key_with_cap(8, 80, 1);
     proxy.set(Mode::Hang);
     let t0 = Instant::now();
     let held = caps.acquire(&key).await.unwrap().expect("a slot");
