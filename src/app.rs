@@ -13,6 +13,7 @@ use crate::billing::shared::SharedReservations;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::proxy::account_errors::AccountErrors;
+use crate::proxy::concurrency::Concurrency;
 use crate::proxy::limits::Limiter;
 use crate::proxy::ProxyState;
 use crate::recorder::stats::Stats;
@@ -46,6 +47,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
 /// stream that lasts longer loses its hold then (it still counts in this process).
 fn hold_ttl(upstream: &crate::config::UpstreamConfig) -> Duration {
     Duration::from_secs(upstream.first_byte_timeout_secs + upstream.idle_timeout_secs + 60)
+}
+
+/// How long a concurrency lease lives in Redis unless refreshed (a third of it): longer than
+/// any upstream timeout, so a live request never loses its slot to a slow refresh.
+fn lease_ttl(upstream: &crate::config::UpstreamConfig) -> Duration {
+    let longest = upstream
+        .first_byte_timeout_secs
+        .max(upstream.idle_timeout_secs)
+        .max(upstream.connect_timeout_secs);
+    Duration::from_secs(longest + 30)
 }
 
 async fn connect_redis(config: &Config) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
@@ -133,6 +144,15 @@ impl App {
             )),
             None => Reservations::default(),
         });
+        let concurrency = match &redis {
+            Some(c) => Concurrency::redis(
+                c.clone(),
+                config.redis.key_prefix.clone(),
+                Duration::from_millis(config.redis.timeout_ms),
+                lease_ttl(&config.upstream),
+            ),
+            None => Concurrency::memory(),
+        };
         let grants = Arc::new(crate::cache::TtlCache::new(crate::cache::TTL));
         let (recorder, worker) = Recorder::start(
             db.clone(),
@@ -158,6 +178,7 @@ impl App {
         let mut proxy = ProxyState::new(
             &config.upstream,
             limiter,
+            concurrency,
             reservations,
             grants,
             account_errors,

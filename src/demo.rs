@@ -126,6 +126,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             allowed_models: &[],
             rpm_limit: None,
             tpm_limit: None,
+            max_concurrency: None,
         },
         now,
     )

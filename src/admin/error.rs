@@ -25,6 +25,7 @@ pub const FIELDS: &[&str] = &[
     "rpm_limit",
     "tpm_limit",
     "expires_at",
+    "max_concurrency",
     "provider",
     "base_url",
     "api_key",

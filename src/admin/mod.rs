@@ -20,7 +20,7 @@ pub use accounts::{
     Warning,
 };
 pub use error::{AdminError, Problem, Result, Taken, FIELDS};
-pub use keys::{create_key, set_key_status, CreatedKey, NewKey};
+pub use keys::{create_key, set_key_status, update_key, CreatedKey, KeyPatch, NewKey};
 pub use packages::{
     create_package, grant_package, set_grant_status, set_package_status, NewGrant, NewPackage,
 };

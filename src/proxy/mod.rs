@@ -43,7 +43,11 @@
 //!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
 //!    admission estimates of its key and model (`billing::estimate::Learner`).
 //!
-//! Steps 1 to 5 fail with a [`ProxyError`] in the provider's shape, counted in
+//! Between steps 3 and 4, [`concurrency::Concurrency::acquire`] takes a slot under the key's
+//! and its user's `max_concurrency` (SPEC §11.3); the response body holds it
+//! ([`concurrency::hold`]), so it ends with the answer, the client or the failure.
+//!
+//! Steps 1 to 5 (and the slot) fail with a [`ProxyError`] in the provider's shape, counted in
 //! `tollgate_refused_total{code}`; after step 1, for a known key, also a `refused` log row
 //! ([`refused`]) and nothing else.
 
@@ -72,6 +76,7 @@ pub mod admit;
 pub mod alias;
 pub mod auth;
 pub mod client;
+pub mod concurrency;
 pub mod error;
 pub mod forward;
 pub mod limits;
@@ -135,6 +140,8 @@ pub struct ProxyState {
     pub http: client::UpstreamClient,
     pub health: upstream::Health,
     pub limiter: limits::Limiter,
+    /// Requests in flight per key and per user (`max_concurrency`).
+    pub concurrency: Arc<concurrency::Concurrency>,
     pub reservations: Arc<Reservations>,
     pub grants: Arc<GrantCache>,
     /// What recent requests cost, per key and model (the admission estimate).
@@ -157,6 +164,7 @@ impl ProxyState {
     pub fn new(
         cfg: &crate::config::UpstreamConfig,
         limiter: limits::Limiter,
+        concurrency: Arc<concurrency::Concurrency>,
         reservations: Arc<Reservations>,
         grants: Arc<GrantCache>,
         account_errors: account_errors::AccountErrors,
@@ -167,6 +175,7 @@ impl ProxyState {
             http,
             health: upstream::Health::new(clock),
             limiter,
+            concurrency,
             reservations,
             grants,
             learner: Learner::default(),
@@ -272,6 +281,14 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     let offer = admit::offer(&st, &key, &request)
         .await
         .map_err(|e| refuse(&request.model, e))?;
+    // Held until the answer's body is sent or dropped, or the request fails (SPEC §11.3).
+    let slot = st.proxy.concurrency.acquire(&key).await.map_err(|full| {
+        let e = ProxyError::new(
+            endpoint.protocol(),
+            error::Failure::Concurrency(full.message()),
+        );
+        refuse(&request.model, e)
+    })?;
     let admitted = admit::admit(&st, &key, &request, &offer)
         .await
         .map_err(|e| refuse(&request.model, e))?;
@@ -288,17 +305,18 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
         admitted.accounts,
     )
     .await;
-    match answer {
+    let resp = match answer {
         Ok(resp) => {
             let alias = offer.alias_answer(ticket.account_id, ticket.model());
-            Ok(respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in, alias).await)
+            respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in, alias).await
         }
         Err(exhausted) => {
             let last = exhausted.0.as_ref().map(|(_, id)| *id);
             let alias = offer.alias_answer(last, ticket.model());
-            respond::failed(ticket, exhausted, alias).await
+            respond::failed(ticket, exhausted, alias).await?
         }
-    }
+    };
+    Ok(concurrency::hold(resp, slot))
 }
 
 /// `GET /v1/models`: the models this key may use, in OpenAI's list shape.

@@ -8,6 +8,7 @@ mod absurd;
 mod admission;
 mod aliases;
 mod breadth;
+mod concurrency;
 mod faultproxy;
 mod faults;
 mod first_hour;

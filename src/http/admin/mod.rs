@@ -59,6 +59,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/users", get(users::list).post(users::create))
         .route("/admin/users/{id}", get(users::detail))
         .route("/admin/users/{id}/status", post(users::set_status))
+        .route(
+            "/admin/users/{id}/concurrency",
+            post(users::set_concurrency),
+        )
         .route("/admin/users/{id}/packages", post(users::grant))
         .route("/admin/users/{id}/keys", post(users::create_key))
         .route(

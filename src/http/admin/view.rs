@@ -223,7 +223,7 @@ pub struct Key {
 impl Key {
     pub fn new(tr: Tr, k: &ApiKey, username: String, tz: Tz) -> Key {
         let models = k.allowed_models();
-        let limits = match (k.rpm_limit, k.tpm_limit) {
+        let mut limits = match (k.rpm_limit, k.tpm_limit) {
             (None, None) => "—".to_string(),
             (r, t) => format!(
                 "{} RPM · {} TPM",
@@ -231,6 +231,14 @@ impl Key {
                 t.map_or("∞".into(), format::count)
             ),
         };
+        if let Some(n) = k.max_concurrency {
+            let cap = format!("{} {}", format::count(n), tr.t("keys.concurrent"));
+            limits = if k.rpm_limit.is_none() && k.tpm_limit.is_none() {
+                cap
+            } else {
+                format!("{limits} · {cap}")
+            };
+        }
         Key {
             id: k.id,
             user_id: k.user_id,

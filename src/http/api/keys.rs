@@ -18,6 +18,8 @@ pub struct CreateKey {
     rpm_limit: Option<i64>,
     tpm_limit: Option<i64>,
     expires_at: Option<String>,
+    #[serde(default)]
+    max_concurrency: Value,
 }
 
 pub async fn create(
@@ -26,6 +28,7 @@ pub async fn create(
     AppJson(b): AppJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let user_id = parse_id("user", &user_id)?;
+    let max_concurrency = admin::parse::json_int("max_concurrency", &b.max_concurrency)?;
     let created = admin::create_key(
         &st,
         user_id,
@@ -35,6 +38,7 @@ pub async fn create(
             rpm_limit: b.rpm_limit,
             tpm_limit: b.tpm_limit,
             expires_at: b.expires_at,
+            max_concurrency,
         },
     )
     .await?;
@@ -77,7 +81,10 @@ pub async fn get(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    status: String,
+    status: Option<String>,
+    /// Absent: kept; null: cleared.
+    #[serde(default, deserialize_with = "super::present")]
+    max_concurrency: Option<Value>,
 }
 
 pub async fn update(
@@ -86,5 +93,13 @@ pub async fn update(
     AppJson(b): AppJson<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
     let id = parse_id("key", &id)?;
-    Ok(Json(admin::set_key_status(&st, id, &b.status).await?))
+    let max_concurrency = b
+        .max_concurrency
+        .map(|v| admin::parse::json_int("max_concurrency", &v))
+        .transpose()?;
+    let patch = admin::KeyPatch {
+        status: b.status,
+        max_concurrency,
+    };
+    Ok(Json(admin::update_key(&st, id, patch).await?))
 }

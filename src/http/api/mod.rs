@@ -121,3 +121,9 @@ pub fn parse_id(what: &str, raw: &str) -> Result<i64, ApiError> {
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::not_found(what))
 }
+
+/// For PATCH fields where null means "clear": a field that is present, null included, is
+/// `Some` (an absent one stays `None` through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
