@@ -86,3 +86,16 @@ pub fn models(field: &'static str, v: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A status class of the log filters (`2xx`, `4xx`, `5xx`, `refused`).
+pub fn status_class(field: &'static str, value: &str) -> Result<crate::store::usage::StatusClass> {
+    use crate::store::usage::StatusClass;
+    StatusClass::parse(value).ok_or_else(|| {
+        AdminError::invalid(
+            field,
+            Problem::UnknownValue {
+                allowed: StatusClass::NAMES,
+            },
+        )
+    })
+}

@@ -7,6 +7,7 @@
 mod absurd;
 mod admission;
 mod breadth;
+mod console;
 mod faultproxy;
 mod faults;
 mod foundation;

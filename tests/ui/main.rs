@@ -10,6 +10,7 @@
 mod helpers;
 
 mod browser;
+mod console;
 mod pages;
 mod web;
 mod webdriver;
