@@ -65,7 +65,7 @@ async fn world() -> World {
     let plain = funded(&app, "plain-user").await;
     let awkward = funded(&app, AWKWARD_USER).await;
     let mut times = Vec::new();
-    let plan: [(&(i64, i64, String), &str, &str, Option<&str>, u16); 5] = [
+    let plan = [
         (&plain, "/v1/chat/completions", "gpt-test", None, 200),
         (&awkward, "/v1/messages", "claude-test", None, 200),
         (&plain, "/v1/chat/completions", "gpt-test", Some("500"), 0),

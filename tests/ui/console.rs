@@ -100,10 +100,12 @@ async fn seed() -> Seeded {
 }
 
 async fn sign_in(b: &Browser, app: &TestApp) {
-    b.goto(&app.url("/admin/login")).await;
+    // Through the redirect, so waiting for `/admin/users` waits for the signed-in page.
+    b.goto(&app.url("/admin/users")).await;
+    b.wait_for_path("/admin/login").await;
     b.fill("#username", ADMIN_USER).await;
     b.fill("#password", ADMIN_PASSWORD).await;
-    b.submit("#login", "/admin").await;
+    b.submit("#login", "/admin/users").await;
 }
 
 fn num(v: &Value, i: usize) -> f64 {
@@ -225,7 +227,8 @@ async fn the_logs_form_filters_and_each_row_opens_a_page_with_every_field() {
     sign_in(&b, app).await;
     let shots = shots_dir().join("console");
 
-    b.goto(&app.url("/admin/logs?lang=en")).await;
+    // (No query string, so waiting for `/admin/logs?` below waits for the submitted form.)
+    b.goto(&app.url("/admin/logs")).await;
     let all = b
         .script("return document.querySelectorAll('tr[data-log-id]').length")
         .await;
