@@ -399,5 +399,13 @@ async fn the_logs_form_filters_and_each_row_opens_a_page_with_every_field() {
     web.login().await;
     assert_eq!(web.get("/admin/logs/999999").await.status, 404);
     assert_eq!(web.get("/admin/logs/abc").await.status, 404);
+    // A time the form cannot read: 400, the field named, no rows pretending to be filtered.
+    let bad = web.get("/admin/logs?from=yesterday&lang=en").await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("From: is not a date and time"),
+        "the error names the field"
+    );
+    assert!(!bad.body.contains("data-log-id"), "and shows no rows");
     b.quit().await;
 }

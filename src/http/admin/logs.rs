@@ -124,7 +124,12 @@ async fn list_page(st: &AppState, mut ctx: Ctx, q: LogsQuery) -> Result<Response
         status_class: class,
         billing_status: billing,
     };
-    let rows = st.db.request_logs(&f, limit).await?;
+    // An unreadable time shows its error and no rows, rather than rows it did not filter.
+    let rows = if status == StatusCode::OK {
+        st.db.request_logs(&f, limit).await?
+    } else {
+        Vec::new()
+    };
     let names = view::names_for_logs(st, &rows).await?;
     let filter = Filter {
         user_id: f.user_id.map(|v| v.to_string()).unwrap_or_default(),
