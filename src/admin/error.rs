@@ -41,6 +41,9 @@ pub const FIELDS: &[&str] = &[
     "cursor",
     "from",
     "to",
+    // The request-log filters.
+    "status_class",
+    "billing_status",
 ];
 
 /// What is wrong with a field's value. Its text is `problem.{code}` in the catalogue, with

@@ -115,3 +115,16 @@ pub fn json_int(field: &'static str, v: &serde_json::Value) -> Result<Option<i64
             .ok_or_else(|| AdminError::invalid(field, Problem::NotPositiveInteger)),
     }
 }
+
+/// A status class of the log filters (`2xx`, `4xx`, `5xx`, `refused`).
+pub fn status_class(field: &'static str, value: &str) -> Result<crate::store::usage::StatusClass> {
+    use crate::store::usage::StatusClass;
+    StatusClass::parse(value).ok_or_else(|| {
+        AdminError::invalid(
+            field,
+            Problem::UnknownValue {
+                allowed: StatusClass::NAMES,
+            },
+        )
+    })
+}

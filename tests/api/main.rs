@@ -9,6 +9,7 @@ mod admission;
 mod aliases;
 mod breadth;
 mod concurrency;
+mod console;
 mod faultproxy;
 mod faults;
 mod first_hour;

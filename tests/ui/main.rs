@@ -11,6 +11,7 @@ mod helpers;
 
 mod browser;
 mod concurrency;
+mod console;
 mod pages;
 mod web;
 mod webdriver;

@@ -35,6 +35,7 @@ mod auth;
 mod dashboard;
 mod format;
 mod keys;
+mod logs;
 mod models;
 mod packages;
 mod usage;
@@ -88,7 +89,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/accounts/{id}/test", post(accounts::test))
         .route("/admin/models", get(models::list).post(models::save))
         .route("/admin/usage", get(usage::daily))
-        .route("/admin/logs", get(usage::logs))
+        .route("/admin/logs", get(logs::list))
+        .route("/admin/logs/{id}", get(logs::detail))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .merge(pages)

@@ -266,6 +266,8 @@ impl Key {
 
 /// A request log row.
 pub struct Log {
+    /// The row id, for the link to its page.
+    pub id: i64,
     pub time: String,
     pub request_id: String,
     pub user_id: i64,
@@ -325,6 +327,7 @@ impl Names {
 impl Log {
     pub fn new(tr: Tr, l: &RequestLog, names: &Names, tz: Tz) -> Log {
         Log {
+            id: l.id,
             time: format::time_secs(l.created_at, tz),
             request_id: l.request_id.clone(),
             user_id: l.user_id,

@@ -13,6 +13,7 @@ use crate::http::session;
 use crate::state::AppState;
 
 mod accounts;
+mod csv;
 mod keys;
 mod models;
 mod packages;
@@ -39,7 +40,9 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/models", get(models::list))
         .route("/models/{*model}", put(models::put).get(models::get))
         .route("/usage/daily", get(usage::daily))
+        .route("/usage/daily.csv", get(usage::daily_csv))
         .route("/logs", get(usage::logs))
+        .route("/logs.csv", get(usage::logs_csv))
         .route("/stats/today", get(usage::stats_today))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
