@@ -1,6 +1,6 @@
 //! API keys: create (the secret is returned once), revoke, enable again.
 
-use super::parse::{models, name, one_of, time};
+use super::parse::{concurrency, models, name, one_of, time};
 use super::{AdminError, Problem, Result};
 use crate::billing::money::Usd;
 use crate::domain::KeyStatus;
@@ -17,6 +17,8 @@ pub struct NewKey {
     /// RFC 3339.
     pub expires_at: Option<String>,
     pub budget: BudgetInput,
+    /// Requests in flight at once; None = no cap.
+    pub max_concurrency: Option<i64>,
 }
 
 /// A key's budgets as given (SPEC §11.3): USD amounts; None = no limit.
@@ -90,6 +92,13 @@ pub async fn update_key_budget(st: &AppState, id: i64, p: BudgetPatch) -> Result
     // Every field is checked before the key is read, so a bad one writes nothing.
     check_key_budget(&p)?;
     let key = st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
+    let key = write_key_budget(st, key, &p).await?;
+    st.proxy.forget_cached();
+    Ok(key)
+}
+
+/// Write a checked budget change over `key`'s current limits.
+async fn write_key_budget(st: &AppState, key: ApiKey, p: &BudgetPatch) -> Result<ApiKey> {
     let b = &key.budget;
     let l = KeyLimits {
         daily_limit: pick("daily_limit", p.daily_limit, b.daily_limit)?,
@@ -97,9 +106,7 @@ pub async fn update_key_budget(st: &AppState, id: i64, p: BudgetPatch) -> Result
         monthly_limit: pick("monthly_limit", p.monthly_limit, b.monthly_limit)?,
         total_limit: pick("total_limit", p.total_limit, b.total_limit)?,
     };
-    let key = st.db.set_key_limits(id, &l, st.now_ms()).await?;
-    st.proxy.forget_cached();
-    Ok(key)
+    Ok(st.db.set_key_limits(key.id, &l, st.now_ms()).await?)
 }
 
 /// A new key and its secret, which is stored only as a hash.
@@ -117,6 +124,7 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
     }
     models("allowed_models", &k.allowed_models)?;
     let budget = limits(k.budget)?;
+    let max_concurrency = concurrency("max_concurrency", k.max_concurrency)?;
     let expires_at = time("expires_at", k.expires_at.as_deref())?;
     st.db
         .get_user(user_id)
@@ -136,6 +144,7 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
                 rpm_limit: k.rpm_limit,
                 tpm_limit: k.tpm_limit,
                 limits: budget,
+                max_concurrency,
             },
             st.now_ms(),
         )
@@ -148,6 +157,47 @@ pub async fn set_key_status(st: &AppState, id: i64, status: &str) -> Result<ApiK
     let status = one_of::<KeyStatus>("status", status)?;
     st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
     let key = st.db.set_key_status(id, status, st.now_ms()).await?;
+    st.proxy.forget_cached();
+    Ok(key)
+}
+
+/// What to change on a key; `None` keeps it (`max_concurrency: Some(None)` clears the cap).
+#[derive(Default)]
+pub struct KeyPatch {
+    pub status: Option<String>,
+    pub max_concurrency: Option<Option<i64>>,
+    pub budget: BudgetPatch,
+}
+
+impl KeyPatch {
+    pub fn is_empty(&self) -> bool {
+        self.status.is_none() && self.max_concurrency.is_none() && self.budget.is_empty()
+    }
+}
+
+/// Change a key: every field is checked before anything is written.
+pub async fn update_key(st: &AppState, id: i64, p: KeyPatch) -> Result<ApiKey> {
+    let status = p
+        .status
+        .as_deref()
+        .map(|s| one_of::<KeyStatus>("status", s))
+        .transpose()?;
+    let max_concurrency = p
+        .max_concurrency
+        .map(|m| concurrency("max_concurrency", m))
+        .transpose()?;
+    check_key_budget(&p.budget)?;
+    let mut key = st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
+    let now = st.now_ms();
+    if let Some(s) = status {
+        key = st.db.set_key_status(id, s, now).await?;
+    }
+    if let Some(m) = max_concurrency {
+        key = st.db.set_key_max_concurrency(id, m, now).await?;
+    }
+    if !p.budget.is_empty() {
+        key = write_key_budget(st, key, &p.budget).await?;
+    }
     st.proxy.forget_cached();
     Ok(key)
 }

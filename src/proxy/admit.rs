@@ -34,6 +34,16 @@ pub struct Offer {
     accounts: Arc<Vec<Account>>,
 }
 
+impl Offer {
+    /// The client's model name to put back in the answer, when the account that answered
+    /// (`account_id`) knows `model` by another name (SPEC §11.2 "Model aliases").
+    pub fn alias_answer(&self, account_id: Option<i64>, model: &str) -> Option<String> {
+        let id = account_id?;
+        let a = self.accounts.iter().find(|a| a.id == id)?;
+        a.upstream_model(model).map(|_| model.to_string())
+    }
+}
+
 /// An admitted request.
 pub struct Admitted<'a> {
     /// Its id (also the id of its reservation in Redis).

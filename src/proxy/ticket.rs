@@ -180,6 +180,7 @@ impl Ticket {
                 0
             },
         };
+        super::access_log::line(st, &event);
         let durable = st.recorder.record(event);
         match shared_hold {
             Some(adjust) => durable.and(adjust),
@@ -225,6 +226,11 @@ impl Ticket {
     /// `upstream.max_tokens_per_request`: larger reported counts are disputed.
     pub fn max_tokens(&self) -> i64 {
         self.st.config.upstream.max_tokens_per_request
+    }
+
+    /// The model as the client named it (what prices, logs and limits use).
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// A rough usage figure when upstream reported none (`billing::estimate`).

@@ -20,6 +20,8 @@ pub struct ApiKey {
     pub allowed_models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    /// At most this many requests in flight at once (SPEC §11.3); None = no cap.
+    pub max_concurrency: Option<i64>,
     #[serde(serialize_with = "ser::usd")]
     pub used_cost: i64,
     pub request_count: i64,
@@ -119,6 +121,9 @@ pub struct KeyAuth {
     pub created_at: i64,
     #[sqlx(flatten)]
     pub limits: KeyLimits,
+    /// The key's and its user's concurrency caps.
+    pub max_concurrency: Option<i64>,
+    pub user_max_concurrency: Option<i64>,
 }
 
 pub struct NewKey<'a> {
@@ -131,10 +136,11 @@ pub struct NewKey<'a> {
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
     pub limits: KeyLimits,
+    pub max_concurrency: Option<i64>,
 }
 
 const COLS: &str = "id, user_id, name, key_prefix, key_hash, status, expires_at, allowed_models, \
-    rpm_limit, tpm_limit, used_cost, request_count, input_tokens, output_tokens, \
+    rpm_limit, tpm_limit, max_concurrency, used_cost, request_count, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, last_used_at, created_at, updated_at";
 
 impl Db {
@@ -143,9 +149,9 @@ impl Db {
             self,
             sqlx::query(
                 "INSERT INTO api_keys (user_id, name, key_prefix, key_hash, status, expires_at, \
-                 allowed_models, rpm_limit, tpm_limit, created_at, updated_at, \
+                 allowed_models, rpm_limit, tpm_limit, max_concurrency, created_at, updated_at, \
                  daily_limit, weekly_limit, monthly_limit, total_limit) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
             .bind(k.user_id)
             .bind(k.name)
@@ -156,6 +162,7 @@ impl Db {
             .bind(list_to_column(k.allowed_models))
             .bind(k.rpm_limit)
             .bind(k.tpm_limit)
+            .bind(k.max_concurrency)
             .bind(now)
             .bind(now)
             .bind(k.limits.daily_limit)
@@ -205,11 +212,29 @@ impl Db {
         self.get_key(id).await
     }
 
+    /// Set (or with None clear) the key's concurrency cap.
+    pub async fn set_key_max_concurrency(
+        &self,
+        id: i64,
+        max: Option<i64>,
+        now: i64,
+    ) -> Result<ApiKey> {
+        execute!(
+            self,
+            sqlx::query("UPDATE api_keys SET max_concurrency = ?, updated_at = ? WHERE id = ?")
+                .bind(max)
+                .bind(now)
+                .bind(id)
+        )?;
+        self.get_key(id).await
+    }
+
     pub async fn find_key_auth(&self, key_hash: &str) -> Result<Option<KeyAuth>> {
         Ok(on_db!(self, |p| sqlx::query_as(
             "SELECT k.id, k.user_id, k.status, k.expires_at, k.allowed_models, k.rpm_limit, \
              k.tpm_limit, u.status AS user_status, k.created_at, k.daily_limit, \
-             k.weekly_limit, k.monthly_limit, k.total_limit \
+             k.weekly_limit, k.monthly_limit, k.total_limit, k.max_concurrency, \
+             u.max_concurrency AS user_max_concurrency \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
         )
         .bind(key_hash)

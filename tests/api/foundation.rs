@@ -330,6 +330,7 @@ async fn store_story() {
                 rpm_limit: Some(5),
                 tpm_limit: None,
                 limits: Default::default(),
+                max_concurrency: None,
             },
             1,
         )
@@ -360,6 +361,7 @@ async fn store_story() {
         rpm_limit: None,
         tpm_limit: None,
         limits: Default::default(),
+        max_concurrency: None,
     };
     assert!(matches!(
         db.create_key(&dup, 1).await,
@@ -377,6 +379,7 @@ async fn store_story() {
                 priority: Some(5),
                 weight: Some(2),
                 status: None,
+                ..Default::default()
             },
             1,
         )

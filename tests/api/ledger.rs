@@ -396,7 +396,7 @@ async fn windows_roll_over_at_local_midnight_and_anchors() {
     let (_, logs) = app.get("/logs?limit=1").await;
     assert_eq!(
         logs["data"][0]["created_at"],
-        local(2026, 2, 10, 9, 0).to_rfc3339()
+        tollgate::clock::rfc3339(local(2026, 2, 10, 9, 0).timestamp_millis())
     );
 }
 

@@ -72,6 +72,7 @@ async fn the_store_writes_the_same_strings_and_refuses_unknown_ones() {
                 rpm_limit: None,
                 tpm_limit: None,
                 limits: Default::default(),
+                max_concurrency: None,
             },
             1,
         )

@@ -241,6 +241,8 @@ struct UserPage {
     logs: Vec<Log>,
     logs_url: String,
     form: FormValues,
+    /// The user's `max_concurrency`, as the form shows it (empty: no cap).
+    max_concurrency: String,
 }
 
 struct NewKey {
@@ -363,6 +365,9 @@ async fn detail_page(
             logs,
             logs_url: format!("/admin/logs?user_id={id}"),
             form,
+            max_concurrency: user
+                .max_concurrency
+                .map_or(String::new(), |n| n.to_string()),
         },
     ))
 }
@@ -387,11 +392,41 @@ pub async fn set_status(
 ) -> Response {
     let patch = admin::UserPatch {
         status: Some(f.status.unwrap_or_default()),
-        password: None,
+        ..Default::default()
     };
     match admin::update_user(&st, id, patch).await {
         Ok(_) => see_other(&format!("/admin/users/{id}"), "user_updated"),
         Err(e) => detail_failed(&st, ctx, id, e, FormValues::default()).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ConcurrencyForm {
+    max_concurrency: Option<String>,
+}
+
+/// The user's concurrency cap (empty clears it).
+pub async fn set_concurrency(
+    State(st): State<AppState>,
+    mut ctx: Ctx,
+    Path(id): Path<i64>,
+    Form(f): Form<ConcurrencyForm>,
+) -> Response {
+    let values = FormValues::from_pairs([("max_concurrency", f.max_concurrency.as_ref())]);
+    let max = match form_int(ctx.tr, "max_concurrency", f.max_concurrency.as_deref()) {
+        Ok(n) => n,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return detail_form_error(&st, ctx, id, values).await;
+        }
+    };
+    let patch = admin::UserPatch {
+        max_concurrency: Some(max),
+        ..Default::default()
+    };
+    match admin::update_user(&st, id, patch).await {
+        Ok(_) => see_other(&format!("/admin/users/{id}"), "user_updated"),
+        Err(e) => detail_failed(&st, ctx, id, e, values).await,
     }
 }
 
@@ -479,6 +514,7 @@ pub struct KeyForm {
     weekly_limit: Option<String>,
     monthly_limit: Option<String>,
     total_limit: Option<String>,
+    max_concurrency: Option<String>,
 }
 
 pub async fn create_key(
@@ -497,8 +533,16 @@ pub async fn create_key(
         ("weekly_limit", f.weekly_limit.as_ref()),
         ("monthly_limit", f.monthly_limit.as_ref()),
         ("total_limit", f.total_limit.as_ref()),
+        ("max_concurrency", f.max_concurrency.as_ref()),
     ]);
     let tr = ctx.tr;
+    let max_concurrency = match form_int(tr, "max_concurrency", f.max_concurrency.as_deref()) {
+        Ok(n) => n,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return detail_form_error(&st, ctx, id, values).await;
+        }
+    };
     let budget = match super::keys::budget_input(
         tr,
         [
@@ -542,6 +586,7 @@ pub async fn create_key(
         tpm_limit: limits[1],
         expires_at,
         budget,
+        max_concurrency,
     };
     match admin::create_key(&st, id, key).await {
         Ok(created) => {

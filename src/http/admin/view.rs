@@ -286,7 +286,7 @@ impl Key {
 
     pub fn new(tr: Tr, k: &ApiKey, username: String, tz: Tz) -> Key {
         let models = k.allowed_models();
-        let limits = match (k.rpm_limit, k.tpm_limit) {
+        let mut limits = match (k.rpm_limit, k.tpm_limit) {
             (None, None) => "—".to_string(),
             (r, t) => format!(
                 "{} RPM · {} TPM",
@@ -294,6 +294,14 @@ impl Key {
                 t.map_or("∞".into(), format::count)
             ),
         };
+        if let Some(n) = k.max_concurrency {
+            let cap = format!("{} {}", format::count(n), tr.t("keys.concurrent"));
+            limits = if k.rpm_limit.is_none() && k.tpm_limit.is_none() {
+                cap
+            } else {
+                format!("{limits} · {cap}")
+            };
+        }
         Key {
             id: k.id,
             user_id: k.user_id,
@@ -323,6 +331,8 @@ impl Key {
 
 /// A request log row.
 pub struct Log {
+    /// The row id, for the link to its page.
+    pub id: i64,
     pub time: String,
     pub request_id: String,
     pub user_id: i64,
@@ -382,6 +392,7 @@ impl Names {
 impl Log {
     pub fn new(tr: Tr, l: &RequestLog, names: &Names, tz: Tz) -> Log {
         Log {
+            id: l.id,
             time: format::time_secs(l.created_at, tz),
             request_id: l.request_id.clone(),
             user_id: l.user_id,

@@ -24,6 +24,8 @@ pub struct CreateKey {
     weekly_limit: Option<Usd>,
     monthly_limit: Option<Usd>,
     total_limit: Option<Usd>,
+    #[serde(default)]
+    max_concurrency: Value,
 }
 
 /// A key with its budgets as of now (SPEC §11.3).
@@ -37,6 +39,7 @@ pub async fn create(
     AppJson(b): AppJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let user_id = parse_id("user", &user_id)?;
+    let max_concurrency = admin::parse::json_int("max_concurrency", &b.max_concurrency)?;
     let created = admin::create_key(
         &st,
         user_id,
@@ -52,6 +55,7 @@ pub async fn create(
                 monthly_limit: b.monthly_limit,
                 total_limit: b.total_limit,
             },
+            max_concurrency,
         },
     )
     .await?;
@@ -97,23 +101,17 @@ pub async fn get(
 pub struct UpdateKey {
     status: Option<String>,
     /// Absent: unchanged; null: lifted; an amount: set.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     daily_limit: Option<Option<Usd>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     weekly_limit: Option<Option<Usd>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     monthly_limit: Option<Option<Usd>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     total_limit: Option<Option<Usd>>,
-}
-
-/// A field that is present, even as null (absent fields stay None through `default`).
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
+    /// Absent: kept; null: cleared.
+    #[serde(default, deserialize_with = "super::present")]
+    max_concurrency: Option<Value>,
 }
 
 pub async fn update(
@@ -122,25 +120,24 @@ pub async fn update(
     AppJson(b): AppJson<UpdateKey>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("key", &id)?;
-    let budget = admin::BudgetPatch {
-        daily_limit: b.daily_limit,
-        weekly_limit: b.weekly_limit,
-        monthly_limit: b.monthly_limit,
-        total_limit: b.total_limit,
+    let max_concurrency = b
+        .max_concurrency
+        .map(|v| admin::parse::json_int("max_concurrency", &v))
+        .transpose()?;
+    let patch = admin::KeyPatch {
+        status: b.status,
+        max_concurrency,
+        budget: admin::BudgetPatch {
+            daily_limit: b.daily_limit,
+            weekly_limit: b.weekly_limit,
+            monthly_limit: b.monthly_limit,
+            total_limit: b.total_limit,
+        },
     };
     // At least one field: a status change keeps its old contract (`status` required).
-    if b.status.is_none() && budget.is_empty() {
+    if patch.is_empty() {
         return Err(AdminError::invalid("status", admin::Problem::Required).into());
     }
-    // Every field is checked before anything is written.
-    admin::check_key_budget(&budget)?;
-    let mut key = None;
-    if let Some(status) = &b.status {
-        key = Some(admin::set_key_status(&st, id, status).await?);
-    }
-    if !budget.is_empty() {
-        key = Some(admin::update_key_budget(&st, id, budget).await?);
-    }
-    let key = key.expect("a status or a budget was given");
+    let key = admin::update_key(&st, id, patch).await?;
     Ok(Json(key_json(&st, &key)))
 }
