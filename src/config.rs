@@ -121,6 +121,8 @@ pub struct UpstreamConfig {
     pub failure_threshold: u32,
     pub max_cooldown_secs: u64,
     pub max_tokens_per_request: i64,
+    /// Seconds between background probes of cooling accounts (SPEC §11.2); 0 turns them off.
+    pub probe_interval_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -139,6 +141,8 @@ pub struct RecorderConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: String,
+    /// One line per proxied request (target `tollgate::access`, level info).
+    pub access: bool,
 }
 
 /// Upstream account secrets at rest (SPEC §11.7).
@@ -212,6 +216,7 @@ impl Default for UpstreamConfig {
             failure_threshold: 3,
             max_cooldown_secs: 300,
             max_tokens_per_request: 10_000_000,
+            probe_interval_secs: 10,
         }
     }
 }
@@ -233,6 +238,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: "text".into(),
+            access: true,
         }
     }
 }
