@@ -15,6 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::config::{db_kind_of, DbKind};
 
 pub mod accounts;
+pub mod audit;
 pub mod keys;
 pub mod packages;
 pub mod sessions;

@@ -6,6 +6,7 @@
 
 mod absurd;
 mod admission;
+mod audit;
 mod breadth;
 mod faultproxy;
 mod faults;
