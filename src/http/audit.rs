@@ -145,9 +145,9 @@ pub async fn record(
         actor: actor.name,
         source: source.into(),
         method,
-        route,
-        path,
-        target,
+        route: clip(&route, 191),
+        path: clip(&path, 1024),
+        target: target.map(|t| clip(&t, 191)),
         fields: fields.to_string(),
         status: i64::from(status.as_u16()),
         outcome: "success".into(),
@@ -210,8 +210,8 @@ pub async fn login(
         actor: username,
         source: "login".into(),
         method: Method::POST.to_string(),
-        route: path.clone(),
-        path,
+        route: "/admin/login".into(),
+        path: clip(&path, 1024),
         target: user_id.map(|i| i.to_string()),
         fields: Value::Object(fields).to_string(),
         status: i64::from(status.as_u16()),
@@ -351,6 +351,11 @@ fn cut(s: &str) -> String {
     let mut c: String = s.chars().take(MAX_VALUE_CHARS).collect();
     c.push('…');
     c
+}
+
+/// At most `max` characters, so the value fits its column on both databases.
+fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
 }
 
 /// The first captured segment of the route in the path (`{id}`, or all of a `{*rest}`).
