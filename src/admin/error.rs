@@ -25,10 +25,16 @@ pub const FIELDS: &[&str] = &[
     "rpm_limit",
     "tpm_limit",
     "expires_at",
+    "daily_limit",
+    "weekly_limit",
+    "monthly_limit",
+    "total_limit",
+    "max_concurrency",
     "provider",
     "base_url",
     "api_key",
     "models",
+    "model_map",
     "weight",
     "model",
     "input",
@@ -39,6 +45,9 @@ pub const FIELDS: &[&str] = &[
     "cursor",
     "from",
     "to",
+    // The request-log filters.
+    "status_class",
+    "billing_status",
 ];
 
 /// What is wrong with a field's value. Its text is `problem.{code}` in the catalogue, with
@@ -75,6 +84,12 @@ pub enum Problem {
     NotACursor,
     /// Not an http(s) URL with a host.
     NotAUrl,
+    /// A base URL with a query or a fragment (the endpoint's path is appended to it).
+    UrlQueryOrFragment,
+    /// An Anthropic base URL ending in `/v1` (`/v1/messages` is appended to it).
+    AnthropicBaseWithV1,
+    /// `api.openai.com` without `/v1`.
+    OpenAiBaseWithoutV1,
     /// A list of model names with an empty one.
     EmptyModelName,
     /// A subscription with none of the daily, weekly, monthly quotas.
@@ -89,6 +104,8 @@ pub enum Problem {
     NoSuchPackage { id: i64 },
     /// The package named is disabled.
     PackageDisabled,
+    /// Not a JSON object of non-empty model names to non-empty model names.
+    NotAModelMap,
 }
 
 impl Problem {
@@ -110,6 +127,9 @@ impl Problem {
             Problem::NotADay => "not_a_day",
             Problem::NotACursor => "not_a_cursor",
             Problem::NotAUrl => "not_a_url",
+            Problem::UrlQueryOrFragment => "url_query_or_fragment",
+            Problem::AnthropicBaseWithV1 => "anthropic_base_with_v1",
+            Problem::OpenAiBaseWithoutV1 => "openai_base_without_v1",
             Problem::EmptyModelName => "empty_model_name",
             Problem::SubscriptionNeedsWindow => "subscription_needs_window",
             Problem::TotalOnSubscription => "total_on_subscription",
@@ -117,6 +137,7 @@ impl Problem {
             Problem::WindowsOnQuota => "windows_on_quota",
             Problem::NoSuchPackage { .. } => "no_such_package",
             Problem::PackageDisabled => "package_disabled",
+            Problem::NotAModelMap => "not_a_model_map",
         }
     }
 
@@ -142,6 +163,9 @@ impl Problem {
             Problem::NotADay,
             Problem::NotACursor,
             Problem::NotAUrl,
+            Problem::UrlQueryOrFragment,
+            Problem::AnthropicBaseWithV1,
+            Problem::OpenAiBaseWithoutV1,
             Problem::EmptyModelName,
             Problem::SubscriptionNeedsWindow,
             Problem::TotalOnSubscription,
@@ -149,6 +173,7 @@ impl Problem {
             Problem::WindowsOnQuota,
             Problem::NoSuchPackage { id: 7 },
             Problem::PackageDisabled,
+            Problem::NotAModelMap,
         ]
     }
 

@@ -108,7 +108,7 @@ async fn admin_api_writes_are_audited_with_fields_and_never_a_secret() {
         assert_eq!(r["actor_user_id"], Value::Null);
         assert_eq!(r["source"], "api");
         assert_eq!(r["outcome"], "success");
-        assert!(r["created_at"].as_str().unwrap().ends_with("+00:00"));
+        assert!(r["created_at"].as_str().unwrap().ends_with('Z'));
     }
     assert_eq!(rows[3]["status"], 201);
     assert_eq!(rows[3]["path"], "/api/admin/users");

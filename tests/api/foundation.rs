@@ -329,6 +329,8 @@ async fn store_story() {
                 allowed_models: &["m1".to_string()],
                 rpm_limit: Some(5),
                 tpm_limit: None,
+                limits: Default::default(),
+                max_concurrency: None,
             },
             1,
         )
@@ -358,6 +360,8 @@ async fn store_story() {
         allowed_models: &[],
         rpm_limit: None,
         tpm_limit: None,
+        limits: Default::default(),
+        max_concurrency: None,
     };
     assert!(matches!(
         db.create_key(&dup, 1).await,
@@ -375,6 +379,7 @@ async fn store_story() {
                 priority: Some(5),
                 weight: Some(2),
                 status: None,
+                ..Default::default()
             },
             1,
         )
@@ -810,6 +815,8 @@ async fn user_balances_use_effective_used() {
         ttfb_ms: None,
         error: None,
         reserved: 0,
+        key_windows: None,
+        key_reserved: 0,
     };
     app.state
         .db

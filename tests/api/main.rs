@@ -6,15 +6,21 @@
 
 mod absurd;
 mod admission;
+mod aliases;
 mod audit;
 mod breadth;
+mod concurrency;
+mod console;
 mod faultproxy;
 mod faults;
+mod first_hour;
 mod foundation;
 mod health;
 mod helpers;
+mod key_budgets;
 mod ledger;
 mod logs;
+mod propagation;
 mod proxy;
 mod refusals;
 mod refused_rows;
