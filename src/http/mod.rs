@@ -20,6 +20,7 @@ use crate::state::AppState;
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod me;
 pub mod session;
 

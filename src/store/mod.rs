@@ -17,6 +17,7 @@ use crate::secrets::at_rest::Sealer;
 
 pub mod account_secrets;
 pub mod accounts;
+pub mod audit;
 pub mod keys;
 pub mod packages;
 pub mod pricing;

@@ -48,6 +48,15 @@ pub enum UsageGroup {
     Model,
 }
 
+/// Requests and cost of one model on one day (the usage charts split by model).
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct DayModelTotal {
+    pub day: String,
+    pub model: String,
+    pub requests: i64,
+    pub cost: i64,
+}
+
 #[derive(Clone, Copy, Debug, Default, sqlx::FromRow)]
 pub struct Counts {
     pub users: i64,
@@ -177,6 +186,28 @@ impl Db {
             sum("output_tokens"),
             sum("cache_read_tokens"),
             sum("cache_write_tokens"),
+        );
+        Ok(on_db!(self, |p| bind_usage_filter!(
+            sqlx::query_as(&sql),
+            f
+        )
+        .bind(limit)
+        .fetch_all(p)
+        .await)?)
+    }
+
+    /// Requests and cost of `usage_daily` rows matching `f`, per day and model (oldest day
+    /// first), at most `limit` rows.
+    pub async fn usage_by_day_and_model(
+        &self,
+        f: &UsageFilter,
+        limit: i64,
+    ) -> Result<Vec<DayModelTotal>> {
+        let sql = format!(
+            "SELECT day, model, {}, {} FROM usage_daily WHERE {USAGE_FILTER_SQL} \
+             GROUP BY day, model ORDER BY day, model LIMIT ?",
+            sum("requests"),
+            sum("cost"),
         );
         Ok(on_db!(self, |p| bind_usage_filter!(
             sqlx::query_as(&sql),

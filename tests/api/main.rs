@@ -7,6 +7,7 @@
 mod absurd;
 mod admission;
 mod aliases;
+mod audit;
 mod breadth;
 mod concurrency;
 mod console;

@@ -9,7 +9,9 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod audit;
 mod browser;
+mod charts;
 mod concurrency;
 mod console;
 mod key_budgets;

@@ -25,6 +25,7 @@ const PAGES: &[&str] = &[
     "/admin/models",
     "/admin/usage",
     "/admin/logs",
+    "/admin/audit",
 ];
 
 pub async fn chat(app: &TestApp, key: &str) -> u16 {
@@ -1212,7 +1213,7 @@ async fn packages_prices_usage_logs_and_dashboard() {
     assert!(usage.body.contains("<svg class=\"chart-svg\""));
     assert!(usage
         .body
-        .contains(&format!("<title>{}: $0.00033</title>", &today[5..])));
+        .contains(&format!("<title>{today} · gpt-test: $0.00033</title>")));
     assert!(usage.body.contains(&format!("<td>{today}</td>")));
     let other = web
         .get(&format!("/admin/usage?api_key_id={}", kid + 1000))

@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 
 use crate::admin::AdminError;
+use crate::http::audit::{self, Actor};
 use crate::http::session;
 use crate::i18n::{Lang, Tr};
 use crate::secrets::constant_time_eq;
@@ -31,6 +32,7 @@ use crate::state::AppState;
 
 mod accounts;
 mod assets;
+mod audit_log;
 mod auth;
 mod dashboard;
 mod format;
@@ -39,6 +41,7 @@ mod logs;
 mod models;
 mod packages;
 mod price_import;
+mod stacked;
 mod usage;
 mod users;
 mod view;
@@ -55,6 +58,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     let runtime = Arc::new(Runtime {
         throttle: auth::Throttle::default(),
     });
+    let audit_sink = audit::Sink::start(state.db.clone(), "ui");
     let pages = Router::new()
         .route("/admin", get(dashboard::page))
         .route("/admin/logout", post(auth::logout))
@@ -102,11 +106,25 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/usage", get(usage::daily))
         .route("/admin/logs", get(logs::list))
         .route("/admin/logs/{id}", get(logs::detail))
-        .route_layer(middleware::from_fn_with_state(state, require_admin));
+        .route("/admin/audit", get(audit_log::page))
+        // Inside the authentication, which leaves the actor for it.
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), audit_sink.clone()),
+            audit::record,
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(pages)
         .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
-        .route("/admin/login", get(auth::login_page).post(auth::login))
+        .route(
+            "/admin/login",
+            get(auth::login_page)
+                .post(auth::login)
+                .layer(middleware::from_fn_with_state(
+                    (state, audit_sink),
+                    audit::login,
+                )),
+        )
         .route("/static/{*path}", get(assets::serve))
         .layer(middleware::from_fn(negotiate))
         .layer(Extension(runtime))
@@ -125,6 +143,7 @@ pub struct Admin {
 /// CSRF token in the form. Pages without either redirect to the login page.
 async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let lang = req.extensions().get::<Lang>().copied().unwrap_or_default();
+    let mut actor = Actor::token();
     let admin = if let Some(b) = session::bearer(req.headers()) {
         if !session::is_admin_token(&st, b) {
             return error_page(&st, lang, StatusCode::UNAUTHORIZED, "error.unauthorized");
@@ -135,10 +154,16 @@ async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> 
         }
     } else {
         match session::session_user(&st, req.headers()).await {
-            Ok(Some((user, session))) => Admin {
-                username: user.username,
-                csrf: session.csrf_token,
-            },
+            Ok(Some((user, session))) => {
+                actor = Actor {
+                    user_id: Some(user.id),
+                    name: user.username.clone(),
+                };
+                Admin {
+                    username: user.username,
+                    csrf: session.csrf_token,
+                }
+            }
             Ok(None) if req.method() == Method::GET || req.method() == Method::HEAD => {
                 let here = req
                     .uri()
@@ -180,6 +205,7 @@ async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> 
         req = Request::from_parts(parts, Body::from(bytes));
     }
     req.extensions_mut().insert(admin);
+    req.extensions_mut().insert(actor);
     next.run(req).await
 }
 

@@ -8,9 +8,9 @@ use axum::response::Response;
 use chrono::{Days, NaiveDate};
 use serde::Deserialize;
 
-use super::view::{self, Chart, Money, Names};
+use super::stacked::{self, Measure, StackedChart};
+use super::view::{self, Money, Names};
 use super::{format, render, respond, Ctx, PageError};
-use crate::billing::money::Usd;
 use crate::state::AppState;
 use crate::store::usage::UsageFilter;
 use crate::store::views::{UsageGroup, UsageTotal};
@@ -115,7 +115,7 @@ struct UsagePage {
     to: String,
     filter: Filter,
     choices: Choices,
-    charts: Vec<Chart>,
+    charts: Vec<StackedChart>,
     days: Vec<DayRow>,
     total_requests: String,
     total_tokens: String,
@@ -183,29 +183,38 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
         ));
         d = d + Days::new(1);
     }
-    let short = |day: &str| day.get(5..).unwrap_or(day).to_string();
-    let cost_points: Vec<(String, f64, String)> = days
-        .iter()
-        .map(|(day, t)| (short(day), t.cost as f64 / 1e9, format::usd(Usd(t.cost))))
+    // Per day, stacked by model: the top models by cost in the range, then "other".
+    let day_names: Vec<String> = days.iter().map(|(d, _)| d.clone()).collect();
+    let by_model = st
+        .db
+        .usage_by_day_and_model(&f, MAX_DAYS as i64 * 1000)
+        .await?;
+    let top: Vec<String> = st
+        .db
+        .usage_totals(&f, UsageGroup::Model, stacked::TOP_MODELS as i64)
+        .await?
+        .into_iter()
+        .map(|t| t.label)
         .collect();
-    let req_points: Vec<(String, f64, String)> = days
-        .iter()
-        .map(|(day, t)| (short(day), t.requests as f64, format::count(t.requests)))
-        .collect();
-    let cost_chart = Chart::bars(
-        tr.t("usage.cost_per_day").into(),
-        720,
-        &cost_points,
-        0.0,
-        |v| format::usd(Usd((v * 1e9).round() as i64)),
-    );
-    let requests_chart = Chart::bars(
-        tr.t("usage.requests_per_day").into(),
-        720,
-        &req_points,
-        1.0,
-        |v| format::count(v.round() as i64),
-    );
+    let series = stacked::series(&top, &by_model);
+    let charts = vec![
+        StackedChart::new(
+            "chart-cost",
+            tr.t("usage.cost_per_day").into(),
+            Measure::Cost,
+            &day_names,
+            &series,
+            &by_model,
+        ),
+        StackedChart::new(
+            "chart-requests",
+            tr.t("usage.requests_per_day").into(),
+            Measure::Requests,
+            &day_names,
+            &series,
+            &by_model,
+        ),
+    ];
     let total_requests: i64 = days.iter().map(|(_, t)| t.requests).sum();
     let total_tokens: i64 = days.iter().map(|(_, t)| tokens(t)).sum();
     let total_cost: i64 = days.iter().map(|(_, t)| t.cost).sum();
@@ -294,7 +303,7 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
             to: to_s,
             filter,
             choices: Choices::load(st).await?,
-            charts: vec![cost_chart, requests_chart],
+            charts,
             days: day_rows,
             total_requests: format::count(total_requests),
             total_tokens: format::count(total_tokens),

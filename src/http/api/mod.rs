@@ -9,10 +9,12 @@ use serde::Deserialize;
 
 use crate::admin::parse;
 use crate::error::ApiError;
+use crate::http::audit::{self, Actor};
 use crate::http::session;
 use crate::state::AppState;
 
 mod accounts;
+mod audit_log;
 mod csv;
 mod keys;
 mod models;
@@ -21,6 +23,7 @@ mod usage;
 mod users;
 
 pub fn router(state: AppState) -> Router<AppState> {
+    let audit_sink = audit::Sink::start(state.db.clone(), "api");
     Router::new()
         .route("/users", post(users::create).get(users::list))
         .route("/users/{id}", get(users::get).patch(users::update))
@@ -48,6 +51,12 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/logs", get(usage::logs))
         .route("/logs.csv", get(usage::logs_csv))
         .route("/stats/today", get(usage::stats_today))
+        .route("/audit", get(audit_log::list))
+        // Inside the authentication, which leaves the actor for it.
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), audit_sink),
+            audit::record,
+        ))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -56,16 +65,21 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// session's CSRF token in `x-csrf-token` (the pages put it in `<meta name="csrf-token">`).
 async fn require_admin(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(b) = session::bearer(req.headers()) {
         if session::is_admin_token(&state, b) {
+            req.extensions_mut().insert(Actor::token());
             return Ok(next.run(req).await);
         }
         return Err(ApiError::unauthorized());
     }
-    if let Some((_, s)) = session::session_user(&state, req.headers()).await? {
+    if let Some((user, s)) = session::session_user(&state, req.headers()).await? {
+        req.extensions_mut().insert(Actor {
+            user_id: Some(user.id),
+            name: user.username,
+        });
         let safe = matches!(
             *req.method(),
             axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
