@@ -2,16 +2,16 @@
 //! fields sent, secrets masked; newest first, by cursor.
 
 use serde_json::{json, Value};
-use tollgate::store::Db;
+use tollgate::store::{Db, Pool};
 
 use crate::helpers::*;
 
 /// The audit log's `fields` column as stored, every row, read straight from the database.
 pub async fn stored_fields(db: &Db) -> Vec<String> {
     let sql = "SELECT fields FROM audit_log ORDER BY id";
-    match db {
-        Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
-        Db::MySql(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+    match db.pool() {
+        Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+        Pool::MySql(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
     }
 }
 

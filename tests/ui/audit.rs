@@ -3,7 +3,7 @@
 //! them; the usage page's charts split by model.
 
 use serde_json::{json, Value};
-use tollgate::store::Db;
+use tollgate::store::{Db, Pool};
 
 use crate::helpers::*;
 use crate::web::*;
@@ -11,9 +11,9 @@ use crate::web::*;
 async fn stored_rows(db: &Db) -> Vec<String> {
     let sql = "SELECT CONCAT(actor, ' ', path, ' ', fields) FROM audit_log ORDER BY id";
     let sqlite = "SELECT actor || ' ' || path || ' ' || fields FROM audit_log ORDER BY id";
-    match db {
-        Db::Sqlite(p) => sqlx::query_scalar(sqlite).fetch_all(p).await.unwrap(),
-        Db::MySql(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+    match db.pool() {
+        Pool::Sqlite(p) => sqlx::query_scalar(sqlite).fetch_all(p).await.unwrap(),
+        Pool::MySql(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
     }
 }
 

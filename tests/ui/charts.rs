@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 
 use scraper::{Html, Selector};
 use tollgate::billing::money::Usd;
-use tollgate::store::Db;
+use tollgate::store::{Db, Pool};
 
 use crate::helpers::*;
 use crate::web::*;
 
 async fn exec(db: &Db, sql: &str) {
-    match db {
-        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
-        Db::MySql(p) => sqlx::query(sql).execute(p).await.map(drop),
+    match db.pool() {
+        Pool::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        Pool::MySql(p) => sqlx::query(sql).execute(p).await.map(drop),
     }
     .unwrap();
 }
