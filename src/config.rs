@@ -63,6 +63,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub recorder: RecorderConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -73,6 +74,8 @@ pub struct ServerConfig {
     pub public_url: String,
     pub shutdown_grace_secs: u64,
     pub header_timeout_secs: u64,
+    /// Peers whose `X-Forwarded-For` is believed (`crate::client_addr`); empty: nobody's.
+    pub trusted_proxies: crate::client_addr::CidrList,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -133,6 +136,13 @@ pub struct RecorderConfig {
     pub journal_max_bytes: u64,
 }
 
+/// `/metrics` access: with `token` set, a scrape must send `Authorization: Bearer <token>`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub token: Secret,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -148,6 +158,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             shutdown_grace_secs: 30,
             header_timeout_secs: 10,
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -471,6 +482,10 @@ mod tests {
             (
                 "[upstream]\nidle_timeout_secs = 0\n",
                 "upstream.idle_timeout_secs",
+            ),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n",
+                "`10.0.0.0/40`",
             ),
         ];
         for (toml, key) in cases {

@@ -102,6 +102,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             allowed_models: &[],
             rpm_limit: None,
             tpm_limit: None,
+            allowed_ips: &[],
         },
         now,
     )

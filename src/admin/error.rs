@@ -25,6 +25,7 @@ pub const FIELDS: &[&str] = &[
     "rpm_limit",
     "tpm_limit",
     "expires_at",
+    "allowed_ips",
     "provider",
     "base_url",
     "api_key",
@@ -89,6 +90,8 @@ pub enum Problem {
     NoSuchPackage { id: i64 },
     /// The package named is disabled.
     PackageDisabled,
+    /// An IP allow-list entry that is neither an address nor a CIDR range.
+    NotACidr { entry: String },
 }
 
 impl Problem {
@@ -117,6 +120,7 @@ impl Problem {
             Problem::WindowsOnQuota => "windows_on_quota",
             Problem::NoSuchPackage { .. } => "no_such_package",
             Problem::PackageDisabled => "package_disabled",
+            Problem::NotACidr { .. } => "not_a_cidr",
         }
     }
 
@@ -149,6 +153,9 @@ impl Problem {
             Problem::WindowsOnQuota,
             Problem::NoSuchPackage { id: 7 },
             Problem::PackageDisabled,
+            Problem::NotACidr {
+                entry: "10.0.0.0/33".into(),
+            },
         ]
     }
 
@@ -172,6 +179,7 @@ impl Problem {
                 template.replace("{allowed}", &allowed.join(", "))
             }
             Problem::NoSuchPackage { id } => template.replace("{id}", &id.to_string()),
+            Problem::NotACidr { entry } => template.replace("{entry}", entry),
             _ => template.to_string(),
         }
     }

@@ -1,6 +1,6 @@
 //! API keys: create (the secret is returned once), revoke, enable again.
 
-use super::parse::{models, name, one_of, time};
+use super::parse::{cidrs, models, name, one_of, time};
 use super::{AdminError, Problem, Result};
 use crate::domain::KeyStatus;
 use crate::secrets::new_api_key;
@@ -15,6 +15,8 @@ pub struct NewKey {
     pub tpm_limit: Option<i64>,
     /// RFC 3339.
     pub expires_at: Option<String>,
+    /// CIDR ranges or addresses; empty: any address.
+    pub allowed_ips: Vec<String>,
 }
 
 /// A new key and its secret, which is stored only as a hash.
@@ -32,6 +34,7 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
     }
     models("allowed_models", &k.allowed_models)?;
     let expires_at = time("expires_at", k.expires_at.as_deref())?;
+    let allowed_ips = cidrs("allowed_ips", &k.allowed_ips)?;
     st.db
         .get_user(user_id)
         .await
@@ -49,6 +52,7 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
                 allowed_models: &k.allowed_models,
                 rpm_limit: k.rpm_limit,
                 tpm_limit: k.tpm_limit,
+                allowed_ips: &allowed_ips,
             },
             st.now_ms(),
         )
@@ -61,6 +65,20 @@ pub async fn set_key_status(st: &AppState, id: i64, status: &str) -> Result<ApiK
     let status = one_of::<KeyStatus>("status", status)?;
     st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
     let key = st.db.set_key_status(id, status, st.now_ms()).await?;
+    st.proxy.forget_cached();
+    Ok(key)
+}
+
+/// Replace a key's IP allow-list (`None` or empty: any address). Every entry is checked
+/// before anything is written.
+pub async fn set_key_allowed_ips(
+    st: &AppState,
+    id: i64,
+    allowed_ips: Option<Vec<String>>,
+) -> Result<ApiKey> {
+    let ips = cidrs("allowed_ips", allowed_ips.as_deref().unwrap_or_default())?;
+    st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
+    let key = st.db.set_key_allowed_ips(id, &ips, st.now_ms()).await?;
     st.proxy.forget_cached();
     Ok(key)
 }

@@ -17,7 +17,7 @@ mod users;
 
 pub use accounts::{create_account, update_account, AccountInput};
 pub use error::{AdminError, Problem, Result, Taken, FIELDS};
-pub use keys::{create_key, set_key_status, CreatedKey, NewKey};
+pub use keys::{create_key, set_key_allowed_ips, set_key_status, CreatedKey, NewKey};
 pub use packages::{
     create_package, grant_package, set_grant_status, set_package_status, NewGrant, NewPackage,
 };

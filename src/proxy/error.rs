@@ -31,6 +31,8 @@ pub enum Failure {
     Timeout(String),
     /// The gateway's own database failed on the proxy path (key, price, accounts, grants).
     Unavailable(String),
+    /// The client's address is outside the key's `allowed_ips` (SPEC §11.3).
+    IpNotAllowed(String),
 }
 
 /// See [`ProxyError::retry_hint`].
@@ -78,6 +80,7 @@ impl ProxyError {
             (Failure::Unreachable(_), _) => StatusCode::BAD_GATEWAY,
             (Failure::Timeout(_), _) => StatusCode::GATEWAY_TIMEOUT,
             (Failure::Unavailable(_), _) => StatusCode::SERVICE_UNAVAILABLE,
+            (Failure::IpNotAllowed(_), _) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -91,7 +94,8 @@ impl ProxyError {
             | Failure::NoAccount(m)
             | Failure::Unreachable(m)
             | Failure::Timeout(m)
-            | Failure::Unavailable(m) => m.clone(),
+            | Failure::Unavailable(m)
+            | Failure::IpNotAllowed(m) => m.clone(),
             Failure::RateLimited { message, .. } => message.clone(),
             Failure::TooLarge(limit) => format!(
                 "request body is larger than this gateway accepts ({limit} bytes); send a smaller request"
@@ -119,6 +123,7 @@ impl ProxyError {
             Failure::Unreachable(_) => ("server_error", "upstream_unreachable"),
             Failure::Timeout(_) => ("server_error", "upstream_timeout"),
             Failure::Unavailable(_) => ("server_error", "gateway_unavailable"),
+            Failure::IpNotAllowed(_) => ("permission_error", "ip_not_allowed"),
         }
     }
 
@@ -131,7 +136,8 @@ impl ProxyError {
             Failure::InvalidKey(_)
             | Failure::ModelNotAllowed(_)
             | Failure::ModelNotFound(_)
-            | Failure::NoQuota(_) => RetryHint::Final,
+            | Failure::NoQuota(_)
+            | Failure::IpNotAllowed(_) => RetryHint::Final,
             Failure::RateLimited { retry_after, .. } => RetryHint::After(*retry_after),
             Failure::NoAccount(_) | Failure::Unavailable(_) => RetryHint::After(1),
             Failure::InvalidRequest(_)
@@ -144,7 +150,7 @@ impl ProxyError {
     fn anthropic_type(&self) -> &'static str {
         match &self.failure {
             Failure::InvalidKey(_) => "authentication_error",
-            Failure::ModelNotAllowed(_) => "permission_error",
+            Failure::ModelNotAllowed(_) | Failure::IpNotAllowed(_) => "permission_error",
             Failure::ModelNotFound(_) => "not_found_error",
             Failure::NoQuota(_) => "billing_error",
             Failure::RateLimited { .. } => "rate_limit_error",
@@ -229,6 +235,7 @@ mod tests {
         assert_eq!(headers(Failure::ModelNotAllowed("m".into())), fin);
         assert_eq!(headers(Failure::ModelNotFound("m".into())), fin);
         assert_eq!(headers(Failure::NoQuota("q".into())), fin);
+        assert_eq!(headers(Failure::IpNotAllowed("ip".into())), fin);
         let after = |n: &str| (None, Some(n.to_string()));
         let rate = Failure::RateLimited {
             message: "slow down".into(),

@@ -20,6 +20,9 @@ pub struct ApiKey {
     pub allowed_models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    /// A JSON list of CIDR ranges, or NULL: any address (SPEC §11.3).
+    #[serde(serialize_with = "ser::opt_list")]
+    pub allowed_ips: Option<String>,
     #[serde(serialize_with = "ser::usd")]
     pub used_cost: i64,
     pub request_count: i64,
@@ -51,6 +54,7 @@ pub struct KeyAuth {
     pub allowed_models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    pub allowed_ips: Option<String>,
     pub user_status: UserStatus,
 }
 
@@ -63,10 +67,12 @@ pub struct NewKey<'a> {
     pub allowed_models: &'a [String],
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    /// Normalised CIDR ranges; empty: any address.
+    pub allowed_ips: &'a [String],
 }
 
 const COLS: &str = "id, user_id, name, key_prefix, key_hash, status, expires_at, allowed_models, \
-    rpm_limit, tpm_limit, used_cost, request_count, input_tokens, output_tokens, \
+    rpm_limit, tpm_limit, allowed_ips, used_cost, request_count, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, last_used_at, created_at, updated_at";
 
 impl Db {
@@ -75,8 +81,8 @@ impl Db {
             self,
             sqlx::query(
                 "INSERT INTO api_keys (user_id, name, key_prefix, key_hash, status, expires_at, \
-                 allowed_models, rpm_limit, tpm_limit, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 allowed_models, rpm_limit, tpm_limit, allowed_ips, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
             .bind(k.user_id)
             .bind(k.name)
@@ -87,6 +93,7 @@ impl Db {
             .bind(list_to_column(k.allowed_models))
             .bind(k.rpm_limit)
             .bind(k.tpm_limit)
+            .bind(list_to_column(k.allowed_ips))
             .bind(now)
             .bind(now)
         );
@@ -132,10 +139,22 @@ impl Db {
         self.get_key(id).await
     }
 
+    /// Replace a key's IP allow-list (normalised CIDR ranges; empty: any address).
+    pub async fn set_key_allowed_ips(&self, id: i64, ips: &[String], now: i64) -> Result<ApiKey> {
+        execute!(
+            self,
+            sqlx::query("UPDATE api_keys SET allowed_ips = ?, updated_at = ? WHERE id = ?")
+                .bind(list_to_column(ips))
+                .bind(now)
+                .bind(id)
+        )?;
+        self.get_key(id).await
+    }
+
     pub async fn find_key_auth(&self, key_hash: &str) -> Result<Option<KeyAuth>> {
         Ok(on_db!(self, |p| sqlx::query_as(
             "SELECT k.id, k.user_id, k.status, k.expires_at, k.allowed_models, k.rpm_limit, \
-             k.tpm_limit, u.status AS user_status \
+             k.tpm_limit, k.allowed_ips, u.status AS user_status \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
         )
         .bind(key_hash)

@@ -329,6 +329,7 @@ async fn store_story() {
                 allowed_models: &["m1".to_string()],
                 rpm_limit: Some(5),
                 tpm_limit: None,
+                allowed_ips: &[],
             },
             1,
         )
@@ -358,6 +359,7 @@ async fn store_story() {
         allowed_models: &[],
         rpm_limit: None,
         tpm_limit: None,
+        allowed_ips: &[],
     };
     assert!(matches!(
         db.create_key(&dup, 1).await,

@@ -18,6 +18,8 @@ pub struct CreateKey {
     rpm_limit: Option<i64>,
     tpm_limit: Option<i64>,
     expires_at: Option<String>,
+    /// CIDR ranges or addresses; null or absent: any address.
+    allowed_ips: Option<Vec<String>>,
 }
 
 pub async fn create(
@@ -35,6 +37,7 @@ pub async fn create(
             rpm_limit: b.rpm_limit,
             tpm_limit: b.tpm_limit,
             expires_at: b.expires_at,
+            allowed_ips: b.allowed_ips.unwrap_or_default(),
         },
     )
     .await?;
@@ -77,14 +80,42 @@ pub async fn get(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    status: String,
+    status: Option<String>,
+    /// Absent: unchanged; null or `[]`: any address; a list: only those.
+    #[serde(default, deserialize_with = "present")]
+    allowed_ips: Option<Option<Vec<String>>>,
 }
 
+/// A field that is present, even as `null` (`Some(None)`), as opposed to absent (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Change what is given; every field is checked before anything is written.
 pub async fn update(
     State(st): State<AppState>,
     Path(id): Path<String>,
     AppJson(b): AppJson<UpdateKey>,
 ) -> Result<Json<ApiKey>, ApiError> {
     let id = parse_id("key", &id)?;
-    Ok(Json(admin::set_key_status(&st, id, &b.status).await?))
+    if let Some(Some(ips)) = &b.allowed_ips {
+        admin::parse::cidrs("allowed_ips", ips)?;
+    }
+    let mut key = None;
+    if let Some(status) = &b.status {
+        key = Some(admin::set_key_status(&st, id, status).await?);
+    }
+    if let Some(ips) = b.allowed_ips {
+        key = Some(admin::set_key_allowed_ips(&st, id, ips).await?);
+    }
+    match key {
+        Some(k) => Ok(Json(k)),
+        None => Ok(Json(
+            st.db.get_key(id).await.map_err(AdminError::lookup("key"))?,
+        )),
+    }
 }
