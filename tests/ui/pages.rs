@@ -1,8 +1,6 @@
 //! The admin pages against the real app over HTTP, without a browser: sessions, CSRF,
 //! throttling, escaping, languages, and that the figures are the API's.
 
-use std::net::IpAddr;
-
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 use tollgate::billing::money::Usd;
