@@ -344,3 +344,40 @@ pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response 
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_after_the_free_failures_up_to_the_cap() {
+        let d: Vec<i64> = (1..=8).map(delay_ms).collect();
+        assert_eq!(d, [0, 0, 1000, 2000, 4000, 8000, 16_000, 32_000]);
+        assert_eq!(delay_ms(40), MAX_DELAY_MS);
+        assert_eq!(delay_ms(u32::MAX), MAX_DELAY_MS);
+    }
+
+    #[test]
+    fn a_success_is_forgiven_and_the_map_stays_bounded() {
+        let t = Throttle::default();
+        let keys = ["ip:a".to_string(), "user:admin|ip:a".to_string()];
+        for _ in 0..3 {
+            assert_eq!(t.begin(&keys, 0), Ok(()));
+        }
+        assert_eq!(t.begin(&keys, 0), Err(1000), "the third failure costs 1 s");
+        // Had the third attempt succeeded, it would not count: the address may go on.
+        t.forgive(&keys, Some("user:admin|ip:a"));
+        assert_eq!(t.begin(&keys, 0), Ok(()));
+        // Stale after 15 minutes without a failure.
+        assert_eq!(t.begin(&keys, 1000 + FORGET_MS), Ok(()));
+
+        let t = Throttle::default();
+        let n = MAX_ENTRIES * 3;
+        for i in 0..n {
+            assert_eq!(t.begin(&[format!("ip:{i}")], i as i64), Ok(()));
+        }
+        let kept = t.entries.lock().unwrap().len();
+        println!("throttle entries kept after {n} addresses: {kept}");
+        assert!(kept <= MAX_ENTRIES, "{kept}");
+    }
+}
