@@ -897,7 +897,47 @@ async fn user_page_grants_keys_and_recent_requests_work_through_forms() {
     assert!(!again.body.contains(&secret), "shown only once");
     let again = web.get(&page).await;
     assert!(!again.body.contains(&secret), "shown only once");
+    // An IP allow-list on the form: a bad entry is refused naming it, and no key is made…
+    let r = web
+        .submit(
+            &format!("{page}/keys"),
+            &[
+                ("name", "office"),
+                ("allowed_ips", "10.0.0.0/8, 10.0.0.0/99"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("`10.0.0.0/99` is not an IP address or CIDR range"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("new-key-secret"));
+    // …a good one is kept, normalised, and shown in the keys table.
+    let r = web
+        .submit(
+            &format!("{page}/keys"),
+            &[
+                ("name", "office"),
+                ("allowed_ips", "203.0.113.7 2001:db8::/32"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body
+            .contains("Allowed IPs: 203.0.113.7/32, 2001:db8::/32"),
+        "{}",
+        r.body
+    );
     let (_, user) = app.get(&format!("/users/{uid}")).await;
+    assert_eq!(
+        user["keys"][1]["allowed_ips"],
+        json!(["203.0.113.7/32", "2001:db8::/32"])
+    );
+    assert_eq!(user["keys"][0]["allowed_ips"], Value::Null);
     assert_eq!(
         user["keys"][0]["allowed_models"],
         json!(["gpt-test", "claude-test"])
