@@ -13,6 +13,7 @@ use crate::billing::shared::SharedReservations;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::proxy::account_errors::AccountErrors;
+use crate::proxy::concurrency::Concurrency;
 use crate::proxy::limits::Limiter;
 use crate::proxy::ProxyState;
 use crate::recorder::stats::Stats;
@@ -46,6 +47,16 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
 /// stream that lasts longer loses its hold then (it still counts in this process).
 fn hold_ttl(upstream: &crate::config::UpstreamConfig) -> Duration {
     Duration::from_secs(upstream.first_byte_timeout_secs + upstream.idle_timeout_secs + 60)
+}
+
+/// How long a concurrency lease lives in Redis unless refreshed (a third of it): longer than
+/// any upstream timeout, so a live request never loses its slot to a slow refresh.
+fn lease_ttl(upstream: &crate::config::UpstreamConfig) -> Duration {
+    let longest = upstream
+        .first_byte_timeout_secs
+        .max(upstream.idle_timeout_secs)
+        .max(upstream.connect_timeout_secs);
+    Duration::from_secs(longest + 30)
 }
 
 async fn connect_redis(config: &Config) -> anyhow::Result<Option<redis::aio::ConnectionManager>> {
@@ -133,7 +144,17 @@ impl App {
             )),
             None => Reservations::default(),
         });
+        let concurrency = match &redis {
+            Some(c) => Concurrency::redis(
+                c.clone(),
+                config.redis.key_prefix.clone(),
+                Duration::from_millis(config.redis.timeout_ms),
+                lease_ttl(&config.upstream),
+            ),
+            None => Concurrency::memory(),
+        };
         let grants = Arc::new(crate::cache::TtlCache::new(crate::cache::TTL));
+        let key_budgets = Arc::new(crate::billing::key_budget::KeyBudgets::default());
         let (recorder, worker) = Recorder::start(
             db.clone(),
             stats.clone(),
@@ -147,6 +168,7 @@ impl App {
                 tz: config.timezone(),
                 reservations: reservations.clone(),
                 grants: grants.clone(),
+                key_budgets: key_budgets.clone(),
             },
             Arc::new(RecorderMetrics::default()),
         );
@@ -155,14 +177,27 @@ impl App {
             tracing::warn!(error = %e, "could not apply the recorder journal yet; it will be retried");
         }
         let account_errors = AccountErrors::start(db.clone());
-        let proxy = ProxyState::new(
+        let mut proxy = ProxyState::new(
             &config.upstream,
             limiter,
+            concurrency,
             reservations,
             grants,
             account_errors,
             clock.clone(),
-        )?;
+        )?
+        .with_key_budgets(key_budgets);
+        // Instant propagation of admin writes (SPEC §11.2): its own connection subscribes.
+        let bus_client = match &redis {
+            Some(c) => {
+                proxy.set_bus(crate::cache::bus::Bus::new(
+                    c.clone(),
+                    &config.redis.key_prefix,
+                ));
+                Some(redis::Client::open(config.redis.url.expose())?)
+            }
+            None => None,
+        };
         let tz = config.timezone();
         let state = AppState(Arc::new(Inner {
             config,
@@ -175,6 +210,9 @@ impl App {
             proxy,
             metrics: crate::metrics::Metrics::default(),
         }));
+        if let Some(client) = bus_client {
+            ProxyState::listen(&state, client);
+        }
         Ok(App {
             state,
             worker,
@@ -195,6 +233,7 @@ impl App {
         use tower::ServiceExt;
 
         let App { state, worker, .. } = self;
+        crate::proxy::probe::start(&state);
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
         let router = crate::http::router(state.clone());
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -302,6 +341,21 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("`server.listen`: cannot bind {addr}: {e}"))
+}
+
+/// Where the gateway can be reached from this machine: `server.public_url` when set, else the
+/// bound address (a wildcard bind shown as loopback, which is where a newcomer's browser is).
+pub fn base_url(config: &Config, local: SocketAddr) -> String {
+    let public = config.server.public_url.trim_end_matches('/');
+    if !public.is_empty() {
+        return public.to_string();
+    }
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, local.port()))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

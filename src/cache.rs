@@ -5,7 +5,10 @@
 //! query; older entries are always reloaded first. A revocation, price change or a charge made
 //! by another instance therefore takes effect on every instance within `TTL + GRACE` (4 s),
 //! inside SPEC §10's 5 seconds; this instance's own charges are counted meanwhile by the
-//! reservations (see `billing::admission::Reservations`).
+//! reservations (see `billing::admission::Reservations`). With Redis, admin writes reach the
+//! other instances at once instead ([`bus`]).
+
+pub mod bus;
 
 use std::collections::HashMap;
 use std::hash::Hash;

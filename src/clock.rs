@@ -50,3 +50,9 @@ impl std::fmt::Debug for Clock {
 pub fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
+
+/// Unix ms as the API writes every timestamp: RFC 3339 in UTC with `Z`, fractions only when
+/// non-zero (the same text as chrono's serde of `DateTime<Utc>`).
+pub fn rfc3339(ms: i64) -> String {
+    from_ms(ms).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}

@@ -123,6 +123,8 @@ pub struct UpstreamConfig {
     pub failure_threshold: u32,
     pub max_cooldown_secs: u64,
     pub max_tokens_per_request: i64,
+    /// Seconds between background probes of cooling accounts (SPEC §11.2); 0 turns them off.
+    pub probe_interval_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -148,6 +150,8 @@ pub struct MetricsConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: String,
+    /// One line per proxied request (target `tollgate::access`, level info).
+    pub access: bool,
 }
 
 impl Default for ServerConfig {
@@ -214,6 +218,7 @@ impl Default for UpstreamConfig {
             failure_threshold: 3,
             max_cooldown_secs: 300,
             max_tokens_per_request: 10_000_000,
+            probe_interval_secs: 10,
         }
     }
 }
@@ -235,6 +240,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: "text".into(),
+            access: true,
         }
     }
 }

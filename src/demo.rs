@@ -12,13 +12,50 @@ use crate::store::accounts::AccountFields;
 use crate::store::keys::NewKey;
 use crate::store::packages::NewPackage;
 
+/// Per-1M USD list prices (input, output, cache read, cache write) of the models the coding
+/// agents and SDKs ask for by default (seen: Claude Code 2.1 asks `claude-opus-4-8` and
+/// `claude-haiku-4-5`, Codex 0.171 `gpt-6.2-sol`); the fake upstream answers any name. Demo figures:
+/// price a real deployment from the provider's price list (`tollgate prices import`).
+/// (model, input, output, cache read, cache write), per 1M tokens in USD.
+type DemoPrice = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const DEMO_PRICES: &[DemoPrice] = &[
+    ("claude-opus-4-8", "5", "25", Some("0.5"), Some("6.25")),
+    ("claude-opus-4-7", "5", "25", Some("0.5"), Some("6.25")),
+    ("claude-opus-4-6", "5", "25", Some("0.5"), Some("6.25")),
+    ("claude-opus-4-5", "5", "25", Some("0.5"), Some("6.25")),
+    ("claude-sonnet-5", "3", "15", Some("0.3"), Some("3.75")),
+    ("claude-sonnet-4-6", "3", "15", Some("0.3"), Some("3.75")),
+    ("claude-sonnet-4-5", "3", "15", Some("0.3"), Some("3.75")),
+    ("claude-sonnet-4", "3", "15", Some("0.3"), Some("3.75")),
+    ("claude-haiku-4-5", "1", "5", Some("0.1"), Some("1.25")),
+    ("gpt-6.2-sol", "1.25", "10", Some("0.125"), None),
+    ("gpt-6.1-sol", "1.25", "10", Some("0.125"), None),
+    ("gpt-6-sol", "1.25", "10", Some("0.125"), None),
+    ("gpt-5.5", "1.25", "10", Some("0.125"), None),
+    ("gpt-5.1-codex", "1.25", "10", Some("0.125"), None),
+    ("gpt-5-codex", "1.25", "10", Some("0.125"), None),
+    ("gpt-5", "1.25", "10", Some("0.125"), None),
+    ("gpt-5-mini", "0.25", "2", Some("0.025"), None),
+    ("gpt-4.1", "2", "8", Some("0.5"), None),
+    ("gpt-4o-mini", "0.15", "0.6", Some("0.075"), None),
+];
+
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let fake = FakeUpstream::start().await?;
-    // Keep the demo's data apart from a real database.
+    // Keep the demo's data apart from a real database, and remove it on the way out.
+    let mut temp_dir = None;
     if config.database.url.expose() == Config::default().database.url.expose() {
         let dir = std::env::temp_dir().join(format!("tollgate-demo-{}", random_base62(8)));
         config.database.url = Secret::new(format!("sqlite://{}/demo.db", dir.display()));
         config.recorder.journal_path = dir.join("journal").display().to_string();
+        temp_dir = Some(dir);
     }
     if config.admin.api_token.is_empty() {
         config.admin.api_token = Secret::new(format!("demo-{}", random_base62(24)));
@@ -49,28 +86,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             .map(|u| u.0)
             .unwrap_or(0)
     };
-    db.upsert_price(
-        "gpt-4o-mini",
-        &Price {
-            input: usd("0.15"),
-            output: usd("0.6"),
-            cache_read: Some(usd("0.075")),
-            cache_write: None,
-        },
-        now,
-    )
-    .await?;
-    db.upsert_price(
-        "claude-sonnet-4",
-        &Price {
-            input: usd("3"),
-            output: usd("15"),
-            cache_read: Some(usd("0.3")),
-            cache_write: Some(usd("3.75")),
-        },
-        now,
-    )
-    .await?;
+    for (model, input, output, cache_read, cache_write) in DEMO_PRICES {
+        let price = Price {
+            input: usd(input),
+            output: usd(output),
+            cache_read: cache_read.map(usd),
+            cache_write: cache_write.map(usd),
+        };
+        db.upsert_price(model, &price, now).await?;
+    }
     let user = match db.find_user_by_username("demo").await? {
         Some(u) => u,
         None => db.create_user("demo", Role::User, None, now).await?,
@@ -103,6 +127,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             rpm_limit: None,
             tpm_limit: None,
             allowed_ips: &[],
+            limits: Default::default(),
+            max_concurrency: None,
         },
         now,
     )
@@ -113,16 +139,39 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         println!("Admin login: {base}/admin/login  user `{u}`  password `{p}`");
     }
     println!(
-        "\ntollgate demo is running on {base} (fake upstream on {fake_addr}).\n\n\
+        "\ntollgate demo is running on {base} (fake upstream on {fake_addr}).\n\
+         Admin console: {base}/admin   API token: {token}\n\n\
          Try it:\n\n\
          curl {base}/v1/chat/completions -H 'Authorization: Bearer {secret}' \\\n  -H 'content-type: application/json' \\\n  -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'\n\n\
-         curl -N {base}/v1/messages -H 'x-api-key: {secret}' -H 'anthropic-version: 2023-06-01' \\\n  -H 'content-type: application/json' \\\n  -d '{{\"model\":\"claude-sonnet-4\",\"max_tokens\":64,\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'\n\n\
+         curl -N {base}/v1/messages -H 'x-api-key: {secret}' -H 'anthropic-version: 2023-06-01' \\\n  -H 'content-type: application/json' \\\n  -d '{{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":64,\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'\n\n\
          OpenAI SDK:    OpenAI(base_url=\"{base}/v1\", api_key=\"{secret}\")\n\
          Anthropic SDK: Anthropic(base_url=\"{base}\", api_key=\"{secret}\")\n\n\
+         Claude Code:   ANTHROPIC_BASE_URL={base} ANTHROPIC_AUTH_TOKEN={secret} claude\n\n\
+         Codex:         add to ~/.codex/config.toml\n\
+         \x20              model_provider = \"tollgate\"\n\
+         \x20              [model_providers.tollgate]\n\
+         \x20              name = \"tollgate\"\n\
+         \x20              base_url = \"{base}/v1\"\n\
+         \x20              env_key = \"TOLLGATE_API_KEY\"\n\
+         \x20              wire_api = \"responses\"\n\
+         \x20              then: TOLLGATE_API_KEY={secret} codex\n\n\
+         Priced models: {models}\n\n\
          What it cost:  curl {base}/api/admin/users -H 'Authorization: Bearer {token}'\n\
          Your balance:  curl {base}/v1/me -H 'Authorization: Bearer {secret}'\n\n\
          Ctrl-C to stop.",
-        fake_addr = fake.addr()
+        fake_addr = fake.addr(),
+        models = DEMO_PRICES.iter().map(|p| p.0).collect::<Vec<_>>().join(", "),
     );
-    app.serve(listener, shutdown_signal()).await
+    match &temp_dir {
+        Some(dir) => println!("Demo data: {} (removed on exit)\n", dir.display()),
+        None => println!("Demo data: in the configured database (kept)\n"),
+    }
+    let served = app.serve(listener, shutdown_signal()).await;
+    if let Some(dir) = temp_dir {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!("removed {}", dir.display()),
+            Err(e) => eprintln!("tollgate: could not remove {}: {e}", dir.display()),
+        }
+    }
+    served
 }

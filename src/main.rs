@@ -138,7 +138,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 );
             }
             let listener = tollgate::app::bind(app.state.config.listen_addr()).await?;
-            tracing::info!(addr = %listener.local_addr()?, "tollgate listening");
+            let local = listener.local_addr()?;
+            tracing::info!(addr = %local, "tollgate listening");
+            let base = tollgate::app::base_url(&app.state.config, local);
+            println!("Admin console: {base}/admin   OpenAI base URL: {base}/v1   Anthropic base URL: {base}");
             app.serve(listener, tollgate::app::shutdown_signal()).await
         }
         Command::Migrate => {
@@ -172,7 +175,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Demo => tollgate::demo::run(config).await,
         Command::FakeUpstream { listen } => {
-            println!("fake upstream on http://{listen}");
+            println!(
+                "fake upstream on http://{listen}: OpenAI base URL http://{listen}/v1, \
+                 Anthropic base URL http://{listen}"
+            );
             tollgate::fake_upstream::serve_forever(listen).await?;
             Ok(())
         }

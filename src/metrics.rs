@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::domain::AccountHealth;
+
 /// Bucket upper bounds in seconds, for both latency histograms.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -143,9 +145,21 @@ pub const DB_POOL_IDLE: Series = series(
     "Idle connections in the database pool.",
     &[],
 );
+pub const ACCOUNTS: Series = series(
+    "tollgate_accounts",
+    Kind::Gauge,
+    "Active upstream accounts by health (ok, cooling_down, auth_failed), read at scrape time.",
+    &["health"],
+);
+pub const PROBES: Series = series(
+    "tollgate_probes_total",
+    Kind::Counter,
+    "Upstream account probes (background and the admin Test), by result (ok or failed).",
+    &["result"],
+);
 
 /// Every series, in one list.
-pub const SERIES: [&Series; 15] = [
+pub const SERIES: [&Series; 17] = [
     &HTTP_REQUESTS,
     &REFUSED,
     &UPSTREAM_LATENCY,
@@ -161,6 +175,8 @@ pub const SERIES: [&Series; 15] = [
     &STATS_FAILURES,
     &DB_POOL_CONNECTIONS,
     &DB_POOL_IDLE,
+    &ACCOUNTS,
+    &PROBES,
 ];
 
 /// A latency histogram in seconds.
@@ -194,6 +210,9 @@ pub struct Sampled {
     pub stats_failures: u64,
     pub db_pool_connections: u64,
     pub db_pool_idle: u64,
+    /// Active accounts per health, in `AccountHealth::ALL`'s order; None when they could not
+    /// be read (the gauges keep their last values).
+    pub accounts_by_health: Option<[u64; AccountHealth::ALL.len()]>,
 }
 
 /// Handles for the series set from [`Sampled`] at each scrape.
@@ -207,6 +226,7 @@ struct SampledHandles {
     stats_failures: metrics::Counter,
     db_pool_connections: metrics::Gauge,
     db_pool_idle: metrics::Gauge,
+    accounts: Vec<metrics::Gauge>,
 }
 
 pub struct Metrics {
@@ -220,6 +240,8 @@ pub struct Metrics {
     pub gateway_overhead: Histogram,
     pub upstream_attempt_failures: Counter,
     sampled: SampledHandles,
+    probes_ok: Counter,
+    probes_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -261,10 +283,16 @@ impl Metrics {
                     stats_failures: counter(&STATS_FAILURES),
                     db_pool_connections: gauge(&DB_POOL_CONNECTIONS),
                     db_pool_idle: gauge(&DB_POOL_IDLE),
+                    accounts: AccountHealth::ALL
+                        .iter()
+                        .map(|h| metrics::gauge!(ACCOUNTS.name, "health" => h.as_str()))
+                        .collect(),
                 },
+                ["ok", "failed"].map(|r| Counter(metrics::counter!(PROBES.name, "result" => r))),
             )
         });
-        let (upstream_latency, gateway_overhead, upstream_attempt_failures, sampled) = m;
+        let (upstream_latency, gateway_overhead, upstream_attempt_failures, sampled, probes) = m;
+        let [probes_ok, probes_failed] = probes;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(upkeep(Arc::downgrade(&handle)));
         }
@@ -277,6 +305,17 @@ impl Metrics {
             gateway_overhead,
             upstream_attempt_failures,
             sampled,
+            probes_ok,
+            probes_failed,
+        }
+    }
+
+    /// One account probe sent, and whether upstream answered 2xx.
+    pub fn count_probe(&self, ok: bool) {
+        if ok {
+            self.probes_ok.increment(1);
+        } else {
+            self.probes_failed.increment(1);
         }
     }
 
@@ -338,6 +377,11 @@ impl Metrics {
         h.db_pool_connections
             .set(sampled.db_pool_connections as f64);
         h.db_pool_idle.set(sampled.db_pool_idle as f64);
+        if let Some(counts) = sampled.accounts_by_health {
+            for (g, n) in h.accounts.iter().zip(counts) {
+                g.set(n as f64);
+            }
+        }
         let mut out = self.handle.render();
         let s = &RECORDER_BATCH_SECONDS;
         let _ = writeln!(
@@ -408,11 +452,15 @@ mod tests {
         m.upstream_latency.observe(Duration::from_millis(3));
         m.gateway_overhead.observe(Duration::from_micros(300));
         m.upstream_attempt_failures.increment(1);
+        m.count_probe(true);
+        m.count_probe(false);
+        m.count_probe(false);
         let text = m.render(&Sampled {
             recorder_queue_depth: 4,
             recorder_events_applied: 7,
             recorder_batch_seconds: 0.25,
             db_pool_connections: 2,
+            accounts_by_health: Some([3, 1, 2]),
             ..Sampled::default()
         });
         for s in SERIES {
@@ -460,6 +508,20 @@ mod tests {
                 "tollgate_upstream_latency_seconds_bucket{le=\"+Inf\"}"
             ),
             "tollgate_upstream_latency_seconds_bucket{le=\"+Inf\"} 1"
+        );
+        for (health, n) in [("ok", 3), ("cooling_down", 1), ("auth_failed", 2)] {
+            let series = format!("tollgate_accounts{{health=\"{health}\"}}");
+            assert_eq!(line(&text, &series), format!("{series} {n}"));
+        }
+        for (result, n) in [("ok", 1), ("failed", 2)] {
+            let series = format!("tollgate_probes_total{{result=\"{result}\"}}");
+            assert_eq!(line(&text, &series), format!("{series} {n}"));
+        }
+        // Unreadable account counts keep the gauges' last values.
+        let text = m.render(&Sampled::default());
+        assert_eq!(
+            line(&text, "tollgate_accounts{health=\"ok\"}"),
+            "tollgate_accounts{health=\"ok\"} 3"
         );
         assert_eq!(
             line(&text, "tollgate_gateway_overhead_seconds_count "),

@@ -26,10 +26,16 @@ pub const FIELDS: &[&str] = &[
     "tpm_limit",
     "expires_at",
     "allowed_ips",
+    "daily_limit",
+    "weekly_limit",
+    "monthly_limit",
+    "total_limit",
+    "max_concurrency",
     "provider",
     "base_url",
     "api_key",
     "models",
+    "model_map",
     "weight",
     "model",
     "input",
@@ -40,6 +46,9 @@ pub const FIELDS: &[&str] = &[
     "cursor",
     "from",
     "to",
+    // The request-log filters.
+    "status_class",
+    "billing_status",
 ];
 
 /// What is wrong with a field's value. Its text is `problem.{code}` in the catalogue, with
@@ -76,6 +85,12 @@ pub enum Problem {
     NotACursor,
     /// Not an http(s) URL with a host.
     NotAUrl,
+    /// A base URL with a query or a fragment (the endpoint's path is appended to it).
+    UrlQueryOrFragment,
+    /// An Anthropic base URL ending in `/v1` (`/v1/messages` is appended to it).
+    AnthropicBaseWithV1,
+    /// `api.openai.com` without `/v1`.
+    OpenAiBaseWithoutV1,
     /// A list of model names with an empty one.
     EmptyModelName,
     /// A subscription with none of the daily, weekly, monthly quotas.
@@ -92,6 +107,8 @@ pub enum Problem {
     PackageDisabled,
     /// An IP allow-list entry that is neither an address nor a CIDR range.
     NotACidr { entry: String },
+    /// Not a JSON object of non-empty model names to non-empty model names.
+    NotAModelMap,
 }
 
 impl Problem {
@@ -113,6 +130,9 @@ impl Problem {
             Problem::NotADay => "not_a_day",
             Problem::NotACursor => "not_a_cursor",
             Problem::NotAUrl => "not_a_url",
+            Problem::UrlQueryOrFragment => "url_query_or_fragment",
+            Problem::AnthropicBaseWithV1 => "anthropic_base_with_v1",
+            Problem::OpenAiBaseWithoutV1 => "openai_base_without_v1",
             Problem::EmptyModelName => "empty_model_name",
             Problem::SubscriptionNeedsWindow => "subscription_needs_window",
             Problem::TotalOnSubscription => "total_on_subscription",
@@ -121,6 +141,7 @@ impl Problem {
             Problem::NoSuchPackage { .. } => "no_such_package",
             Problem::PackageDisabled => "package_disabled",
             Problem::NotACidr { .. } => "not_a_cidr",
+            Problem::NotAModelMap => "not_a_model_map",
         }
     }
 
@@ -146,6 +167,9 @@ impl Problem {
             Problem::NotADay,
             Problem::NotACursor,
             Problem::NotAUrl,
+            Problem::UrlQueryOrFragment,
+            Problem::AnthropicBaseWithV1,
+            Problem::OpenAiBaseWithoutV1,
             Problem::EmptyModelName,
             Problem::SubscriptionNeedsWindow,
             Problem::TotalOnSubscription,
@@ -156,6 +180,7 @@ impl Problem {
             Problem::NotACidr {
                 entry: "10.0.0.0/33".into(),
             },
+            Problem::NotAModelMap,
         ]
     }
 

@@ -15,9 +15,15 @@ pub mod parse;
 mod prices;
 mod users;
 
-pub use accounts::{create_account, update_account, AccountInput};
+pub use accounts::{
+    base_url_warnings, check_base_url, create_account, test_account, update_account, AccountInput,
+    Warning,
+};
 pub use error::{AdminError, Problem, Result, Taken, FIELDS};
-pub use keys::{create_key, set_key_allowed_ips, set_key_status, CreatedKey, NewKey};
+pub use keys::{
+    check_key_budget, create_key, set_key_allowed_ips, set_key_status, update_key,
+    update_key_budget, BudgetInput, BudgetPatch, CreatedKey, KeyPatch, NewKey,
+};
 pub use packages::{
     create_package, grant_package, set_grant_status, set_package_status, NewGrant, NewPackage,
 };

@@ -108,3 +108,45 @@ pub fn cidrs(field: &'static str, v: &[String]) -> Result<Vec<String>> {
     }
     Ok(out)
 }
+
+/// The largest `max_concurrency` accepted: more in flight than any one key or user needs, and
+/// small enough that a typo (an extra zero or three) is caught.
+pub const MAX_CONCURRENCY: i64 = 10_000;
+
+/// A concurrency cap: none, or 1 to [`MAX_CONCURRENCY`].
+pub fn concurrency(field: &'static str, v: Option<i64>) -> Result<Option<i64>> {
+    match v {
+        Some(n) if !(1..=MAX_CONCURRENCY).contains(&n) => Err(AdminError::invalid(
+            field,
+            Problem::OutOfRange {
+                min: 1,
+                max: MAX_CONCURRENCY,
+            },
+        )),
+        v => Ok(v),
+    }
+}
+
+/// A whole number sent as JSON: null is none; anything but an integer (1.5, "3") is refused.
+pub fn json_int(field: &'static str, v: &serde_json::Value) -> Result<Option<i64>> {
+    match v {
+        serde_json::Value::Null => Ok(None),
+        v => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| AdminError::invalid(field, Problem::NotPositiveInteger)),
+    }
+}
+
+/// A status class of the log filters (`2xx`, `4xx`, `5xx`, `refused`).
+pub fn status_class(field: &'static str, value: &str) -> Result<crate::store::usage::StatusClass> {
+    use crate::store::usage::StatusClass;
+    StatusClass::parse(value).ok_or_else(|| {
+        AdminError::invalid(
+            field,
+            Problem::UnknownValue {
+                allowed: StatusClass::NAMES,
+            },
+        )
+    })
+}

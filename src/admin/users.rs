@@ -1,6 +1,6 @@
 //! Users: create, and change status or password.
 
-use super::parse::one_of;
+use super::parse::{concurrency, one_of};
 use super::{AdminError, Problem, Result, Taken};
 use crate::domain::{Role, UserStatus};
 use crate::secrets::hash_password;
@@ -21,6 +21,8 @@ pub struct NewUser {
 pub struct UserPatch {
     pub status: Option<String>,
     pub password: Option<String>,
+    /// `Some(None)` clears the cap.
+    pub max_concurrency: Option<Option<i64>>,
 }
 
 /// Usernames: 1–64 characters, no control characters, no surrounding spaces.
@@ -78,6 +80,10 @@ pub async fn update_user(st: &AppState, id: i64, p: UserPatch) -> Result<User> {
     if let Some(pw) = &p.password {
         password(pw)?;
     }
+    let max_concurrency = p
+        .max_concurrency
+        .map(|m| concurrency("max_concurrency", m))
+        .transpose()?;
     st.db
         .get_user(id)
         .await
@@ -88,6 +94,9 @@ pub async fn update_user(st: &AppState, id: i64, p: UserPatch) -> Result<User> {
     }
     if let Some(pw) = &p.password {
         st.db.set_password_hash(id, &hash_password(pw), now).await?;
+    }
+    if let Some(m) = max_concurrency {
+        st.db.set_user_max_concurrency(id, m, now).await?;
     }
     st.proxy.forget_cached();
     Ok(st.db.get_user(id).await?)

@@ -4,6 +4,7 @@ pub mod admission;
 pub mod balance;
 pub mod cost;
 pub mod estimate;
+pub mod key_budget;
 pub mod money;
 pub mod shared;
 pub mod windows;

@@ -62,7 +62,8 @@ async fn me(State(st): State<AppState>, headers: HeaderMap) -> Response {
     };
     Json(json!({
         "user": {"id": user.id, "username": user.username},
-        "key": api_key,
+        // With its budgets as of now (SPEC §11.3).
+        "key": crate::billing::key_budget::view(&api_key, st.clock.now(), st.tz),
         // `balances` counts only the grants active now.
         "balances": balances(&all, st.clock.now(), st.tz),
         "packages": packages,

@@ -186,6 +186,10 @@ async fn metrics(State(st): State<AppState>, headers: axum::http::HeaderMap) -> 
     }
     let r = st.recorder.metrics();
     let (size, idle) = st.db.pool_usage();
+    let accounts_by_health = crate::proxy::probe::health_counts(&st)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot count accounts for /metrics"))
+        .ok();
     let text = st.metrics.render(&crate::metrics::Sampled {
         recorder_queue_depth: r.queue_depth.load(Relaxed) as u64,
         recorder_events_applied: r.applied.load(Relaxed),
@@ -197,6 +201,7 @@ async fn metrics(State(st): State<AppState>, headers: axum::http::HeaderMap) -> 
         stats_failures: r.stats_failures.load(Relaxed),
         db_pool_connections: u64::from(size),
         db_pool_idle: idle as u64,
+        accounts_by_health,
     });
     (
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],

@@ -3,7 +3,8 @@
 //! accounts); [`admit`] decides, and reserves the admission estimate against the grant.
 //!
 //! Checks in this order, the first that fails answers: the key's allowed models, the price,
-//! an account serving the model, one not `auth_failed`, RPM, TPM, a grant with room. Accounts
+//! an account serving the model, one not `auth_failed`, RPM, TPM, the key's own budget
+//! (`billing::key_budget`), a grant with room. Accounts
 //! cooling down are left out unless every one is: then the one whose cooldown ends first is
 //! tried (its probe), so a request is never refused while an account might serve.
 
@@ -11,11 +12,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::error::{Failure, ProxyError};
+use super::error::{Failure, Protocol, ProxyError};
 use super::parse::ProxyRequest;
 use crate::billing::admission::{self, Denial, Since};
 use crate::billing::balance::window_starts;
 use crate::billing::cost::Price;
+use crate::billing::key_budget::{self, key_window_starts};
 use crate::billing::shared::SharedReservations;
 use crate::domain::{AccountStatus, Provider};
 use crate::state::AppState;
@@ -30,6 +32,16 @@ pub struct Offer {
     pub price: Price,
     /// The active accounts of the endpoint's provider (cached; not yet filtered by model).
     accounts: Arc<Vec<Account>>,
+}
+
+impl Offer {
+    /// The client's model name to put back in the answer, when the account that answered
+    /// (`account_id`) knows `model` by another name (SPEC §11.2 "Model aliases").
+    pub fn alias_answer(&self, account_id: Option<i64>, model: &str) -> Option<String> {
+        let id = account_id?;
+        let a = self.accounts.iter().find(|a| a.id == id)?;
+        a.upstream_model(model).map(|_| model.to_string())
+    }
 }
 
 /// An admitted request.
@@ -53,6 +65,10 @@ pub struct Charge {
     pub windows: Option<WindowStarts>,
     /// The admission estimate reserved against the grant (nano-dollars).
     pub reserved: i64,
+    /// The key's budget windows at admission (None for requests that are not charged).
+    pub key_windows: Option<WindowStarts>,
+    /// The estimate held against the key's budget; None for a key without a budget.
+    pub key_reserved: Option<i64>,
 }
 
 /// The key may use the model, and the gateway prices it: its price and accounts.
@@ -193,6 +209,13 @@ pub async fn admit<'a>(
             req.max_output_tokens,
             &offer.price,
         );
+        let key_reserved = hold_key_budget(st, key, protocol, now, est).await?;
+        // A request refused by its grants holds nothing against its key either.
+        let unhold = || {
+            if let Some(held) = key_reserved {
+                st.proxy.key_budgets.reservations.add(key.id, -held);
+            }
+        };
         let shared = match res.shared() {
             Some(shared) => choose_shared(st, shared, since, grants, now, &request_id, est).await,
             None => None,
@@ -202,17 +225,25 @@ pub async fn admit<'a>(
                 res.add(g.id, est);
                 g
             }
-            Some(Err(d)) => return Err(fail(Failure::NoQuota(d.message))),
+            Some(Err(d)) => {
+                unhold();
+                return Err(fail(Failure::NoQuota(d.message)));
+            }
             None => res
                 .admit(since.local, |reserved| {
                     admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))
                 })
-                .map_err(|d| fail(Failure::NoQuota(d.message)))?,
+                .map_err(|d| {
+                    unhold();
+                    fail(Failure::NoQuota(d.message))
+                })?,
         };
         Charge {
             user_package_id: Some(g.id),
             windows: window_starts(g, now, st.tz),
             reserved: est,
+            key_windows: key_window_starts(now, key.created_at, st.tz),
+            key_reserved,
         }
     } else {
         Charge::default()
@@ -224,6 +255,38 @@ pub async fn admit<'a>(
         now,
         charge,
     })
+}
+
+/// A key with a budget (SPEC §11.3): check its room, less what its in-flight requests hold,
+/// and hold `est` against it. Some(what is held), or None for a key without a budget.
+async fn hold_key_budget(
+    st: &AppState,
+    key: &KeyAuth,
+    protocol: Protocol,
+    now: DateTime<Utc>,
+    est: i64,
+) -> Result<Option<i64>, ProxyError> {
+    if !key.limits.any() {
+        return Ok(None);
+    }
+    let kb = &st.proxy.key_budgets;
+    let cached = kb
+        .cache
+        .get_or_load(&key.id, || async {
+            let since = kb.reservations.seq();
+            Ok((since, st.db.key_budget_state(key.id).await?))
+        })
+        .await
+        .map_err(|e: StoreError| ProxyError::database(protocol, e))?;
+    let (since, Some(state)) = (cached.0, &cached.1) else {
+        return Ok(None);
+    };
+    kb.reservations
+        .admit(since, |held| {
+            key_budget::check(state, now, st.tz, held(key.id)).map(|()| (key.id, est, ()))
+        })
+        .map_err(|d| ProxyError::new(protocol, Failure::KeyBudget(d.message)))?;
+    Ok(Some(est))
 }
 
 /// Whether a disabled account of `provider` serves `model` (SPEC §3: then 503, not 404).

@@ -176,6 +176,21 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, SendError> {
+        self.send(Method::POST, url, headers, body).await
+    }
+
+    /// GET `url` with exactly `headers` (plus Host): the account probes (SPEC §11.2).
+    pub async fn get(&self, url: &str, headers: HeaderMap) -> Result<UpstreamResponse, SendError> {
+        self.send(Method::GET, url, headers, Bytes::new()).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, SendError> {
         let invalid = |e: &dyn std::fmt::Display| {
             SendError::Connect(format!("invalid upstream URL {url}: {e}"))
         };
@@ -191,7 +206,7 @@ impl UpstreamClient {
             .parse()
             .map_err(|e| invalid(&e))?;
         let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
+        *req.method_mut() = method;
         *req.uri_mut() = path;
         *req.headers_mut() = headers;
         req.headers_mut().insert(header::HOST, host_header);

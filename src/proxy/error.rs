@@ -20,6 +20,8 @@ pub enum Failure {
     ModelNotAllowed(String),
     ModelNotFound(String),
     NoQuota(String),
+    /// The key's own budget (SPEC §11.3) has no room: the message names the window and reset.
+    KeyBudget(String),
     RateLimited {
         message: String,
         retry_after: u64,
@@ -33,6 +35,8 @@ pub enum Failure {
     Unavailable(String),
     /// The client's address is outside the key's `allowed_ips` (SPEC §11.3).
     IpNotAllowed(String),
+    /// The key's or its user's `max_concurrency` requests are already in flight (§11.3).
+    Concurrency(String),
 }
 
 /// See [`ProxyError::retry_hint`].
@@ -73,6 +77,8 @@ impl ProxyError {
             (Failure::ModelNotFound(_), _) => StatusCode::NOT_FOUND,
             (Failure::NoQuota(_), Protocol::OpenAi) => StatusCode::TOO_MANY_REQUESTS,
             (Failure::NoQuota(_), Protocol::Anthropic) => StatusCode::PAYMENT_REQUIRED,
+            (Failure::KeyBudget(_), Protocol::OpenAi) => StatusCode::TOO_MANY_REQUESTS,
+            (Failure::KeyBudget(_), Protocol::Anthropic) => StatusCode::PAYMENT_REQUIRED,
             (Failure::RateLimited { .. }, _) => StatusCode::TOO_MANY_REQUESTS,
             (Failure::InvalidRequest(_), _) => StatusCode::BAD_REQUEST,
             (Failure::TooLarge(_), _) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -81,6 +87,7 @@ impl ProxyError {
             (Failure::Timeout(_), _) => StatusCode::GATEWAY_TIMEOUT,
             (Failure::Unavailable(_), _) => StatusCode::SERVICE_UNAVAILABLE,
             (Failure::IpNotAllowed(_), _) => StatusCode::FORBIDDEN,
+            (Failure::Concurrency(_), _) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -90,12 +97,14 @@ impl ProxyError {
             | Failure::ModelNotAllowed(m)
             | Failure::ModelNotFound(m)
             | Failure::NoQuota(m)
+            | Failure::KeyBudget(m)
             | Failure::InvalidRequest(m)
             | Failure::NoAccount(m)
             | Failure::Unreachable(m)
             | Failure::Timeout(m)
             | Failure::Unavailable(m)
-            | Failure::IpNotAllowed(m) => m.clone(),
+            | Failure::IpNotAllowed(m)
+            | Failure::Concurrency(m) => m.clone(),
             Failure::RateLimited { message, .. } => message.clone(),
             Failure::TooLarge(limit) => format!(
                 "request body is larger than this gateway accepts ({limit} bytes); send a smaller request"
@@ -116,6 +125,7 @@ impl ProxyError {
             Failure::ModelNotAllowed(_) => ("invalid_request_error", "model_not_allowed"),
             Failure::ModelNotFound(_) => ("invalid_request_error", "model_not_found"),
             Failure::NoQuota(_) => ("insufficient_quota", "insufficient_quota"),
+            Failure::KeyBudget(_) => ("insufficient_quota", "key_budget_exceeded"),
             Failure::RateLimited { .. } => ("rate_limit_exceeded", "rate_limit_exceeded"),
             Failure::InvalidRequest(_) => ("invalid_request_error", "invalid_request_error"),
             Failure::TooLarge(_) => ("invalid_request_error", "request_too_large"),
@@ -124,6 +134,7 @@ impl ProxyError {
             Failure::Timeout(_) => ("server_error", "upstream_timeout"),
             Failure::Unavailable(_) => ("server_error", "gateway_unavailable"),
             Failure::IpNotAllowed(_) => ("permission_error", "ip_not_allowed"),
+            Failure::Concurrency(_) => ("rate_limit_exceeded", "concurrency_limit_exceeded"),
         }
     }
 
@@ -137,9 +148,13 @@ impl ProxyError {
             | Failure::ModelNotAllowed(_)
             | Failure::ModelNotFound(_)
             | Failure::NoQuota(_)
-            | Failure::IpNotAllowed(_) => RetryHint::Final,
+            | Failure::IpNotAllowed(_)
+            | Failure::KeyBudget(_) => RetryHint::Final,
             Failure::RateLimited { retry_after, .. } => RetryHint::After(*retry_after),
-            Failure::NoAccount(_) | Failure::Unavailable(_) => RetryHint::After(1),
+            // A slot frees as soon as one of the requests in flight ends.
+            Failure::NoAccount(_) | Failure::Unavailable(_) | Failure::Concurrency(_) => {
+                RetryHint::After(1)
+            }
             Failure::InvalidRequest(_)
             | Failure::TooLarge(_)
             | Failure::Unreachable(_)
@@ -152,8 +167,8 @@ impl ProxyError {
             Failure::InvalidKey(_) => "authentication_error",
             Failure::ModelNotAllowed(_) | Failure::IpNotAllowed(_) => "permission_error",
             Failure::ModelNotFound(_) => "not_found_error",
-            Failure::NoQuota(_) => "billing_error",
-            Failure::RateLimited { .. } => "rate_limit_error",
+            Failure::NoQuota(_) | Failure::KeyBudget(_) => "billing_error",
+            Failure::RateLimited { .. } | Failure::Concurrency(_) => "rate_limit_error",
             Failure::InvalidRequest(_) => "invalid_request_error",
             Failure::TooLarge(_) => "request_too_large",
             Failure::NoAccount(_) | Failure::Unavailable(_) => "overloaded_error",
@@ -222,6 +237,23 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn over_a_concurrency_cap_is_429_in_each_shape() {
+        let busy = || Failure::Concurrency("busy".into());
+        let (status, v) = body(ProxyError::new(Protocol::OpenAi, busy())).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            v,
+            json!({"error": {"message": "busy", "type": "rate_limit_exceeded", "code": "concurrency_limit_exceeded", "param": null}})
+        );
+        let (status, v) = body(ProxyError::new(Protocol::Anthropic, busy())).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            v,
+            json!({"type": "error", "error": {"type": "rate_limit_error", "message": "busy"}})
+        );
+    }
+
     #[test]
     fn final_refusals_say_so_and_passing_ones_say_when() {
         let resp = |f| ProxyError::new(Protocol::OpenAi, f).into_response();
@@ -236,6 +268,7 @@ mod tests {
         assert_eq!(headers(Failure::ModelNotFound("m".into())), fin);
         assert_eq!(headers(Failure::NoQuota("q".into())), fin);
         assert_eq!(headers(Failure::IpNotAllowed("ip".into())), fin);
+        assert_eq!(headers(Failure::KeyBudget("k".into())), fin);
         let after = |n: &str| (None, Some(n.to_string()));
         let rate = Failure::RateLimited {
             message: "slow down".into(),
@@ -244,6 +277,7 @@ mod tests {
         assert_eq!(headers(rate), after("7"));
         assert_eq!(headers(Failure::NoAccount("busy".into())), after("1"));
         assert_eq!(headers(Failure::Unavailable("down".into())), after("1"));
+        assert_eq!(headers(Failure::Concurrency("busy".into())), after("1"));
         for f in [
             Failure::InvalidRequest("bad".into()),
             Failure::TooLarge(10),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 
+use super::alias;
 use super::client::{self, UpstreamResponse};
 use super::rewrite::{upstream_headers, upstream_url};
 use super::ticket::Ticket;
@@ -49,7 +50,12 @@ pub async fn forward(
     for (n, account) in ordered.into_iter().take(attempts).enumerate() {
         let url = upstream_url(ticket.endpoint, &account.base_url, ticket.query.as_deref());
         let headers = upstream_headers(client_hdrs, account.provider, account.secret.expose());
-        let req = st.proxy.http.post(&url, headers, body.clone());
+        // An alias: this account's upstream gets its own name for the model.
+        let body = match account.upstream_model(ticket.model()) {
+            Some(up) => alias::rename_model(body, up, 1).map_or_else(|| body.clone(), Bytes::from),
+            None => body.clone(),
+        };
+        let req = st.proxy.http.post(&url, headers, body);
         let sent_at = Instant::now();
         let outcome = match tokio::time::timeout(first_byte, req).await {
             Err(_) => Err(AttemptError::Timeout(format!(
@@ -142,10 +148,16 @@ async fn refusal(resp: UpstreamResponse, within: Duration) -> (UpstreamResponse,
             Bytes::new()
         }
     };
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+    let message = upstream_message(&bytes);
     let resp = UpstreamResponse::from_parts(parts, client::UpstreamBody::read(bytes));
     (resp, message)
+}
+
+/// The upstream's message in an error body: `error.message` in both providers' shapes, else
+/// the start of the text.
+pub(super) fn upstream_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(bytes).chars().take(500).collect())
 }

@@ -44,7 +44,11 @@
 //!    the tokens added to the key's TPM, and a complete answer's cost learned for the next
 //!    admission estimates of its key and model (`billing::estimate::Learner`).
 //!
-//! Steps 1 to 5 fail with a [`ProxyError`] in the provider's shape, counted in
+//! Between steps 3 and 4, [`concurrency::Concurrency::acquire`] takes a slot under the key's
+//! and its user's `max_concurrency` (SPEC §11.3); the response body holds it
+//! ([`concurrency::hold`]), so it ends with the answer, the client or the failure.
+//!
+//! Steps 1 to 5 (and the slot) fail with a [`ProxyError`] in the provider's shape, counted in
 //! `tollgate_refused_total{code}`; after step 1, for a known key, also a `refused` log row
 //! ([`refused`]) and nothing else.
 
@@ -61,6 +65,7 @@ use serde_json::Value;
 use crate::billing::admission::{GrantCache, Reservations};
 use crate::billing::cost::Price;
 use crate::billing::estimate::Learner;
+use crate::billing::key_budget::KeyBudgets;
 use crate::cache::{self, TtlCache};
 use crate::client_addr::ClientAddr;
 use crate::domain::Provider;
@@ -68,14 +73,18 @@ use crate::state::AppState;
 use crate::store::accounts::Account;
 use crate::store::keys::KeyAuth;
 
+pub mod access_log;
 pub mod account_errors;
 pub mod admit;
+pub mod alias;
 pub mod auth;
 pub mod client;
+pub mod concurrency;
 pub mod error;
 pub mod forward;
 pub mod limits;
 pub mod parse;
+pub mod probe;
 pub mod refused;
 pub mod respond;
 pub mod rewrite;
@@ -134,8 +143,12 @@ pub struct ProxyState {
     pub http: client::UpstreamClient,
     pub health: upstream::Health,
     pub limiter: limits::Limiter,
+    /// Requests in flight per key and per user (`max_concurrency`).
+    pub concurrency: Arc<concurrency::Concurrency>,
     pub reservations: Arc<Reservations>,
     pub grants: Arc<GrantCache>,
+    /// Key budgets' in-flight holds and counters (shared with the recorder).
+    pub key_budgets: Arc<KeyBudgets>,
     /// What recent requests cost, per key and model (the admission estimate).
     pub learner: Learner,
     pub account_errors: account_errors::AccountErrors,
@@ -146,12 +159,17 @@ pub struct ProxyState {
     keys: TtlCache<String, Option<KeyAuth>>,
     prices: TtlCache<String, Option<Price>>,
     accounts: TtlCache<Provider, Vec<Account>>,
+    /// With Redis: tells the other instances about admin writes (`cache::bus`).
+    bus: Option<cache::bus::Bus>,
+    /// With Redis: hears the other instances' admin writes; ends with this state.
+    listener: std::sync::Mutex<Option<cache::bus::Listener>>,
 }
 
 impl ProxyState {
     pub fn new(
         cfg: &crate::config::UpstreamConfig,
         limiter: limits::Limiter,
+        concurrency: Arc<concurrency::Concurrency>,
         reservations: Arc<Reservations>,
         grants: Arc<GrantCache>,
         account_errors: account_errors::AccountErrors,
@@ -162,8 +180,10 @@ impl ProxyState {
             http,
             health: upstream::Health::new(clock),
             limiter,
+            concurrency,
             reservations,
             grants,
+            key_budgets: Arc::default(),
             learner: Learner::default(),
             account_errors,
             refusals: Default::default(),
@@ -171,16 +191,59 @@ impl ProxyState {
             keys: TtlCache::new(cache::TTL),
             prices: TtlCache::new(cache::TTL),
             accounts: TtlCache::new(cache::TTL),
+            bus: None,
+            listener: Default::default(),
         })
     }
 
-    /// Drop every cached key, price, account list and grant list (after an admin change, so it
-    /// takes effect at once on this instance; other instances follow within `cache::TTL`).
+    /// The key budgets the recorder releases and settles.
+    pub fn with_key_budgets(mut self, key_budgets: Arc<KeyBudgets>) -> ProxyState {
+        self.key_budgets = key_budgets;
+        self
+    }
+
+    /// Publish admin writes on Redis (before the state is shared; see [`Self::listen`]).
+    pub fn set_bus(&mut self, bus: cache::bus::Bus) {
+        self.bus = Some(bus);
+    }
+
+    /// Start hearing the other instances' admin writes: each drops this instance's caches
+    /// (`forget_local`). The listener holds only `st` weakly and ends with it.
+    pub fn listen(st: &AppState, client: redis::Client) {
+        let Some(bus) = &st.proxy.bus else { return };
+        let weak = std::sync::Arc::downgrade(&st.0);
+        let listener = cache::bus::listen(
+            client,
+            bus.channel().to_string(),
+            bus.instance().to_string(),
+            move || match weak.upgrade() {
+                Some(st) => {
+                    st.proxy.forget_local();
+                    true
+                }
+                None => false,
+            },
+        );
+        *st.proxy.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+    }
+
+    /// Drop every cached key, price, account list and grant list after an admin change: on
+    /// this instance at once, and with Redis on every other one too (`cache::bus`); without
+    /// Redis the others follow within `cache::TTL + cache::GRACE`.
     pub fn forget_cached(&self) {
+        self.forget_local();
+        if let Some(bus) = &self.bus {
+            bus.publish();
+        }
+    }
+
+    /// Drop this instance's cached keys, prices, account lists and grant lists.
+    pub fn forget_local(&self) {
         self.keys.clear();
         self.prices.clear();
         self.accounts.clear();
         self.grants.clear();
+        self.key_budgets.cache.clear();
     }
 }
 
@@ -234,6 +297,14 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
     let offer = admit::offer(&st, &key, &request)
         .await
         .map_err(|e| refuse(&request.model, e))?;
+    // Held until the answer's body is sent or dropped, or the request fails (SPEC §11.3).
+    let slot = st.proxy.concurrency.acquire(&key).await.map_err(|full| {
+        let e = ProxyError::new(
+            endpoint.protocol(),
+            error::Failure::Concurrency(full.message()),
+        );
+        refuse(&request.model, e)
+    })?;
     let admitted = admit::admit(&st, &key, &request, &offer)
         .await
         .map_err(|e| refuse(&request.model, e))?;
@@ -250,12 +321,18 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
         admitted.accounts,
     )
     .await;
-    match answer {
+    let resp = match answer {
         Ok(resp) => {
-            Ok(respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in).await)
+            let alias = offer.alias_answer(ticket.account_id, ticket.model());
+            respond::respond(&st, ticket, resp, upstream.strip_usage, admitted_in, alias).await
         }
-        Err(exhausted) => respond::failed(ticket, exhausted).await,
-    }
+        Err(exhausted) => {
+            let last = exhausted.0.as_ref().map(|(_, id)| *id);
+            let alias = offer.alias_answer(last, ticket.model());
+            respond::failed(ticket, exhausted, alias).await?
+        }
+    };
+    Ok(concurrency::hold(resp, slot))
 }
 
 /// `GET /v1/models`: the models this key may use, in OpenAI's list shape.

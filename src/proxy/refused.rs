@@ -63,7 +63,7 @@ pub fn record(
         return;
     }
     // The row is in the journal before long; the refusal does not wait for it.
-    drop(st.recorder.record(UsageEvent {
+    let event = UsageEvent {
         request_id: uuid::Uuid::now_v7().to_string(),
         created_at_ms: ms,
         day: day_string(now, st.tz),
@@ -83,7 +83,11 @@ pub fn record(
         ttfb_ms: None,
         error: Some(code.to_string()),
         reserved: 0,
-    }));
+        key_windows: None,
+        key_reserved: 0,
+    };
+    super::access_log::line(st, &event);
+    drop(st.recorder.record(event));
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 
+use super::alias;
 use super::client::{UpstreamBody, UpstreamResponse};
 use super::error::{Failure, ProxyError};
 use super::forward::{AttemptError, Exhausted};
@@ -22,8 +23,13 @@ use crate::state::AppState;
 use crate::usage::BillingStatus;
 
 /// No attempt gave an answer: upstream's last error status passes through as it came; a
-/// timeout, a connect error or no account to try is the gateway's own error.
-pub async fn failed(mut ticket: Ticket, exhausted: Exhausted) -> Result<Response, ProxyError> {
+/// timeout, a connect error or no account to try is the gateway's own error. `alias`: the
+/// client's model name, to replace the upstream's in the body.
+pub async fn failed(
+    mut ticket: Ticket,
+    exhausted: Exhausted,
+    alias: Option<String>,
+) -> Result<Response, ProxyError> {
     let protocol = ticket.endpoint.protocol();
     match exhausted.0 {
         Some((AttemptError::Status(resp), account_id)) => {
@@ -42,7 +48,7 @@ pub async fn failed(mut ticket: Ticket, exhausted: Exhausted) -> Result<Response
                 None => ticket.finish(status.as_u16(), None, BillingStatus::Void, error),
             };
             durable.await;
-            let mut r = Response::new(Body::from(body));
+            let mut r = Response::new(Body::from(with_alias(body, alias.as_deref())));
             *r.status_mut() = status;
             *r.headers_mut() = headers;
             Ok(r)
@@ -76,13 +82,15 @@ pub async fn failed(mut ticket: Ticket, exhausted: Exhausted) -> Result<Response
 }
 
 /// Answer the client with upstream's response: whole bodies are read and passed on; SSE
-/// streams are passed through event by event through the usage tap.
+/// streams are passed through event by event through the usage tap. `alias`: the client's
+/// model name, put back in every `model` member of the answer.
 pub async fn respond(
     st: &AppState,
     mut ticket: Ticket,
     resp: UpstreamResponse,
     strip_usage: bool,
     admitted_in: Duration,
+    alias: Option<String>,
 ) -> Response {
     let status = resp.status();
     let headers = client_headers(resp.headers(), &ticket.request_id);
@@ -124,7 +132,7 @@ pub async fn respond(
         };
         // The answer goes out once its usage is in the journal (a kill -9 loses nothing answered).
         durable.await;
-        let mut r = Response::new(Body::from(body));
+        let mut r = Response::new(Body::from(with_alias(body, alias.as_deref())));
         *r.status_mut() = status;
         *r.headers_mut() = headers;
         st.metrics
@@ -140,7 +148,8 @@ pub async fn respond(
             ticket.endpoint,
             strip_usage,
             st.config.upstream.max_tokens_per_request,
-        ),
+        )
+        .with_model_alias(alias),
         ticket: Some(ticket),
         durable: None,
         idle,
@@ -160,6 +169,16 @@ pub async fn respond(
     *r.status_mut() = status;
     *r.headers_mut() = headers;
     r
+}
+
+/// A whole body with the client's model name in its `model` members, when an alias applies.
+fn with_alias(body: Bytes, alias: Option<&str>) -> Bytes {
+    match alias {
+        Some(name) => {
+            alias::rename_model(&body, name, alias::ANSWER_DEPTH).map_or(body, Bytes::from)
+        }
+        None => body,
+    }
 }
 
 /// A whole upstream body.

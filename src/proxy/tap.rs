@@ -175,6 +175,9 @@ pub struct SseTap {
     pub finished: bool,
     /// Events forwarded to the client.
     pub events: u64,
+    /// The client's model name when the account knows the model by another: every event's
+    /// `model` members are rewritten to it (`super::alias`).
+    model_alias: Option<String>,
     /// Characters of answer text (content, reasoning and tool-argument deltas) forwarded, for
     /// estimates when no usage arrives. Counted from the deltas' text, not the raw events:
     /// the JSON around a one-word delta is ten times its size.
@@ -201,7 +204,14 @@ impl SseTap {
             finished: false,
             events: 0,
             text_chars: 0,
+            model_alias: None,
         }
+    }
+
+    /// Rewrite every event's `model` members to `alias` (None: events pass as they come).
+    pub fn with_model_alias(mut self, alias: Option<String>) -> Self {
+        self.model_alias = alias;
+        self
     }
 
     /// Usage reported so far, if any.
@@ -348,6 +358,17 @@ impl SseTap {
                     self.finished = true;
                 }
             }
+        }
+        if let Some(name) = &self.model_alias {
+            let depth = super::alias::ANSWER_DEPTH;
+            action = match action {
+                Action::Forward => super::alias::rename_model(event, name, depth)
+                    .map_or(Action::Forward, Action::Replace),
+                Action::Replace(v) => {
+                    Action::Replace(super::alias::rename_model(&v, name, depth).unwrap_or(v))
+                }
+                Action::Drop => Action::Drop,
+            };
         }
         if !matches!(action, Action::Drop) {
             self.events += 1;

@@ -29,6 +29,9 @@ pub struct Ticket {
     pub account_id: Option<i64>,
     user_package_id: Option<i64>,
     windows: Option<WindowStarts>,
+    key_windows: Option<WindowStarts>,
+    /// Held against the key's budget; None for a key without a budget.
+    key_reserved: Option<i64>,
     model: String,
     stream: bool,
     price: Price,
@@ -59,6 +62,8 @@ impl Ticket {
             account_id: None,
             user_package_id: admitted.charge.user_package_id,
             windows: admitted.charge.windows,
+            key_windows: admitted.charge.key_windows,
+            key_reserved: admitted.charge.key_reserved,
             model: request.model,
             stream: request.stream,
             price: admitted.price,
@@ -134,6 +139,11 @@ impl Ticket {
                 });
             }
         }
+        if let Some(held) = self.key_reserved {
+            // As for the grant: the key's hold is now the actual cost until it is settled.
+            let kb = &st.proxy.key_budgets;
+            kb.reservations.add(self.api_key_id, cost_nanos - held);
+        }
         if self.tpm_limited && tokens.total() > 0 {
             let st2 = st.clone();
             let (key, n, now) = (self.api_key_id, tokens.total(), st.now_ms());
@@ -163,7 +173,14 @@ impl Ticket {
             } else {
                 0
             },
+            key_windows: self.key_windows,
+            key_reserved: if self.key_reserved.is_some() {
+                cost_nanos
+            } else {
+                0
+            },
         };
+        super::access_log::line(st, &event);
         let durable = st.recorder.record(event);
         match shared_hold {
             Some(adjust) => durable.and(adjust),
@@ -209,6 +226,11 @@ impl Ticket {
     /// `upstream.max_tokens_per_request`: larger reported counts are disputed.
     pub fn max_tokens(&self) -> i64 {
         self.st.config.upstream.max_tokens_per_request
+    }
+
+    /// The model as the client named it (what prices, logs and limits use).
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// A rough usage figure when upstream reported none (`billing::estimate`).

@@ -137,6 +137,20 @@ impl Health {
         self.get(id).failures
     }
 
+    /// Accounts cooling down now whose secret was not refused: the ones to probe. A refused
+    /// secret waits for an administrator, not for a probe.
+    pub fn to_probe(&self) -> Vec<i64> {
+        let now = self.clock.now_ms();
+        let mut ids: Vec<i64> = self.with(|m| {
+            m.iter()
+                .filter(|(_, s)| s.until > now && !s.auth_failed)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn label(&self, id: i64) -> AccountHealth {
         if self.auth_failed(id) {
             AccountHealth::AuthFailed
@@ -180,6 +194,7 @@ mod tests {
             base_url: "http://x".into(),
             secret: Default::default(),
             models: None,
+            model_map: Default::default(),
             priority,
             weight,
             status: crate::domain::AccountStatus::Active,
@@ -304,6 +319,23 @@ mod tests {
             h.cooling_until(1),
             Some(t0.timestamp_millis() + now + 100 + 1000)
         );
+    }
+
+    #[test]
+    fn only_cooling_accounts_with_an_accepted_secret_are_probed() {
+        let t0 = chrono::DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let clock = Clock::manual(t0);
+        let h = Health::new(clock.clone());
+        let b = backoff(1);
+        h.failed(3, &b);
+        h.failed(1, &b);
+        h.refused(2);
+        // Failing but under the threshold: not cooling, not probed.
+        h.failed(4, &backoff(3));
+        assert_eq!(h.to_probe(), [1, 3]);
+        // A cooldown that ended by time needs no probe.
+        at(&clock, t0, 1000);
+        assert!(h.to_probe().is_empty());
     }
 
     #[test]

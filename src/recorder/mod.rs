@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::billing::admission::{GrantCache, Reservations};
+use crate::billing::key_budget::KeyBudgets;
 use crate::clock::Clock;
 use crate::store::Db;
 use crate::usage::{BillingStatus, UsageEvent};
@@ -59,6 +60,7 @@ struct Shared {
     db: Db,
     reservations: Arc<Reservations>,
     grants: Arc<GrantCache>,
+    key_budgets: Arc<KeyBudgets>,
     stats: Arc<Stats>,
     clock: Clock,
     tz: Tz,
@@ -107,6 +109,8 @@ pub struct RecorderOptions {
     pub reservations: Arc<Reservations>,
     /// Users' cached grants, dropped when journal replay charges them.
     pub grants: Arc<GrantCache>,
+    /// Key budgets' holds (released like the grants') and cached counters (dropped on replay).
+    pub key_budgets: Arc<KeyBudgets>,
 }
 
 impl Recorder {
@@ -123,6 +127,7 @@ impl Recorder {
             db,
             reservations: opts.reservations,
             grants: opts.grants,
+            key_budgets: opts.key_budgets,
             stats,
             clock,
             tz: opts.tz,
@@ -140,8 +145,10 @@ impl Recorder {
         let (wal_tx, wal_rx) = mpsc::unbounded_channel();
         // As `release_spilled`, from the journal's task (on a handle to the runtime).
         let reservations = shared.reservations.clone();
+        let key_budgets = shared.key_budgets.clone();
         let rt = tokio::runtime::Handle::current();
         let on_dropped = Box::new(move |e: &UsageEvent| {
+            key_budgets.reservations.add(e.api_key_id, -e.key_reserved);
             if let Some(up) = e.user_package_id {
                 reservations.add(up, -e.reserved);
                 if reservations.shared().is_some() {
@@ -407,6 +414,11 @@ impl Shared {
     /// The users charged by these events have new usage that no reservation of this process
     /// stands for (journal replay): admission must read their grants afresh.
     fn forget_grants(&self, batch: &[UsageEvent]) {
+        for e in batch {
+            if e.key_windows.is_some() {
+                self.key_budgets.cache.remove(&e.api_key_id);
+            }
+        }
         let mut last = None;
         for e in batch {
             if e.user_package_id.is_some() && last != Some(e.user_id) {
@@ -420,6 +432,9 @@ impl Shared {
     /// after this process's (so, as in process, a charge is always either pending or settled
     /// there).
     async fn release(&self, batch: &[UsageEvent]) {
+        self.key_budgets
+            .reservations
+            .settled(batch.iter().map(|e| (e.api_key_id, e.key_reserved)));
         self.reservations.settled(
             batch
                 .iter()
@@ -441,6 +456,9 @@ impl Shared {
     /// is applied later), which is the one case admission may under-count.
     fn release_spilled(&self, batch: &[UsageEvent]) {
         for e in batch {
+            self.key_budgets
+                .reservations
+                .add(e.api_key_id, -e.key_reserved);
             if let Some(up) = e.user_package_id {
                 self.reservations.add(up, -e.reserved);
             }

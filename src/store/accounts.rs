@@ -19,6 +19,9 @@ pub struct Account {
     pub secret: Secret,
     #[serde(serialize_with = "ser::list")]
     pub models: Option<String>,
+    /// Client model name → this account's own name for it (SPEC §11.2 "Model aliases").
+    #[sqlx(try_from = "Option<String>")]
+    pub model_map: ModelMap,
     pub priority: i64,
     pub weight: i64,
     pub status: AccountStatus,
@@ -45,9 +48,40 @@ impl Account {
     pub fn models(&self) -> Vec<String> {
         column_to_list(&self.models)
     }
+    /// An empty `models` list serves every model; otherwise the names listed and the client
+    /// names of `model_map`.
     pub fn serves(&self, model: &str) -> bool {
         let m = self.models();
-        m.is_empty() || m.iter().any(|x| x == model)
+        m.is_empty() || m.iter().any(|x| x == model) || self.model_map.0.contains_key(model)
+    }
+    /// The name this account's upstream knows `model` by, when it is not `model` itself.
+    pub fn upstream_model(&self, model: &str) -> Option<&str> {
+        self.model_map
+            .0
+            .get(model)
+            .map(String::as_str)
+            .filter(|u| *u != model)
+    }
+}
+
+/// An account's model aliases, stored as a JSON object (NULL when there are none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ModelMap(pub std::collections::BTreeMap<String, String>);
+
+impl ModelMap {
+    fn to_column(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| serde_json::to_string(&self.0).unwrap_or_default())
+    }
+}
+
+impl TryFrom<Option<String>> for ModelMap {
+    type Error = serde_json::Error;
+    fn try_from(v: Option<String>) -> std::result::Result<Self, Self::Error> {
+        match v.as_deref().map(str::trim) {
+            None | Some("") => Ok(ModelMap::default()),
+            Some(s) => Ok(ModelMap(serde_json::from_str(s)?)),
+        }
     }
 }
 
@@ -62,6 +96,8 @@ pub struct AccountFields {
     pub priority: Option<i64>,
     pub weight: Option<i64>,
     pub status: Option<AccountStatus>,
+    /// An empty map clears the aliases.
+    pub model_map: Option<ModelMap>,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow, Serialize)]
@@ -90,7 +126,8 @@ impl ModelPrice {
     }
 }
 
-const ACC_COLS: &str = "id, name, provider, base_url, secret, models, priority, weight, status, \
+const ACC_COLS: &str =
+    "id, name, provider, base_url, secret, models, model_map, priority, weight, status, \
     total_cost, request_count, input_tokens, output_tokens, cache_read_tokens, \
     cache_write_tokens, last_error, last_error_at, last_used_at, created_at, updated_at";
 const PRICE_COLS: &str =
@@ -117,7 +154,20 @@ impl Db {
             .bind(now)
             .bind(now)
         );
+        self.set_model_map(id, f.model_map.as_ref()).await?;
         self.get_account(id).await
+    }
+
+    /// Store an account's aliases (kept out of the main statements: one field, one place).
+    async fn set_model_map(&self, id: i64, map: Option<&ModelMap>) -> Result<()> {
+        let Some(map) = map else { return Ok(()) };
+        execute!(
+            self,
+            sqlx::query("UPDATE accounts SET model_map = ? WHERE id = ?")
+                .bind(map.to_column())
+                .bind(id)
+        )?;
+        Ok(())
     }
 
     pub async fn get_account(&self, id: i64) -> Result<Account> {
@@ -170,6 +220,7 @@ impl Db {
         .bind(f.status.unwrap_or(cur.status))
         .bind(now)
         .bind(id))?;
+        self.set_model_map(id, f.model_map.as_ref()).await?;
         self.get_account(id).await
     }
 
@@ -249,6 +300,7 @@ mod tests {
             base_url: "http://x".into(),
             secret: Secret::new("sk-upstream-secret"),
             models: None,
+            model_map: ModelMap::default(),
             priority: 0,
             weight: 1,
             status: AccountStatus::Active,

@@ -212,8 +212,10 @@ pub(crate) fn column_to_list(v: &Option<String>) -> Vec<String> {
 pub mod ser {
     use serde::Serializer;
 
+    /// Always the `Z` form, as chrono's own serde of `DateTime<Utc>` writes it, so the API
+    /// has one timestamp style (`+00:00` and `Z` mixed confuse clients that compare strings).
     pub fn ms<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::clock::from_ms(*v).to_rfc3339())
+        s.serialize_str(&crate::clock::rfc3339(*v))
     }
 
     pub fn opt_ms<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {

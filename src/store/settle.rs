@@ -105,6 +105,24 @@ const PACKAGE_CHARGE: &str = "UPDATE user_packages SET \
     quota_used = quota_used + ?, updated_at = ? \
     WHERE id = ?";
 
+/// The key's budget windows, charged like a package's (same CASE rules and the same order of
+/// assignments, for MySQL's left-to-right SET). Binds: for each of daily, weekly, monthly:
+/// (start, cost, start, cost, start, start); then id.
+const KEY_WINDOW_CHARGE: &str = "UPDATE api_keys SET \
+    daily_used = CASE WHEN daily_window_start = ? THEN daily_used + ? \
+        WHEN daily_window_start IS NULL OR daily_window_start < ? THEN ? ELSE daily_used END, \
+    daily_window_start = CASE WHEN daily_window_start IS NULL OR daily_window_start < ? \
+        THEN ? ELSE daily_window_start END, \
+    weekly_used = CASE WHEN weekly_window_start = ? THEN weekly_used + ? \
+        WHEN weekly_window_start IS NULL OR weekly_window_start < ? THEN ? ELSE weekly_used END, \
+    weekly_window_start = CASE WHEN weekly_window_start IS NULL OR weekly_window_start < ? \
+        THEN ? ELSE weekly_window_start END, \
+    monthly_used = CASE WHEN monthly_window_start = ? THEN monthly_used + ? \
+        WHEN monthly_window_start IS NULL OR monthly_window_start < ? THEN ? ELSE monthly_used END, \
+    monthly_window_start = CASE WHEN monthly_window_start IS NULL OR monthly_window_start < ? \
+        THEN ? ELSE monthly_window_start END \
+    WHERE id = ?";
+
 type DailyKey = (String, i64, i64, i64, String);
 
 /// The counters of the applied events, aggregated per daily row, key, account and package
@@ -116,6 +134,8 @@ struct Totals {
     keys: BTreeMap<i64, Agg>,
     accounts: BTreeMap<i64, Agg>,
     packages: BTreeMap<(i64, i64, i64, i64), i64>,
+    /// Per (key, daily, weekly, monthly window start): the cost charged to its budget windows.
+    key_windows: BTreeMap<(i64, i64, i64, i64), i64>,
 }
 
 fn totals(fresh: &[&UsageEvent]) -> Totals {
@@ -141,6 +161,13 @@ fn totals(fresh: &[&UsageEvent]) -> Totals {
             .add(e);
         t.keys.entry(e.api_key_id).or_default().add(e);
         t.accounts.entry(account_id).or_default().add(e);
+        if let (Some(w), true) = (e.key_windows, e.cost_nanos != 0) {
+            let used = t
+                .key_windows
+                .entry((e.api_key_id, w.daily, w.weekly, w.monthly))
+                .or_default();
+            *used = used.saturating_add(e.cost_nanos);
+        }
         if let (Some(up), Some(w)) = (e.user_package_id, e.windows) {
             if e.cost_nanos != 0 {
                 let used = t
@@ -286,6 +313,19 @@ impl Db {
                             .bind(start);
                     }
                     q.bind(cost).bind(now).bind(id).execute(&mut *tx).await?;
+                }
+                for ((id, d, w, m), cost) in &t.key_windows {
+                    let mut q = sqlx::query(KEY_WINDOW_CHARGE);
+                    for start in [d, w, m] {
+                        q = q
+                            .bind(start)
+                            .bind(cost)
+                            .bind(start)
+                            .bind(cost)
+                            .bind(start)
+                            .bind(start);
+                    }
+                    q.bind(id).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 return Ok(outcome);

@@ -1,6 +1,8 @@
 //! Reading what the recorder wrote: daily summaries, request logs, ledger totals.
 
+use futures_util::StreamExt;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::{on_db, ser, Db, Result};
 use crate::usage::BillingStatus;
@@ -48,6 +50,32 @@ pub struct RequestLog {
     pub error: Option<String>,
 }
 
+/// The names an export shows next to a row's ids (None when the object is gone).
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct ExportNames {
+    pub username: Option<String>,
+    pub key_name: Option<String>,
+    pub account_name: Option<String>,
+}
+
+/// A request log with its names, for the CSV export.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RequestLogExport {
+    #[sqlx(flatten)]
+    pub row: RequestLog,
+    #[sqlx(flatten)]
+    pub names: ExportNames,
+}
+
+/// A `usage_daily` row with its names, for the CSV export.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct UsageDailyExport {
+    #[sqlx(flatten)]
+    pub row: UsageDailyRow,
+    #[sqlx(flatten)]
+    pub names: ExportNames,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct UsageFilter {
     pub from: Option<String>,
@@ -67,6 +95,55 @@ pub struct LogFilter {
     pub status: Option<i64>,
     /// (created_at, id) of the last row of the previous page.
     pub before: Option<(i64, i64)>,
+    /// Created at or after (Unix ms).
+    pub from: Option<i64>,
+    /// Created before (Unix ms; exclusive, so consecutive ranges do not overlap).
+    pub to: Option<i64>,
+    pub status_class: Option<StatusClass>,
+    pub billing_status: Option<BillingStatus>,
+}
+
+/// A class of request outcomes for the log filters: an HTTP status range, or `refused`
+/// (refused at admission: the rows with `billing_status` `refused`, whatever their status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusClass {
+    Success,
+    ClientError,
+    ServerError,
+    Refused,
+}
+
+impl StatusClass {
+    pub const NAMES: &'static [&'static str] = &["2xx", "4xx", "5xx", "refused"];
+
+    pub fn parse(s: &str) -> Option<StatusClass> {
+        Some(match s {
+            "2xx" => StatusClass::Success,
+            "4xx" => StatusClass::ClientError,
+            "5xx" => StatusClass::ServerError,
+            "refused" => StatusClass::Refused,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Success => "2xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+            StatusClass::Refused => "refused",
+        }
+    }
+
+    /// `[lo, hi)` of the HTTP status, for the range classes.
+    fn range(self) -> Option<(i64, i64)> {
+        match self {
+            StatusClass::Success => Some((200, 300)),
+            StatusClass::ClientError => Some((400, 500)),
+            StatusClass::ServerError => Some((500, 600)),
+            StatusClass::Refused => None,
+        }
+    }
 }
 
 /// Sums over one sink, for reconciliation: (requests, cost, input, output, cache_read, cache_write).
@@ -96,6 +173,73 @@ const DAILY_COLS: &str = "day, user_id, api_key_id, account_id, model, requests,
 const LOG_COLS: &str = "id, request_id, created_at, user_id, api_key_id, account_id, \
     user_package_id, model, endpoint, stream, status, input_tokens, output_tokens, \
     cache_read_tokens, cache_write_tokens, cost, billing_status, latency_ms, ttfb_ms, error";
+
+/// The WHERE conditions of a [`LogFilter`]; bind with [`bind_log_filter!`].
+const LOG_FILTER_SQL: &str = "(? IS NULL OR user_id = ?) \
+    AND (? IS NULL OR api_key_id = ?) AND (? IS NULL OR account_id = ?) \
+    AND (? IS NULL OR model = ?) AND (? IS NULL OR status = ?) \
+    AND (? IS NULL OR created_at < ? OR (created_at = ? AND id < ?)) \
+    AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at < ?) \
+    AND (? IS NULL OR (status >= ? AND status < ?)) \
+    AND (? = 0 OR billing_status = 'refused') \
+    AND (? IS NULL OR billing_status = ?)";
+
+/// Bind a [`LogFilter`]'s values in the order of [`LOG_FILTER_SQL`].
+macro_rules! bind_log_filter {
+    ($q:expr, $f:expr) => {{
+        let f: &LogFilter = &$f;
+        let (b_at, b_id) = f.before.unzip();
+        let (lo, hi) = f.status_class.and_then(StatusClass::range).unzip();
+        let refused = i64::from(f.status_class == Some(StatusClass::Refused));
+        let billing = f.billing_status.map(|b| b.as_str());
+        $q.bind(f.user_id)
+            .bind(f.user_id)
+            .bind(f.api_key_id)
+            .bind(f.api_key_id)
+            .bind(f.account_id)
+            .bind(f.account_id)
+            .bind(f.model.clone())
+            .bind(f.model.clone())
+            .bind(f.status)
+            .bind(f.status)
+            .bind(b_at)
+            .bind(b_at)
+            .bind(b_at)
+            .bind(b_id)
+            .bind(f.from)
+            .bind(f.from)
+            .bind(f.to)
+            .bind(f.to)
+            .bind(lo)
+            .bind(lo)
+            .bind(hi)
+            .bind(refused)
+            .bind(billing)
+            .bind(billing)
+    }};
+}
+
+/// The names of an export row `l` (its user, key and account).
+const NAMES_COLS: &str = "u.username AS username, k.name AS key_name, a.name AS account_name";
+const NAMES_JOIN: &str = "LEFT JOIN users u ON u.id = l.user_id \
+    LEFT JOIN api_keys k ON k.id = l.api_key_id LEFT JOIN accounts a ON a.id = l.account_id";
+
+/// Rows a streaming export keeps in flight between the query and the response.
+const STREAM_BUFFER: usize = 256;
+
+/// Hand each row of a query to `tx` until the rows end, the receiver is gone or a row fails
+/// (the error is handed on, then the query stops).
+async fn forward<T>(
+    mut rows: impl futures_util::Stream<Item = std::result::Result<T, sqlx::Error>> + Unpin,
+    tx: &mpsc::Sender<Result<T>>,
+) {
+    while let Some(row) = rows.next().await {
+        let failed = row.is_err();
+        if tx.send(row.map_err(Into::into)).await.is_err() || failed {
+            return;
+        }
+    }
+}
 
 /// The WHERE conditions of a [`UsageFilter`] over `usage_daily`; bind with
 /// [`bind_usage_filter!`].
@@ -149,32 +293,61 @@ impl Db {
 
     /// Request logs, newest first by (created_at, id).
     pub async fn request_logs(&self, f: &LogFilter, limit: i64) -> Result<Vec<RequestLog>> {
-        let (b_at, b_id) = f.before.unzip();
         let sql = format!(
-            "SELECT {LOG_COLS} FROM request_logs WHERE (? IS NULL OR user_id = ?) \
-             AND (? IS NULL OR api_key_id = ?) AND (? IS NULL OR account_id = ?) \
-             AND (? IS NULL OR model = ?) AND (? IS NULL OR status = ?) \
-             AND (? IS NULL OR created_at < ? OR (created_at = ? AND id < ?)) \
+            "SELECT {LOG_COLS} FROM request_logs WHERE {LOG_FILTER_SQL} \
              ORDER BY created_at DESC, id DESC LIMIT ?"
         );
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(f.user_id)
-            .bind(f.user_id)
-            .bind(f.api_key_id)
-            .bind(f.api_key_id)
-            .bind(f.account_id)
-            .bind(f.account_id)
-            .bind(f.model.as_deref())
-            .bind(f.model.as_deref())
-            .bind(f.status)
-            .bind(f.status)
-            .bind(b_at)
-            .bind(b_at)
-            .bind(b_at)
-            .bind(b_id)
+        Ok(on_db!(self, |p| bind_log_filter!(sqlx::query_as(&sql), f)
             .bind(limit)
             .fetch_all(p)
             .await)?)
+    }
+
+    /// One request log by its row id.
+    pub async fn request_log(&self, id: i64) -> Result<Option<RequestLog>> {
+        let sql = format!("SELECT {LOG_COLS} FROM request_logs WHERE id = ?");
+        Ok(on_db!(self, |p| sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(p)
+            .await)?)
+    }
+
+    /// Every request log matching `f` (no limit), newest first, as a stream of rows read from
+    /// one query as the receiver takes them: memory stays constant whatever the row count.
+    /// Dropping the receiver (the client went away) ends the query.
+    pub fn request_logs_stream(&self, f: LogFilter) -> mpsc::Receiver<Result<RequestLogExport>> {
+        let sql = format!(
+            "SELECT l.*, {NAMES_COLS} FROM (SELECT {LOG_COLS} FROM request_logs \
+             WHERE {LOG_FILTER_SQL}) l {NAMES_JOIN} ORDER BY l.created_at DESC, l.id DESC"
+        );
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let db = self.clone();
+        tokio::spawn(async move {
+            on_db!(&db, |p| {
+                let rows = bind_log_filter!(sqlx::query_as(&sql), f).fetch(p);
+                forward(rows, &tx).await
+            })
+        });
+        rx
+    }
+
+    /// Every `usage_daily` row matching `f` (no limit), in the order of [`Db::usage_daily`],
+    /// streamed as [`Db::request_logs_stream`] is.
+    pub fn usage_daily_stream(&self, f: UsageFilter) -> mpsc::Receiver<Result<UsageDailyExport>> {
+        let sql = format!(
+            "SELECT l.*, {NAMES_COLS} FROM (SELECT {DAILY_COLS} FROM usage_daily \
+             WHERE {USAGE_FILTER_SQL}) l {NAMES_JOIN} \
+             ORDER BY l.day, l.user_id, l.api_key_id, l.account_id, l.model"
+        );
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let db = self.clone();
+        tokio::spawn(async move {
+            on_db!(&db, |p| {
+                let rows = bind_usage_filter!(sqlx::query_as(&sql), f).fetch(p);
+                forward(rows, &tx).await
+            })
+        });
+        rx
     }
 
     pub async fn ledger(&self) -> Result<Ledger> {

@@ -13,13 +13,16 @@ pub struct User {
     #[serde(skip)]
     pub password_hash: Option<String>,
     pub status: UserStatus,
+    /// At most this many requests of all its keys in flight at once; None = no cap.
+    pub max_concurrency: Option<i64>,
     #[serde(serialize_with = "ser::ms")]
     pub created_at: i64,
     #[serde(serialize_with = "ser::ms")]
     pub updated_at: i64,
 }
 
-const COLS: &str = "id, username, role, password_hash, status, created_at, updated_at";
+const COLS: &str =
+    "id, username, role, password_hash, status, max_concurrency, created_at, updated_at";
 
 impl Db {
     pub async fn create_user(
@@ -109,6 +112,23 @@ impl Db {
             self,
             sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
                 .bind(hash)
+                .bind(now)
+                .bind(id)
+        )?;
+        Ok(())
+    }
+
+    /// Set (or with None clear) the user's concurrency cap.
+    pub async fn set_user_max_concurrency(
+        &self,
+        id: i64,
+        max: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query("UPDATE users SET max_concurrency = ?, updated_at = ? WHERE id = ?")
+                .bind(max)
                 .bind(now)
                 .bind(id)
         )?;

@@ -65,7 +65,8 @@ impl Db {
         limit: i64,
     ) -> Result<Vec<User>> {
         let pattern = search.map(super::like_pattern);
-        let sql = "SELECT id, username, role, password_hash, status, created_at, updated_at \
+        let sql = "SELECT id, username, role, password_hash, status, max_concurrency, \
+             created_at, updated_at \
              FROM users WHERE (? IS NULL OR username LIKE ? ESCAPE '!') \
              ORDER BY id LIMIT ? OFFSET ?";
         Ok(on_db!(self, |p| sqlx::query_as(sql)

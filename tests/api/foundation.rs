@@ -330,6 +330,8 @@ async fn store_story() {
                 rpm_limit: Some(5),
                 tpm_limit: None,
                 allowed_ips: &[],
+                limits: Default::default(),
+                max_concurrency: None,
             },
             1,
         )
@@ -360,6 +362,8 @@ async fn store_story() {
         rpm_limit: None,
         tpm_limit: None,
         allowed_ips: &[],
+        limits: Default::default(),
+        max_concurrency: None,
     };
     assert!(matches!(
         db.create_key(&dup, 1).await,
@@ -377,6 +381,7 @@ async fn store_story() {
                 priority: Some(5),
                 weight: Some(2),
                 status: None,
+                ..Default::default()
             },
             1,
         )
@@ -812,6 +817,8 @@ async fn user_balances_use_effective_used() {
         ttfb_ms: None,
         error: None,
         reserved: 0,
+        key_windows: None,
+        key_reserved: 0,
     };
     app.state
         .db

@@ -46,6 +46,8 @@ fn event(id: &str, user: i64, key: i64, account: i64, up: Option<i64>, cost: i64
         ttfb_ms: Some(1),
         error: None,
         reserved: 0,
+        key_windows: None,
+        key_reserved: 0,
     }
 }
 
@@ -394,7 +396,7 @@ async fn windows_roll_over_at_local_midnight_and_anchors() {
     let (_, logs) = app.get("/logs?limit=1").await;
     assert_eq!(
         logs["data"][0]["created_at"],
-        local(2026, 2, 10, 9, 0).to_rfc3339()
+        tollgate::clock::rfc3339(local(2026, 2, 10, 9, 0).timestamp_millis())
     );
 }
 

@@ -56,7 +56,7 @@ async fn each_refusal_of_a_known_key_is_one_refused_row_and_nothing_else() {
     })
     .await;
     let fake = FakeUpstream::start().await.unwrap();
-    app.wire_upstream(&fake).await;
+    let (oa, an) = app.wire_upstream(&fake).await;
     let (uid, _, _) = funded_key(&app, "ref").await;
     let nopkg = app.user("ref-nopkg").await;
     let chat = chat_body(false).to_string();
@@ -154,6 +154,21 @@ async fn each_refusal_of_a_known_key_is_one_refused_row_and_nothing_else() {
     assert_eq!(refused.len(), 1, "{got:?}");
     assert_eq!(refused[0]["error"], "rate_limit_exceeded");
     assert_eq!(refused[0]["status"], 429);
+    // Every serving account disabled: 503, and its row.
+    for id in [oa, an] {
+        let (s, v) = app
+            .patch(&format!("/accounts/{id}"), json!({"status": "disabled"}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (kid, key) = app.key(uid, json!({"name": "k503"})).await;
+    let chat = chat_body(false).to_string();
+    assert_eq!(send(&app, "/v1/chat/completions", &key, chat).await, 503);
+    let got = rows(&app, kid, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["status"], 503);
+    assert_eq!(got[0]["error"], "no_available_account");
+    assert_eq!(got[0]["billing_status"], "refused");
     // Only the one served request reached a sink.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = app.state.db.ledger().await.unwrap();

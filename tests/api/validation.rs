@@ -1253,3 +1253,156 @@ async fn a_database_failure_is_an_internal_error() {
     }
     "#);
 }
+
+/// Base URLs that cannot be right for their provider are refused on create and on edit (400
+/// naming `base_url`, nothing written); a doubtful OpenAI base is accepted with `warnings`.
+#[tokio::test]
+async fn account_base_urls_refused_by_case_and_doubtful_ones_warned() {
+    use Method as M;
+    let app = spawn_app().await;
+    let (s, oa) = app
+        .post(
+            "/accounts",
+            json!({"name": "oa", "provider": "openai", "base_url": "https://up.example/v1", "api_key": "k"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{oa}");
+    assert_eq!(oa["warnings"], json!([]), "{oa}");
+    let (s, an) = app
+        .post(
+            "/accounts",
+            json!({"name": "an", "provider": "anthropic", "base_url": "https://api.anthropic.com", "api_key": "k"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{an}");
+    let (oa, an) = (oa["id"].as_i64().unwrap(), an["id"].as_i64().unwrap());
+    let new = |provider: &str, url: &str| {
+        Some(json!({"name": "x", "provider": provider, "base_url": url, "api_key": "k"}))
+    };
+    let cases = vec![
+        case(
+            "create_anthropic_ending_in_v1",
+            M::POST,
+            "/accounts",
+            new("anthropic", "https://api.anthropic.com/v1/"),
+            400,
+            Some("base_url"),
+        ),
+        case(
+            "create_openai_official_without_v1",
+            M::POST,
+            "/accounts",
+            new("openai", "https://api.openai.com"),
+            400,
+            Some("base_url"),
+        ),
+        case(
+            "create_with_query",
+            M::POST,
+            "/accounts",
+            new("openai", "https://up.example/v1?key=1"),
+            400,
+            Some("base_url"),
+        ),
+        case(
+            "create_with_fragment",
+            M::POST,
+            "/accounts",
+            new("anthropic", "https://api.anthropic.com#x"),
+            400,
+            Some("base_url"),
+        ),
+        case(
+            "edit_base_url_of_anthropic_to_v1",
+            M::PATCH,
+            format!("/accounts/{an}"),
+            Some(json!({"base_url": "https://relay.example/v1"})),
+            400,
+            Some("base_url"),
+        ),
+        // The stored base URL is checked against a new provider.
+        case(
+            "edit_provider_of_v1_base_to_anthropic",
+            M::PATCH,
+            format!("/accounts/{oa}"),
+            Some(json!({"provider": "anthropic"})),
+            400,
+            Some("base_url"),
+        ),
+        case(
+            "edit_openai_official_without_v1",
+            M::PATCH,
+            format!("/accounts/{oa}"),
+            Some(json!({"base_url": "https://api.openai.com/"})),
+            400,
+            Some("base_url"),
+        ),
+    ];
+    let router = tollgate::http::router(app.state.clone());
+    let mut failures = Vec::new();
+    let mut bodies = Map::new();
+    for c in &cases {
+        let (status, v) = call(&router, c).await;
+        if status != c.status || v["error"]["param"].as_str() != c.param {
+            failures.push(format!("{}: {status} {v}", c.name));
+        }
+        bodies.insert(c.name.to_string(), v["error"]["message"].clone());
+    }
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
+    insta::assert_json_snapshot!(Value::Object(bodies), @r#"
+    {
+      "create_anthropic_ending_in_v1": "`base_url`: must not end in /v1 for an Anthropic account: tollgate adds /v1/messages itself (e.g. https://api.anthropic.com)",
+      "create_openai_official_without_v1": "`base_url`: must be https://api.openai.com/v1 for api.openai.com: tollgate adds /chat/completions to it",
+      "create_with_fragment": "`base_url`: must not have a query (?…) or a fragment (#…): the endpoint's path is added to it",
+      "create_with_query": "`base_url`: must not have a query (?…) or a fragment (#…): the endpoint's path is added to it",
+      "edit_base_url_of_anthropic_to_v1": "`base_url`: must not end in /v1 for an Anthropic account: tollgate adds /v1/messages itself (e.g. https://api.anthropic.com)",
+      "edit_openai_official_without_v1": "`base_url`: must be https://api.openai.com/v1 for api.openai.com: tollgate adds /chat/completions to it",
+      "edit_provider_of_v1_base_to_anthropic": "`base_url`: must not end in /v1 for an Anthropic account: tollgate adds /v1/messages itself (e.g. https://api.anthropic.com)"
+    }
+    "#);
+    // Nothing was written: the two accounts, unchanged.
+    let (_, list) = app.get("/accounts").await;
+    let rows = list["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{list}");
+    assert_eq!(rows[0]["base_url"], "https://up.example/v1");
+    assert_eq!(rows[0]["provider"], "openai");
+    assert_eq!(rows[1]["base_url"], "https://api.anthropic.com");
+    // An OpenAI-compatible base without a version path is accepted, with a warning, on create
+    // and on edit; a versioned one has none.
+    let (s, v) = app
+        .post(
+            "/accounts",
+            json!({"name": "ds", "provider": "openai", "base_url": "https://api.deepseek.example", "api_key": "k"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["warnings"],
+        json!([{
+            "field": "base_url",
+            "code": "no_version_path",
+            "message": "`base_url`: has no version in its path (such as /v1): requests go to base_url/chat/completions, which most OpenAI-compatible upstreams only serve under /v1"
+        }]),
+        "{v}"
+    );
+    let (s, v) = app
+        .patch(
+            &format!("/accounts/{oa}"),
+            json!({"base_url": "https://up.example/openai"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["warnings"][0]["code"], "no_version_path", "{v}");
+    let (s, v) = app
+        .patch(
+            &format!("/accounts/{oa}"),
+            json!({"base_url": "https://up.example/api/v4"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["warnings"], json!([]), "{v}");
+}

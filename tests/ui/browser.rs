@@ -13,7 +13,7 @@ use crate::pages::{chat, wait_for_stats};
 use crate::web::{money, ADMIN_PASSWORD, ADMIN_USER};
 use crate::webdriver::{binaries, Browser};
 
-fn shots_dir() -> PathBuf {
+pub fn shots_dir() -> PathBuf {
     let backend = match backend() {
         Backend::Sqlite => "sqlite",
         Backend::MySql => "mysql",
@@ -25,7 +25,7 @@ fn shots_dir() -> PathBuf {
 
 /// The browser, or None (after a loud message) when chromedriver or Chromium is missing and
 /// the environment does not require them.
-async fn browser() -> Option<Browser> {
+pub async fn browser() -> Option<Browser> {
     let (driver, chromium) = binaries();
     for (what, path) in [("chromedriver", &driver), ("Chromium", &chromium)] {
         if !path.exists() {

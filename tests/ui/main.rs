@@ -10,6 +10,9 @@
 mod helpers;
 
 mod browser;
+mod concurrency;
+mod console;
+mod key_budgets;
 mod pages;
 mod web;
 mod webdriver;

@@ -1379,3 +1379,225 @@ async fn static_files_are_embedded_with_types_and_cache_headers() {
     assert_eq!(web.get("/static/nope.js").await.status, 404);
     assert_eq!(web.get("/static/../Cargo.toml").await.status, 404);
 }
+
+#[tokio::test]
+async fn refused_requests_show_on_the_user_page_and_the_logs_page() {
+    let (app, _fake) = seeded(Options::default()).await;
+    let uid = app.user("refusal-shown").await;
+    let (kid, key) = app.key(uid, json!({"name": "k"})).await;
+    let r = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The row goes through the recorder: wait for it.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) = app.get(&format!("/logs?api_key_id={kid}")).await;
+        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let web = Web::new(&app.base);
+    web.login().await;
+    for path in [format!("/admin/users/{uid}"), "/admin/logs".to_string()] {
+        let page = web.get(&path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains("No requests"), "{path}");
+        assert!(page.body.contains("model_not_found"), "{path}");
+        assert!(page.body.contains("<td>Refused</td>"), "{path}");
+        assert!(page.body.contains("no-such-model"), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn accounts_page_tests_an_account_and_shows_health_and_base_url_warnings() {
+    let (app, fake) = seeded(Options {
+        tweak: Some(Box::new(|c| c.upstream.probe_interval_secs = 0)),
+        ..Default::default()
+    })
+    .await;
+    let web = Web::new(&app.base);
+    web.login().await;
+    let health = |html: &str, id: &str| {
+        let rows = rows(html, "account-id");
+        let (_, cells) = rows.into_iter().find(|(i, _)| i == id).unwrap();
+        cells
+    };
+    let page = web.get("/admin/accounts").await;
+    assert!(page.body.contains(r#"action="/admin/accounts/1/test""#));
+    assert_eq!(health(&page.body, "1")["health"], "OK");
+    // The secret was refused: the row says so, in each language (the vocabulary's text).
+    app.state.proxy.health.refused(1);
+    let page = web.get("/admin/accounts").await;
+    assert_eq!(
+        health(&page.body, "1")["health"],
+        "Secret refused by upstream"
+    );
+    let zh = web.get("/admin/accounts?lang=zh-CN").await;
+    assert_eq!(health(&zh.body, "1")["health"], "上游拒绝了密钥");
+    web.get("/admin/accounts?lang=en").await;
+    // A failing Test shows upstream's answer and changes nothing.
+    fake.set_fail_status(Some(500));
+    let r = web.submit("/admin/accounts/1/test", &[]).await;
+    assert_eq!(r.status, 200);
+    let error = text_by_id(&r.body, "form-error").unwrap();
+    assert!(error.starts_with("Test of oa failed after"), "{error}");
+    assert!(error.contains("upstream answered 500"), "{error}");
+    assert_eq!(health(&r.body, "1")["health"], "Secret refused by upstream");
+    // A passing Test says so and brings the account back.
+    fake.set_fail_status(None);
+    let r = web.submit("/admin/accounts/1/test", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("Test of oa: upstream answered 200 in"),
+        "{}",
+        r.body
+    );
+    assert_eq!(health(&r.body, "1")["health"], "OK");
+    let (_, acc) = app.get("/accounts/1").await;
+    assert_eq!(acc["health"], "ok", "{acc}");
+    // Testing an account that does not exist is the not-found page.
+    assert_eq!(
+        web.submit("/admin/accounts/999/test", &[]).await.status,
+        404
+    );
+    // A doubtful OpenAI base URL: accepted, with its warning on the list and the edit page.
+    let r = web
+        .submit(
+            "/admin/accounts",
+            &[
+                ("name", "unversioned"),
+                ("provider", "openai"),
+                ("base_url", "https://relay.example"),
+                ("api_key", "sk-x"),
+                ("models", ""),
+                ("priority", "0"),
+                ("weight", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = web.get("/admin/accounts").await;
+    let warning = "has no version in its path (such as /v1)";
+    let cells = health(&page.body, "3");
+    assert!(cells["base_url"].contains(warning), "{cells:?}");
+    assert!(!health(&page.body, "1")["base_url"].contains(warning));
+    assert!(web.get("/admin/accounts/3").await.body.contains(warning));
+    // One that cannot be right is refused with the reason, on the form.
+    let r = web
+        .submit(
+            "/admin/accounts",
+            &[
+                ("name", "bad"),
+                ("provider", "anthropic"),
+                ("base_url", "https://api.anthropic.com/v1"),
+                ("api_key", "sk-x"),
+                ("models", ""),
+                ("priority", "0"),
+                ("weight", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body
+            .contains("Base URL: must not end in /v1 for an Anthropic account"),
+        "{}",
+        r.body
+    );
+}
+
+/// The text of the `<textarea name="{name}">`, entities decoded.
+fn textarea_value(html: &str, name: &str) -> Option<String> {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse("textarea[name]").unwrap();
+    let found = doc
+        .select(&sel)
+        .find(|e| e.value().attr("name") == Some(name))
+        .map(|e| e.text().collect::<String>());
+    found
+}
+
+/// Model aliases through the account form (SPEC §11.2): typed as JSON in a textarea, shown
+/// again on the edit page, refused naming the field when not a map, cleared when blank.
+#[tokio::test]
+async fn account_model_aliases_through_the_form() {
+    let (app, _fake) = seeded(Options::default()).await;
+    let web = Web::new(&app.base);
+    web.login().await;
+    let form = |map: &'static str| {
+        vec![
+            ("name", "aliased"),
+            ("provider", "openai"),
+            ("base_url", "https://api.openai.example/v1"),
+            ("api_key", "sk-x"),
+            ("models", ""),
+            ("priority", "0"),
+            ("weight", "1"),
+            ("model_map", map),
+        ]
+    };
+    let r = web
+        .submit(
+            "/admin/accounts",
+            &form(r#"{"fast": "gpt-upstream-mini", "smart": "gpt-upstream-large"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let (_, list) = app.get("/accounts").await;
+    let acc = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "aliased")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        acc["model_map"],
+        json!({"fast": "gpt-upstream-mini", "smart": "gpt-upstream-large"})
+    );
+    let id = acc["id"].as_i64().unwrap();
+    let path = format!("/admin/accounts/{id}");
+    let edit = web.get(&path).await;
+    let shown = textarea_value(&edit.body, "model_map").unwrap();
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown, acc["model_map"],
+        "the edit form shows the stored map"
+    );
+    let list_page = web.get("/admin/accounts").await;
+    assert!(list_page.body.contains("fast → gpt-upstream-mini"));
+
+    // Not a map: refused naming the field, what was typed kept, nothing stored.
+    for bad in [r#"fast=gpt-x"#, r#"["fast"]"#, r#"{"fast": ""}"#] {
+        let r = web.submit(&path, &form(bad)).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert!(
+            r.body.contains("Model aliases: must be a JSON object"),
+            "{bad}: {}",
+            r.body
+        );
+        assert_eq!(textarea_value(&r.body, "model_map").as_deref(), Some(bad));
+    }
+    let stored = app.state.db.get_account(id).await.unwrap();
+    assert_eq!(stored.model_map.0.len(), 2);
+    // Blank clears it.
+    let r = web.submit(&path, &form("  ")).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(app
+        .state
+        .db
+        .get_account(id)
+        .await
+        .unwrap()
+        .model_map
+        .0
+        .is_empty());
+}

@@ -236,6 +236,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("WebDriver script {js:?}: {e}"))
     }
 
+    /// Resize the window (headless: the viewport) to `width`×`height`.
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.set_size(width, height).await;
+    }
+
     async fn set_size(&self, width: u32, height: u32) {
         self.client.set_window_size(width, height).await.unwrap();
     }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::view::{self, form_int, model_list, FormValues, Money, StatusForm};
 use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin;
-use crate::domain::AccountStatus;
+use crate::domain::{AccountHealth, AccountStatus};
 use crate::state::AppState;
 use crate::store::accounts::Account;
 
@@ -25,10 +25,13 @@ struct Row {
     weight: i64,
     active: bool,
     status_label: &'static str,
+    /// Its live health (SPEC §11.2), in the page's language.
+    health: &'static str,
+    health_ok: bool,
     /// Seconds of cooldown left after a failure, if any.
     cooling: Option<u64>,
-    /// Upstream refused its secret (SPEC §11.2).
-    auth_failed: bool,
+    /// Cautions about its base URL, in the page's language.
+    warnings: Vec<&'static str>,
     cost: Money,
     requests: String,
     tokens: String,
@@ -40,21 +43,32 @@ struct Row {
 impl Row {
     fn new(st: &AppState, ctx: &Ctx, a: Account) -> Row {
         let models = a.models();
+        let warnings = admin::base_url_warnings(&a)
+            .into_iter()
+            .map(|w| w.text(ctx.tr))
+            .collect();
+        let mut models = if models.is_empty() {
+            ctx.t("keys.all_models").to_string()
+        } else {
+            models.join(", ")
+        };
+        // Aliases after the list: `client → upstream`.
+        for (client, upstream) in &a.model_map.0 {
+            models.push_str(&format!("; {client} → {upstream}"));
+        }
         Row {
             id: a.id,
             provider: a.provider.to_string(),
             base_url: a.base_url,
-            models: if models.is_empty() {
-                ctx.t("keys.all_models").to_string()
-            } else {
-                models.join(", ")
-            },
+            models,
             priority: a.priority,
             weight: a.weight,
             active: a.status == AccountStatus::Active,
             status_label: view::status_label(ctx.tr, a.status.as_str()),
+            health: ctx.tr.vocab(st.proxy.health.label(a.id)),
+            health_ok: st.proxy.health.label(a.id) == AccountHealth::Ok,
             cooling: st.proxy.health.cooldown_left(a.id),
-            auth_failed: st.proxy.health.auth_failed(a.id),
+            warnings,
             cost: Money::nanos(a.total_cost),
             requests: format::count(a.request_count),
             tokens: format::count(
@@ -66,6 +80,40 @@ impl Row {
             name: a.name,
         }
     }
+}
+
+/// The Test button: one probe now, its result shown on the accounts page (a success clears
+/// the account's health).
+pub async fn test(State(st): State<AppState>, mut ctx: Ctx, Path(id): Path<i64>) -> Response {
+    let lang = ctx.tr.lang;
+    let status = match admin::test_account(&st, id).await {
+        Ok((a, p)) => {
+            let ms = p.latency_ms.to_string();
+            if p.ok {
+                let status = p.status.map(|s| s.to_string()).unwrap_or_default();
+                ctx.notice = Some(
+                    ctx.t("accounts.test_ok")
+                        .replace("{name}", &a.name)
+                        .replace("{status}", &status)
+                        .replace("{ms}", &ms),
+                );
+            } else {
+                ctx.set_error(
+                    ctx.t("accounts.test_failed")
+                        .replace("{name}", &a.name)
+                        .replace("{ms}", &ms)
+                        .replace("{error}", p.error.as_deref().unwrap_or("")),
+                );
+            }
+            StatusCode::OK
+        }
+        Err(e) => ctx.fail(&e).1,
+    };
+    respond(
+        &st,
+        lang,
+        list_page(&st, ctx, FormValues::default(), status).await,
+    )
 }
 
 #[derive(askama::Template)]
@@ -112,6 +160,7 @@ pub struct AccountForm {
     models: Option<String>,
     priority: Option<String>,
     weight: Option<String>,
+    model_map: Option<String>,
 }
 
 impl AccountForm {
@@ -123,7 +172,19 @@ impl AccountForm {
             ("models", self.models.as_ref()),
             ("priority", self.priority.as_ref()),
             ("weight", self.weight.as_ref()),
+            ("model_map", self.model_map.as_ref()),
         ])
+    }
+
+    /// The aliases as typed: blank clears them, a form without the field keeps them; text
+    /// that is not JSON goes on as a string, which the admin layer refuses as
+    /// `not_a_model_map`.
+    fn model_map(&self) -> Option<serde_json::Value> {
+        let text = self.model_map.as_deref()?.trim();
+        if text.is_empty() {
+            return Some(serde_json::json!({}));
+        }
+        Some(serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.into())))
     }
 
     /// The account as typed; a blank secret is left out (on edit: keep the stored one).
@@ -143,6 +204,7 @@ impl AccountForm {
             priority: form_int(ctx.tr, "priority", self.priority.as_deref())?,
             weight: form_int(ctx.tr, "weight", self.weight.as_deref())?,
             status: None,
+            model_map: self.model_map(),
         })
     }
 }
@@ -208,6 +270,11 @@ async fn edit_page(
         let (priority, weight) = (a.priority.to_string(), a.weight.to_string());
         let models = a.models().join(", ");
         let provider = a.provider.to_string();
+        let model_map = if a.model_map.0.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&a.model_map).unwrap_or_default()
+        };
         FormValues::from_pairs([
             ("name", Some(&a.name)),
             ("provider", Some(&provider)),
@@ -215,6 +282,7 @@ async fn edit_page(
             ("models", Some(&models)),
             ("priority", Some(&priority)),
             ("weight", Some(&weight)),
+            ("model_map", Some(&model_map)),
         ])
     });
     let row = Row::new(st, &ctx, a);

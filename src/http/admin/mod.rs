@@ -35,6 +35,7 @@ mod auth;
 mod dashboard;
 mod format;
 mod keys;
+mod logs;
 mod models;
 mod packages;
 mod usage;
@@ -59,6 +60,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/users", get(users::list).post(users::create))
         .route("/admin/users/{id}", get(users::detail))
         .route("/admin/users/{id}/status", post(users::set_status))
+        .route(
+            "/admin/users/{id}/concurrency",
+            post(users::set_concurrency),
+        )
         .route("/admin/users/{id}/packages", post(users::grant))
         .route("/admin/users/{id}/keys", post(users::create_key))
         .route(
@@ -72,6 +77,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/admin/packages/{id}/status", post(packages::set_status))
         .route("/admin/keys", get(keys::list))
         .route("/admin/keys/{id}/status", post(keys::set_status))
+        .route("/admin/keys/{id}/budget", post(keys::set_budget))
         .route(
             "/admin/accounts",
             get(accounts::list).post(accounts::create),
@@ -81,9 +87,11 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(accounts::edit).post(accounts::update),
         )
         .route("/admin/accounts/{id}/status", post(accounts::set_status))
+        .route("/admin/accounts/{id}/test", post(accounts::test))
         .route("/admin/models", get(models::list).post(models::save))
         .route("/admin/usage", get(usage::daily))
-        .route("/admin/logs", get(usage::logs))
+        .route("/admin/logs", get(logs::list))
+        .route("/admin/logs/{id}", get(logs::detail))
         .route_layer(middleware::from_fn_with_state(state, require_admin));
     Router::new()
         .merge(pages)

@@ -1,5 +1,4 @@
-//! Usage (daily cost and requests, charted, by user, key, model and account) and the request
-//! logs (filters, cursor pagination).
+//! Usage: daily cost and requests, charted, by user, key, model and account.
 
 use std::collections::HashMap;
 
@@ -9,11 +8,11 @@ use axum::response::Response;
 use chrono::{Days, NaiveDate};
 use serde::Deserialize;
 
-use super::view::{self, Chart, Log, Money, Names};
+use super::view::{self, Chart, Money, Names};
 use super::{format, render, respond, Ctx, PageError};
 use crate::billing::money::Usd;
 use crate::state::AppState;
-use crate::store::usage::{LogFilter, UsageFilter};
+use crate::store::usage::UsageFilter;
 use crate::store::views::{UsageGroup, UsageTotal};
 
 /// The longest range the usage page draws, in days.
@@ -122,6 +121,8 @@ struct UsagePage {
     total_tokens: String,
     total_cost: Money,
     breakdowns: Vec<Breakdown>,
+    /// The CSV of the daily rows behind this page, with its filters.
+    csv_url: String,
 }
 
 struct DayRow {
@@ -284,6 +285,7 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
         .collect();
     ctx.section = "usage";
     ctx.here = format!("/admin/usage{}", format::query(&base));
+    let csv_url = format!("/api/admin/usage/daily.csv{}", format::query(&base));
     Ok(render(
         StatusCode::OK,
         &UsagePage {
@@ -298,6 +300,7 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
             total_tokens: format::count(total_tokens),
             total_cost: Money::nanos(total_cost),
             breakdowns,
+            csv_url,
         },
     ))
 }
@@ -318,111 +321,4 @@ fn group_name(
         UsageGroup::Model => (r.label.clone(), narrowed("model", r.label.clone())),
         UsageGroup::Day => (r.label.clone(), String::new()),
     }
-}
-
-#[derive(Default, Deserialize)]
-pub struct LogsQuery {
-    user_id: Option<String>,
-    api_key_id: Option<String>,
-    account_id: Option<String>,
-    model: Option<String>,
-    status: Option<String>,
-    cursor: Option<String>,
-    limit: Option<String>,
-}
-
-#[derive(askama::Template)]
-#[template(path = "admin/logs.html")]
-struct LogsPage {
-    ctx: Ctx,
-    filter: Filter,
-    status: String,
-    choices: Choices,
-    logs: Vec<Log>,
-    first_url: String,
-    next_url: String,
-}
-
-pub async fn logs(State(st): State<AppState>, ctx: Ctx, Query(q): Query<LogsQuery>) -> Response {
-    let lang = ctx.tr.lang;
-    respond(&st, lang, logs_page(&st, ctx, q).await)
-}
-
-async fn logs_page(st: &AppState, mut ctx: Ctx, q: LogsQuery) -> Result<Response, PageError> {
-    let limit = q
-        .limit
-        .as_deref()
-        .and_then(|l| l.parse::<i64>().ok())
-        .filter(|l| (1..=500).contains(l))
-        .unwrap_or(50);
-    let before = q.cursor.as_deref().and_then(|c| {
-        let (a, b) = c.split_once('_')?;
-        Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?))
-    });
-    let f = LogFilter {
-        user_id: id(&q.user_id),
-        api_key_id: id(&q.api_key_id),
-        account_id: id(&q.account_id),
-        model: text(&q.model),
-        status: id(&q.status),
-        before,
-    };
-    let rows = st.db.request_logs(&f, limit).await?;
-    let names = view::names_for_logs(st, &rows).await?;
-    let filter = Filter {
-        user_id: f.user_id.map(|v| v.to_string()).unwrap_or_default(),
-        api_key_id: f.api_key_id.map(|v| v.to_string()).unwrap_or_default(),
-        account_id: f.account_id.map(|v| v.to_string()).unwrap_or_default(),
-        model: f.model.clone().unwrap_or_default(),
-    };
-    let status = f.status.map(|s| s.to_string()).unwrap_or_default();
-    let limit_s = if limit == 50 {
-        String::new()
-    } else {
-        limit.to_string()
-    };
-    let url = |cursor: String| {
-        format!(
-            "/admin/logs{}",
-            format::query(&[
-                ("user_id", filter.user_id.clone()),
-                ("api_key_id", filter.api_key_id.clone()),
-                ("account_id", filter.account_id.clone()),
-                ("model", filter.model.clone()),
-                ("status", status.clone()),
-                ("limit", limit_s.clone()),
-                ("cursor", cursor),
-            ])
-        )
-    };
-    let next_url = if rows.len() as i64 == limit {
-        rows.last()
-            .map(|r| url(format!("{}_{}", r.created_at, r.id)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let first_url = if before.is_some() {
-        url(String::new())
-    } else {
-        String::new()
-    };
-    ctx.section = "logs";
-    ctx.here = url(q.cursor.clone().unwrap_or_default());
-    let logs = rows
-        .iter()
-        .map(|l| Log::new(ctx.tr, l, &names, st.tz))
-        .collect();
-    Ok(render(
-        StatusCode::OK,
-        &LogsPage {
-            ctx,
-            choices: Choices::load(st).await?,
-            filter,
-            status,
-            logs,
-            first_url,
-            next_url,
-        },
-    ))
 }

@@ -239,6 +239,8 @@ struct UserPage {
     logs: Vec<Log>,
     logs_url: String,
     form: FormValues,
+    /// The user's `max_concurrency`, as the form shows it (empty: no cap).
+    max_concurrency: String,
 }
 
 /// A key just created, shown once in the answer to the form that created it.
@@ -298,7 +300,7 @@ async fn detail_page(
     });
     let keys = api_keys
         .iter()
-        .map(|k| Key::new(tr, k, user.username.clone(), st.tz))
+        .map(|k| Key::new(tr, k, user.username.clone(), st.tz).with_budget(tr, k, now, st.tz))
         .collect();
     let logs = st
         .db
@@ -338,6 +340,9 @@ async fn detail_page(
             logs,
             logs_url: format!("/admin/logs?user_id={id}"),
             form,
+            max_concurrency: user
+                .max_concurrency
+                .map_or(String::new(), |n| n.to_string()),
         },
     ))
 }
@@ -362,11 +367,41 @@ pub async fn set_status(
 ) -> Response {
     let patch = admin::UserPatch {
         status: Some(f.status.unwrap_or_default()),
-        password: None,
+        ..Default::default()
     };
     match admin::update_user(&st, id, patch).await {
         Ok(_) => see_other(&format!("/admin/users/{id}"), "user_updated"),
         Err(e) => detail_failed(&st, ctx, id, e, FormValues::default()).await,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ConcurrencyForm {
+    max_concurrency: Option<String>,
+}
+
+/// The user's concurrency cap (empty clears it).
+pub async fn set_concurrency(
+    State(st): State<AppState>,
+    mut ctx: Ctx,
+    Path(id): Path<i64>,
+    Form(f): Form<ConcurrencyForm>,
+) -> Response {
+    let values = FormValues::from_pairs([("max_concurrency", f.max_concurrency.as_ref())]);
+    let max = match form_int(ctx.tr, "max_concurrency", f.max_concurrency.as_deref()) {
+        Ok(n) => n,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return detail_form_error(&st, ctx, id, values).await;
+        }
+    };
+    let patch = admin::UserPatch {
+        max_concurrency: Some(max),
+        ..Default::default()
+    };
+    match admin::update_user(&st, id, patch).await {
+        Ok(_) => see_other(&format!("/admin/users/{id}"), "user_updated"),
+        Err(e) => detail_failed(&st, ctx, id, e, values).await,
     }
 }
 
@@ -451,6 +486,11 @@ pub struct KeyForm {
     tpm_limit: Option<String>,
     expires_at: Option<String>,
     allowed_ips: Option<String>,
+    daily_limit: Option<String>,
+    weekly_limit: Option<String>,
+    monthly_limit: Option<String>,
+    total_limit: Option<String>,
+    max_concurrency: Option<String>,
 }
 
 pub async fn create_key(
@@ -466,8 +506,35 @@ pub async fn create_key(
         ("tpm_limit", f.tpm_limit.as_ref()),
         ("expires_at", f.expires_at.as_ref()),
         ("allowed_ips", f.allowed_ips.as_ref()),
+        ("daily_limit", f.daily_limit.as_ref()),
+        ("weekly_limit", f.weekly_limit.as_ref()),
+        ("monthly_limit", f.monthly_limit.as_ref()),
+        ("total_limit", f.total_limit.as_ref()),
+        ("max_concurrency", f.max_concurrency.as_ref()),
     ]);
     let tr = ctx.tr;
+    let max_concurrency = match form_int(tr, "max_concurrency", f.max_concurrency.as_deref()) {
+        Ok(n) => n,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return detail_form_error(&st, ctx, id, values).await;
+        }
+    };
+    let budget = match super::keys::budget_input(
+        tr,
+        [
+            &f.daily_limit,
+            &f.weekly_limit,
+            &f.monthly_limit,
+            &f.total_limit,
+        ],
+    ) {
+        Ok(b) => b,
+        Err(msg) => {
+            ctx.set_error(msg);
+            return detail_form_error(&st, ctx, id, values).await;
+        }
+    };
     let mut limits = [None, None];
     for (slot, (field, v)) in limits
         .iter_mut()
@@ -496,6 +563,8 @@ pub async fn create_key(
         tpm_limit: limits[1],
         expires_at,
         allowed_ips: model_list(f.allowed_ips.as_deref()),
+        budget,
+        max_concurrency,
     };
     match admin::create_key(&st, id, key).await {
         Ok(created) => {

@@ -220,12 +220,75 @@ pub struct Key {
     pub expires: String,
     /// The IP allow-list, comma-separated; empty when any address may use the key.
     pub allowed_ips: String,
+    /// Its budgets as of now: `daily $0.40 / $1.00 · total …`, or `—`.
+    pub budget: String,
+    /// (field, label, value for its input) of the four budgets, for the edit form.
+    pub budget_inputs: Vec<(&'static str, &'static str, String)>,
 }
 
 impl Key {
+    /// Add the key's budgets as of `now` (SPEC §11.3).
+    pub fn with_budget(
+        mut self,
+        tr: Tr,
+        k: &ApiKey,
+        now: chrono::DateTime<chrono::Utc>,
+        tz: Tz,
+    ) -> Key {
+        let st = crate::billing::key_budget::status(&k.budget, k.used_cost, k.created_at, now, tz);
+        self.budget = if st.is_empty() {
+            "—".to_string()
+        } else {
+            st.iter()
+                .map(|b| {
+                    format!(
+                        "{} {} / {}",
+                        tr.t(&format!("field.{}_limit", b.window)),
+                        format::usd(b.used),
+                        format::usd(b.limit)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" · ")
+        };
+        let plain = |v: Option<i64>| {
+            v.map(|n| {
+                crate::billing::money::Usd(n)
+                    .to_decimal()
+                    .normalize()
+                    .to_string()
+            })
+            .unwrap_or_default()
+        };
+        let b = &k.budget;
+        self.budget_inputs = vec![
+            (
+                "daily_limit",
+                tr.t("field.daily_limit"),
+                plain(b.daily_limit),
+            ),
+            (
+                "weekly_limit",
+                tr.t("field.weekly_limit"),
+                plain(b.weekly_limit),
+            ),
+            (
+                "monthly_limit",
+                tr.t("field.monthly_limit"),
+                plain(b.monthly_limit),
+            ),
+            (
+                "total_limit",
+                tr.t("field.total_limit"),
+                plain(b.total_limit),
+            ),
+        ];
+        self
+    }
+
     pub fn new(tr: Tr, k: &ApiKey, username: String, tz: Tz) -> Key {
         let models = k.allowed_models();
-        let limits = match (k.rpm_limit, k.tpm_limit) {
+        let mut limits = match (k.rpm_limit, k.tpm_limit) {
             (None, None) => "—".to_string(),
             (r, t) => format!(
                 "{} RPM · {} TPM",
@@ -233,6 +296,14 @@ impl Key {
                 t.map_or("∞".into(), format::count)
             ),
         };
+        if let Some(n) = k.max_concurrency {
+            let cap = format!("{} {}", format::count(n), tr.t("keys.concurrent"));
+            limits = if k.rpm_limit.is_none() && k.tpm_limit.is_none() {
+                cap
+            } else {
+                format!("{limits} · {cap}")
+            };
+        }
         Key {
             id: k.id,
             user_id: k.user_id,
@@ -255,12 +326,16 @@ impl Key {
             last_used: format::opt_time(k.last_used_at, tz),
             expires: format::opt_time(k.expires_at, tz),
             allowed_ips: crate::store::column_to_list(&k.allowed_ips).join(", "),
+            budget: String::new(),
+            budget_inputs: Vec::new(),
         }
     }
 }
 
 /// A request log row.
 pub struct Log {
+    /// The row id, for the link to its page.
+    pub id: i64,
     pub time: String,
     pub request_id: String,
     pub user_id: i64,
@@ -320,6 +395,7 @@ impl Names {
 impl Log {
     pub fn new(tr: Tr, l: &RequestLog, names: &Names, tz: Tz) -> Log {
         Log {
+            id: l.id,
             time: format::time_secs(l.created_at, tz),
             request_id: l.request_id.clone(),
             user_id: l.user_id,

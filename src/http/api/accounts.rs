@@ -2,11 +2,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::{id_page, parse_id, PageQuery};
 use crate::admin::{self, AdminError};
 use crate::error::{ApiError, AppJson};
+use crate::i18n::{Lang, Tr};
 use crate::state::AppState;
 use crate::store::accounts::Account;
 
@@ -21,6 +22,8 @@ pub struct AccountBody {
     priority: Option<i64>,
     weight: Option<i64>,
     status: Option<String>,
+    /// Any JSON here, so that a wrong shape gets `not_a_model_map` naming the field.
+    model_map: Option<Value>,
 }
 
 impl From<AccountBody> for admin::AccountInput {
@@ -34,6 +37,7 @@ impl From<AccountBody> for admin::AccountInput {
             priority: b.priority,
             weight: b.weight,
             status: b.status,
+            model_map: b.model_map,
         }
     }
 }
@@ -52,12 +56,35 @@ fn with_health(st: &AppState, a: &Account) -> Value {
     v
 }
 
+/// A written account with the cautions about its base URL (`warnings`, possibly empty), in
+/// English as the API's refusals are.
+fn with_warnings(st: &AppState, a: &Account) -> Value {
+    let tr = Tr::new(Lang::En);
+    let mut v = with_health(st, a);
+    v["warnings"] = admin::base_url_warnings(a)
+        .into_iter()
+        .map(|w| json!({"field": w.field(), "code": w.code(), "message": format!("`{}`: {}", w.field(), w.text(tr))}))
+        .collect();
+    v
+}
+
+/// `POST /api/admin/accounts/{id}/test`: one probe now, `{"ok", "status", "latency_ms",
+/// "error"}` (SPEC §11.2).
+pub async fn test(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_id("account", &id)?;
+    let (_, p) = admin::test_account(&st, id).await?;
+    Ok(Json(serde_json::to_value(p).unwrap_or_default()))
+}
+
 pub async fn create(
     State(st): State<AppState>,
     AppJson(b): AppJson<AccountBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let a = admin::create_account(&st, b.into()).await?;
-    Ok((StatusCode::CREATED, Json(with_health(&st, &a))))
+    Ok((StatusCode::CREATED, Json(with_warnings(&st, &a))))
 }
 
 pub async fn list(
@@ -93,5 +120,5 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("account", &id)?;
     let a = admin::update_account(&st, id, b.into()).await?;
-    Ok(Json(with_health(&st, &a)))
+    Ok(Json(with_warnings(&st, &a)))
 }

@@ -13,6 +13,7 @@ use crate::http::session;
 use crate::state::AppState;
 
 mod accounts;
+mod csv;
 mod keys;
 mod models;
 mod packages;
@@ -35,10 +36,13 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/keys/{id}", get(keys::get).patch(keys::update))
         .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/{id}", get(accounts::get).patch(accounts::update))
+        .route("/accounts/{id}/test", post(accounts::test))
         .route("/models", get(models::list))
         .route("/models/{*model}", put(models::put).get(models::get))
         .route("/usage/daily", get(usage::daily))
+        .route("/usage/daily.csv", get(usage::daily_csv))
         .route("/logs", get(usage::logs))
+        .route("/logs.csv", get(usage::logs_csv))
         .route("/stats/today", get(usage::stats_today))
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
@@ -119,4 +123,14 @@ pub fn parse_id(what: &str, raw: &str) -> Result<i64, ApiError> {
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::not_found(what))
+}
+
+/// For PATCH fields where null means "clear": a field that is present, null included, is
+/// `Some` (an absent one stays `None` through `#[serde(default)]`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }

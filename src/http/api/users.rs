@@ -122,6 +122,9 @@ pub async fn get(
 pub struct UpdateUser {
     status: Option<String>,
     password: Option<String>,
+    /// Absent: kept; null: cleared.
+    #[serde(default, deserialize_with = "super::present")]
+    max_concurrency: Option<Value>,
 }
 
 pub async fn update(
@@ -130,12 +133,17 @@ pub async fn update(
     AppJson(body): AppJson<UpdateUser>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id("user", &id)?;
+    let max_concurrency = body
+        .max_concurrency
+        .map(|v| admin::parse::json_int("max_concurrency", &v))
+        .transpose()?;
     let user = admin::update_user(
         &st,
         id,
         admin::UserPatch {
             status: body.status,
             password: body.password,
+            max_concurrency,
         },
     )
     .await?;
