@@ -294,7 +294,7 @@ impl App {
                     if let Err(e) = tcp.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
-                    // The peer address is kept for the admin login throttle (per address).
+                    // The peer address, from which `http::edge` works out the client address.
                     let service = router.clone().map_request(
                         move |mut req: axum::http::Request<hyper::body::Incoming>| {
                             req.extensions_mut()

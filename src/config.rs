@@ -64,6 +64,7 @@ pub struct Config {
     pub recorder: RecorderConfig,
     pub log: LogConfig,
     pub secrets: SecretsConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     pub public_url: String,
     pub shutdown_grace_secs: u64,
     pub header_timeout_secs: u64,
+    /// Peers whose `X-Forwarded-For` is believed (`crate::client_addr`); empty: nobody's.
+    pub trusted_proxies: crate::client_addr::CidrList,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -136,6 +139,13 @@ pub struct RecorderConfig {
     pub journal_max_bytes: u64,
 }
 
+/// `/metrics` access: with `token` set, a scrape must send `Authorization: Bearer <token>`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub token: Secret,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -161,6 +171,7 @@ impl Default for ServerConfig {
             public_url: String::new(),
             shutdown_grace_secs: 30,
             header_timeout_secs: 10,
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -492,6 +503,10 @@ mod tests {
             ),
             ("[secrets]\nkey = \"c2hvcnQ=\"\n", "secrets.key"),
             ("[secrets]\nkey = \"not base64!\"\n", "secrets.key"),
+            (
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/40\"]\n",
+                "`10.0.0.0/40`",
+            ),
         ];
         for (toml, key) in cases {
             let err = Config::from_toml_str(toml).unwrap_err().to_string();

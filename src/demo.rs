@@ -126,6 +126,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             allowed_models: &[],
             rpm_limit: None,
             tpm_limit: None,
+            allowed_ips: &[],
             limits: Default::default(),
             max_concurrency: None,
         },

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod app;
 pub mod billing;
 pub mod cache;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod demo;

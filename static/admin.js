@@ -23,6 +23,13 @@
     });
   });
 
+  // A page answering a form post (a new key's secret) says which URL it stands for, so that a
+  // reload is a plain GET: it neither posts the form again nor shows the secret again.
+  var replace = document.querySelector("[data-replace-url]");
+  if (replace && window.history && window.history.replaceState) {
+    window.history.replaceState(null, "", replace.getAttribute("data-replace-url"));
+  }
+
   // Select a secret when it gets focus, so it is easy to copy by hand too.
   document.querySelectorAll("input[readonly]").forEach(function (input) {
     input.addEventListener("focus", function () { input.select(); });

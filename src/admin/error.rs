@@ -25,6 +25,7 @@ pub const FIELDS: &[&str] = &[
     "rpm_limit",
     "tpm_limit",
     "expires_at",
+    "allowed_ips",
     "daily_limit",
     "weekly_limit",
     "monthly_limit",
@@ -104,6 +105,8 @@ pub enum Problem {
     NoSuchPackage { id: i64 },
     /// The package named is disabled.
     PackageDisabled,
+    /// An IP allow-list entry that is neither an address nor a CIDR range.
+    NotACidr { entry: String },
     /// Not a JSON object of non-empty model names to non-empty model names.
     NotAModelMap,
 }
@@ -137,6 +140,7 @@ impl Problem {
             Problem::WindowsOnQuota => "windows_on_quota",
             Problem::NoSuchPackage { .. } => "no_such_package",
             Problem::PackageDisabled => "package_disabled",
+            Problem::NotACidr { .. } => "not_a_cidr",
             Problem::NotAModelMap => "not_a_model_map",
         }
     }
@@ -173,6 +177,9 @@ impl Problem {
             Problem::WindowsOnQuota,
             Problem::NoSuchPackage { id: 7 },
             Problem::PackageDisabled,
+            Problem::NotACidr {
+                entry: "10.0.0.0/33".into(),
+            },
             Problem::NotAModelMap,
         ]
     }
@@ -197,6 +204,7 @@ impl Problem {
                 template.replace("{allowed}", &allowed.join(", "))
             }
             Problem::NoSuchPackage { id } => template.replace("{id}", &id.to_string()),
+            Problem::NotACidr { entry } => template.replace("{entry}", entry),
             _ => template.to_string(),
         }
     }

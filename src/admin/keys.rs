@@ -1,6 +1,6 @@
 //! API keys: create (the secret is returned once), revoke, enable again.
 
-use super::parse::{concurrency, models, name, one_of, time};
+use super::parse::{cidrs, concurrency, models, name, one_of, time};
 use super::{AdminError, Problem, Result};
 use crate::billing::money::Usd;
 use crate::domain::KeyStatus;
@@ -16,6 +16,8 @@ pub struct NewKey {
     pub tpm_limit: Option<i64>,
     /// RFC 3339.
     pub expires_at: Option<String>,
+    /// CIDR ranges or addresses; empty: any address.
+    pub allowed_ips: Vec<String>,
     pub budget: BudgetInput,
     /// Requests in flight at once; None = no cap.
     pub max_concurrency: Option<i64>,
@@ -126,6 +128,7 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
     let budget = limits(k.budget)?;
     let max_concurrency = concurrency("max_concurrency", k.max_concurrency)?;
     let expires_at = time("expires_at", k.expires_at.as_deref())?;
+    let allowed_ips = cidrs("allowed_ips", &k.allowed_ips)?;
     st.db
         .get_user(user_id)
         .await
@@ -143,6 +146,7 @@ pub async fn create_key(st: &AppState, user_id: i64, k: NewKey) -> Result<Create
                 allowed_models: &k.allowed_models,
                 rpm_limit: k.rpm_limit,
                 tpm_limit: k.tpm_limit,
+                allowed_ips: &allowed_ips,
                 limits: budget,
                 max_concurrency,
             },
@@ -161,17 +165,36 @@ pub async fn set_key_status(st: &AppState, id: i64, status: &str) -> Result<ApiK
     Ok(key)
 }
 
+/// Replace a key's IP allow-list (`None` or empty: any address). Every entry is checked
+/// before anything is written.
+pub async fn set_key_allowed_ips(
+    st: &AppState,
+    id: i64,
+    allowed_ips: Option<Vec<String>>,
+) -> Result<ApiKey> {
+    let ips = cidrs("allowed_ips", allowed_ips.as_deref().unwrap_or_default())?;
+    st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
+    let key = st.db.set_key_allowed_ips(id, &ips, st.now_ms()).await?;
+    st.proxy.forget_cached();
+    Ok(key)
+}
+
 /// What to change on a key; `None` keeps it (`max_concurrency: Some(None)` clears the cap).
 #[derive(Default)]
 pub struct KeyPatch {
     pub status: Option<String>,
     pub max_concurrency: Option<Option<i64>>,
     pub budget: BudgetPatch,
+    /// `Some(None)` or `Some(Some([]))`: any address.
+    pub allowed_ips: Option<Option<Vec<String>>>,
 }
 
 impl KeyPatch {
     pub fn is_empty(&self) -> bool {
-        self.status.is_none() && self.max_concurrency.is_none() && self.budget.is_empty()
+        self.status.is_none()
+            && self.max_concurrency.is_none()
+            && self.budget.is_empty()
+            && self.allowed_ips.is_none()
     }
 }
 
@@ -187,6 +210,10 @@ pub async fn update_key(st: &AppState, id: i64, p: KeyPatch) -> Result<ApiKey> {
         .map(|m| concurrency("max_concurrency", m))
         .transpose()?;
     check_key_budget(&p.budget)?;
+    let allowed_ips = p
+        .allowed_ips
+        .map(|ips| cidrs("allowed_ips", ips.as_deref().unwrap_or_default()))
+        .transpose()?;
     let mut key = st.db.get_key(id).await.map_err(AdminError::lookup("key"))?;
     let now = st.now_ms();
     if let Some(s) = status {
@@ -197,6 +224,9 @@ pub async fn update_key(st: &AppState, id: i64, p: KeyPatch) -> Result<ApiKey> {
     }
     if !p.budget.is_empty() {
         key = write_key_budget(st, key, &p.budget).await?;
+    }
+    if let Some(ips) = allowed_ips {
+        key = st.db.set_key_allowed_ips(id, &ips, now).await?;
     }
     st.proxy.forget_cached();
     Ok(key)

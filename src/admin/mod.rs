@@ -22,8 +22,8 @@ pub use accounts::{
 };
 pub use error::{AdminError, Problem, Result, Taken, FIELDS};
 pub use keys::{
-    check_key_budget, create_key, set_key_status, update_key, update_key_budget, BudgetInput,
-    BudgetPatch, CreatedKey, KeyPatch, NewKey,
+    check_key_budget, create_key, set_key_allowed_ips, set_key_status, update_key,
+    update_key_budget, BudgetInput, BudgetPatch, CreatedKey, KeyPatch, NewKey,
 };
 pub use packages::{
     create_package, grant_package, set_grant_status, set_package_status, NewGrant, NewPackage,

@@ -87,6 +87,28 @@ pub fn models(field: &'static str, v: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// An IP allow-list: every entry an address or a CIDR range (IPv4 or IPv6), else the first
+/// bad entry is named. The entries normalised (`192.0.2.7` → `192.0.2.7/32`, host bits
+/// cleared); duplicates dropped; empty: any address.
+pub fn cidrs(field: &'static str, v: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(v.len());
+    for entry in v {
+        let net = crate::client_addr::parse_cidr(entry).map_err(|_| {
+            AdminError::invalid(
+                field,
+                Problem::NotACidr {
+                    entry: entry.chars().take(100).collect(),
+                },
+            )
+        })?;
+        let s = net.to_string();
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
 /// The largest `max_concurrency` accepted: more in flight than any one key or user needs, and
 /// small enough that a typo (an extra zero or three) is caught.
 pub const MAX_CONCURRENCY: i64 = 10_000;

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::client_addr;
 use crate::state::AppState;
 
 pub mod admin;
@@ -107,7 +108,9 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What every request passes through (one layer rather than four, since the proxy path pays
 /// for each layer on every request):
 /// - `x-request-id`: the client's, or a new UUID; set on the request and echoed back;
-/// - a trace span `http` with method, path and that id, and a debug line when it is answered;
+/// - the client address (`crate::client_addr`), kept as a `ClientAddr` extension;
+/// - a trace span `http` with method, path, that id and the client address, and a debug line
+///   when it is answered;
 /// - `tollgate_http_requests_total` by route template (not the raw path) and status.
 ///
 /// (An admin change drops the proxy's caches in the operation that makes it: `crate::admin`.)
@@ -122,11 +125,21 @@ async fn edge(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         }
     };
     let route = req.extensions().get::<MatchedPath>().cloned();
+    // The one client address rule (SPEC §11.3), worked out once for the steps after this.
+    let client = client_addr::of_request(
+        req.extensions(),
+        req.headers(),
+        &st.config.server.trusted_proxies,
+    );
+    if let Some(ip) = client {
+        req.extensions_mut().insert(client_addr::ClientAddr(ip));
+    }
     let span = tracing::info_span!(
         "http",
         method = %req.method(),
         path = %req.uri().path(),
-        request_id = %String::from_utf8_lossy(id.as_bytes())
+        request_id = %String::from_utf8_lossy(id.as_bytes()),
+        client = %client.map_or_else(|| "-".to_string(), |ip| ip.to_string())
     );
     let started = std::time::Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
@@ -144,9 +157,34 @@ async fn edge(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
     resp
 }
 
+/// With `metrics.token` set, a scrape must carry it as a bearer token (SPEC §11.7); compared in
+/// constant time like every other secret.
+fn metrics_allowed(st: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    let token = st.config.metrics.token.expose();
+    if token.is_empty() {
+        return true;
+    }
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .is_some_and(|t| crate::secrets::constant_time_eq(t.trim(), token))
+}
+
 /// Prometheus text format.
-async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
+    if !metrics_allowed(&st, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer")],
+            "metrics.token is set: send `Authorization: Bearer <metrics.token>`\n",
+        )
+            .into_response();
+    }
     let r = st.recorder.metrics();
     let (size, idle) = st.db.pool_usage();
     let accounts_by_health = crate::proxy::probe::health_counts(&st)
@@ -170,6 +208,7 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
+        .into_response()
 }
 
 /// The process is up.

@@ -1,5 +1,7 @@
 //! Step 1, authenticate: the request's headers → the key's `KeyAuth`.
 
+use std::net::IpAddr;
+
 use axum::http::HeaderMap;
 
 use super::error::{Failure, Protocol, ProxyError};
@@ -59,4 +61,42 @@ pub async fn authenticate(
         return Err(fail("this API key has expired: ask for a new one"));
     }
     Ok(key)
+}
+
+/// A key with `allowed_ips` serves only clients inside them (SPEC §11.3); `client` is the
+/// address from `crate::client_addr`. A request with no known address (built in process) is
+/// refused by such a key rather than let through.
+pub fn check_client_ip(
+    key: &KeyAuth,
+    client: Option<IpAddr>,
+    protocol: Protocol,
+) -> Result<(), ProxyError> {
+    if key.allowed_ips.is_none() {
+        return Ok(());
+    }
+    let entries = crate::store::column_to_list(&key.allowed_ips);
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // Entries were checked when written; one that no longer parses allows nothing.
+    let allowed = entries
+        .iter()
+        .filter_map(|e| crate::client_addr::parse_cidr(e).ok())
+        .collect::<Vec<_>>();
+    let list = crate::client_addr::CidrList(allowed);
+    match client {
+        Some(ip) if list.contains(ip) => Ok(()),
+        Some(ip) => Err(ProxyError::new(
+            protocol,
+            Failure::IpNotAllowed(format!(
+                "this API key may not be used from {ip}: the address is not in its allowed IPs"
+            )),
+        )),
+        None => Err(ProxyError::new(
+            protocol,
+            Failure::IpNotAllowed(
+                "this API key is limited to some addresses and the client's is unknown".into(),
+            ),
+        )),
+    }
 }

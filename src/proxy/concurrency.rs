@@ -388,6 +388,7 @@ mod tests {
             user_max_concurrency: user_max,
             created_at: 0,
             limits: Default::default(),
+            allowed_ips: None,
         }
     }
 

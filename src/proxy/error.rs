@@ -33,6 +33,8 @@ pub enum Failure {
     Timeout(String),
     /// The gateway's own database failed on the proxy path (key, price, accounts, grants).
     Unavailable(String),
+    /// The client's address is outside the key's `allowed_ips` (SPEC §11.3).
+    IpNotAllowed(String),
     /// The key's or its user's `max_concurrency` requests are already in flight (§11.3).
     Concurrency(String),
 }
@@ -84,6 +86,7 @@ impl ProxyError {
             (Failure::Unreachable(_), _) => StatusCode::BAD_GATEWAY,
             (Failure::Timeout(_), _) => StatusCode::GATEWAY_TIMEOUT,
             (Failure::Unavailable(_), _) => StatusCode::SERVICE_UNAVAILABLE,
+            (Failure::IpNotAllowed(_), _) => StatusCode::FORBIDDEN,
             (Failure::Concurrency(_), _) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -100,6 +103,7 @@ impl ProxyError {
             | Failure::Unreachable(m)
             | Failure::Timeout(m)
             | Failure::Unavailable(m)
+            | Failure::IpNotAllowed(m)
             | Failure::Concurrency(m) => m.clone(),
             Failure::RateLimited { message, .. } => message.clone(),
             Failure::TooLarge(limit) => format!(
@@ -129,6 +133,7 @@ impl ProxyError {
             Failure::Unreachable(_) => ("server_error", "upstream_unreachable"),
             Failure::Timeout(_) => ("server_error", "upstream_timeout"),
             Failure::Unavailable(_) => ("server_error", "gateway_unavailable"),
+            Failure::IpNotAllowed(_) => ("permission_error", "ip_not_allowed"),
             Failure::Concurrency(_) => ("rate_limit_exceeded", "concurrency_limit_exceeded"),
         }
     }
@@ -143,6 +148,7 @@ impl ProxyError {
             | Failure::ModelNotAllowed(_)
             | Failure::ModelNotFound(_)
             | Failure::NoQuota(_)
+            | Failure::IpNotAllowed(_)
             | Failure::KeyBudget(_) => RetryHint::Final,
             Failure::RateLimited { retry_after, .. } => RetryHint::After(*retry_after),
             // A slot frees as soon as one of the requests in flight ends.
@@ -159,7 +165,7 @@ impl ProxyError {
     fn anthropic_type(&self) -> &'static str {
         match &self.failure {
             Failure::InvalidKey(_) => "authentication_error",
-            Failure::ModelNotAllowed(_) => "permission_error",
+            Failure::ModelNotAllowed(_) | Failure::IpNotAllowed(_) => "permission_error",
             Failure::ModelNotFound(_) => "not_found_error",
             Failure::NoQuota(_) | Failure::KeyBudget(_) => "billing_error",
             Failure::RateLimited { .. } | Failure::Concurrency(_) => "rate_limit_error",
@@ -261,6 +267,7 @@ mod tests {
         assert_eq!(headers(Failure::ModelNotAllowed("m".into())), fin);
         assert_eq!(headers(Failure::ModelNotFound("m".into())), fin);
         assert_eq!(headers(Failure::NoQuota("q".into())), fin);
+        assert_eq!(headers(Failure::IpNotAllowed("ip".into())), fin);
         assert_eq!(headers(Failure::KeyBudget("k".into())), fin);
         let after = |n: &str| (None, Some(n.to_string()));
         let rate = Failure::RateLimited {

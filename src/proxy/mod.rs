@@ -5,8 +5,8 @@
 //!
 //! 1. The listener (`app::App::serve`): TCP_NODELAY on every accepted connection (streams are
 //!    written event by event).
-//! 2. `into_make_service_with_connect_info`: the `ConnectInfo<SocketAddr>` extension (read only
-//!    by the admin login throttle).
+//! 2. `into_make_service_with_connect_info`: the `ConnectInfo<SocketAddr>` extension, from
+//!    which `http::edge` works out the client address (`crate::client_addr`).
 //! 3. axum's router: the `MatchedPath` extension (read by `edge` for the request counter).
 //! 4. `http::edge`, the one layer around every route: `x-request-id` (the client's, or a new
 //!    UUID set on the request) echoed on the response; the `http` trace span carrying it, so
@@ -20,7 +20,8 @@
 //!
 //! 1. [`auth::authenticate`]: headers → `KeyAuth` (the key from `Authorization: Bearer` or
 //!    `x-api-key`, looked up by its hash through a cache; key status, user status, expiry).
-//!    First, so no body is read for a request without a valid key.
+//!    First, so no body is read for a request without a valid key. Then
+//!    [`auth::check_client_ip`]: the key's `allowed_ips` against the client address.
 //! 2. [`parse::parse`]: body → [`parse::ProxyRequest`] (the body limit; the JSON head read
 //!    borrowed: model, stream, output limit, whether the client asked for stream usage).
 //! 3. [`admit::offer`]: → [`admit::Offer`] (the model allowed for the key, its price, the
@@ -66,6 +67,7 @@ use crate::billing::cost::Price;
 use crate::billing::estimate::Learner;
 use crate::billing::key_budget::KeyBudgets;
 use crate::cache::{self, TtlCache};
+use crate::client_addr::ClientAddr;
 use crate::domain::Provider;
 use crate::state::AppState;
 use crate::store::accounts::Account;
@@ -280,6 +282,9 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
         refused::record(&st, &key, endpoint, model, &e, started);
         e
     };
+    // Before the body is read: a key used from outside its allow-list gets nothing more.
+    auth::check_client_ip(&key, ClientAddr::of(&parts.extensions), endpoint.protocol())
+        .map_err(|e| refuse("", e))?;
     let request = parse::parse(endpoint, body, st.config.server.max_body_bytes)
         .await
         .map_err(|e| refuse("", e))?;
@@ -331,11 +336,18 @@ async fn pipeline(st: AppState, endpoint: Endpoint, req: Request) -> Result<Resp
 }
 
 /// `GET /v1/models`: the models this key may use, in OpenAI's list shape.
-async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
+async fn models(
+    State(st): State<AppState>,
+    client: Option<axum::Extension<ClientAddr>>,
+    headers: HeaderMap,
+) -> Response {
     let key = match authenticate(&st, &headers, Protocol::OpenAi).await {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
+    if let Err(e) = auth::check_client_ip(&key, client.map(|c| c.0 .0), Protocol::OpenAi) {
+        return e.into_response();
+    }
     let allowed = crate::store::column_to_list(&key.allowed_models);
     let prices = match st.db.list_prices().await {
         Ok(p) => p,

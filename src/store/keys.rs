@@ -20,6 +20,9 @@ pub struct ApiKey {
     pub allowed_models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    /// A JSON list of CIDR ranges, or NULL: any address (SPEC §11.3).
+    #[serde(serialize_with = "ser::opt_list")]
+    pub allowed_ips: Option<String>,
     /// At most this many requests in flight at once (SPEC §11.3); None = no cap.
     pub max_concurrency: Option<i64>,
     #[serde(serialize_with = "ser::usd")]
@@ -116,6 +119,7 @@ pub struct KeyAuth {
     pub allowed_models: Option<String>,
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    pub allowed_ips: Option<String>,
     pub user_status: UserStatus,
     /// The anchor of its weekly and monthly budget windows.
     pub created_at: i64,
@@ -135,12 +139,15 @@ pub struct NewKey<'a> {
     pub allowed_models: &'a [String],
     pub rpm_limit: Option<i64>,
     pub tpm_limit: Option<i64>,
+    /// Normalised CIDR ranges; empty: any address.
+    pub allowed_ips: &'a [String],
     pub limits: KeyLimits,
     pub max_concurrency: Option<i64>,
 }
 
 const COLS: &str = "id, user_id, name, key_prefix, key_hash, status, expires_at, allowed_models, \
-    rpm_limit, tpm_limit, max_concurrency, used_cost, request_count, input_tokens, output_tokens, \
+    rpm_limit, tpm_limit, allowed_ips, max_concurrency, used_cost, request_count, input_tokens, \
+    output_tokens, \
     cache_read_tokens, cache_write_tokens, last_used_at, created_at, updated_at";
 
 impl Db {
@@ -149,9 +156,9 @@ impl Db {
             self,
             sqlx::query(
                 "INSERT INTO api_keys (user_id, name, key_prefix, key_hash, status, expires_at, \
-                 allowed_models, rpm_limit, tpm_limit, max_concurrency, created_at, updated_at, \
-                 daily_limit, weekly_limit, monthly_limit, total_limit) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 allowed_models, rpm_limit, tpm_limit, allowed_ips, max_concurrency, created_at, \
+                 updated_at, daily_limit, weekly_limit, monthly_limit, total_limit) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             )
             .bind(k.user_id)
             .bind(k.name)
@@ -162,6 +169,7 @@ impl Db {
             .bind(list_to_column(k.allowed_models))
             .bind(k.rpm_limit)
             .bind(k.tpm_limit)
+            .bind(list_to_column(k.allowed_ips))
             .bind(k.max_concurrency)
             .bind(now)
             .bind(now)
@@ -212,6 +220,18 @@ impl Db {
         self.get_key(id).await
     }
 
+    /// Replace a key's IP allow-list (normalised CIDR ranges; empty: any address).
+    pub async fn set_key_allowed_ips(&self, id: i64, ips: &[String], now: i64) -> Result<ApiKey> {
+        execute!(
+            self,
+            sqlx::query("UPDATE api_keys SET allowed_ips = ?, updated_at = ? WHERE id = ?")
+                .bind(list_to_column(ips))
+                .bind(now)
+                .bind(id)
+        )?;
+        self.get_key(id).await
+    }
+
     /// Set (or with None clear) the key's concurrency cap.
     pub async fn set_key_max_concurrency(
         &self,
@@ -232,7 +252,7 @@ impl Db {
     pub async fn find_key_auth(&self, key_hash: &str) -> Result<Option<KeyAuth>> {
         Ok(on_db!(self, |p| sqlx::query_as(
             "SELECT k.id, k.user_id, k.status, k.expires_at, k.allowed_models, k.rpm_limit, \
-             k.tpm_limit, u.status AS user_status, k.created_at, k.daily_limit, \
+             k.tpm_limit, k.allowed_ips, u.status AS user_status, k.created_at, k.daily_limit, \
              k.weekly_limit, k.monthly_limit, k.total_limit, k.max_concurrency, \
              u.max_concurrency AS user_max_concurrency \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"

@@ -275,6 +275,15 @@ pub mod ser {
         super::column_to_list(v).serialize(s)
     }
 
+    /// A JSON-list column that may be NULL: the list, or `null`.
+    pub fn opt_list<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        use serde::Serialize;
+        match v {
+            None => s.serialize_none(),
+            Some(_) => super::column_to_list(v).serialize(s),
+        }
+    }
+
     pub fn boolean<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bool(*v != 0)
     }

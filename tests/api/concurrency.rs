@@ -102,6 +102,7 @@ fn key_with_cap(id: i64, user_id: i64, max: i64) -> tollgate::store::keys::KeyAu
         user_max_concurrency: None,
         created_at: 0,
         limits: Default::default(),
+        allowed_ips: None,
     }
 }
 

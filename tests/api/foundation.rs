@@ -329,6 +329,7 @@ async fn store_story() {
                 allowed_models: &["m1".to_string()],
                 rpm_limit: Some(5),
                 tpm_limit: None,
+                allowed_ips: &[],
                 limits: Default::default(),
                 max_concurrency: None,
             },
@@ -360,6 +361,7 @@ async fn store_story() {
         allowed_models: &[],
         rpm_limit: None,
         tpm_limit: None,
+        allowed_ips: &[],
         limits: Default::default(),
         max_concurrency: None,
     };

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod absurd;
+mod access;
 mod admission;
 mod aliases;
 mod audit;

@@ -71,6 +71,7 @@ async fn the_store_writes_the_same_strings_and_refuses_unknown_ones() {
                 allowed_models: &[],
                 rpm_limit: None,
                 tpm_limit: None,
+                allowed_ips: &[],
                 limits: Default::default(),
                 max_concurrency: None,
             },

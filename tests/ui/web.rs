@@ -17,6 +17,8 @@ pub struct Web {
     jar: Mutex<BTreeMap<String, String>>,
     /// Sent as `Accept-Language` when set.
     pub accept_language: Option<String>,
+    /// Sent as `X-Forwarded-For` when set (a client behind a trusted proxy).
+    pub forwarded_for: Option<String>,
 }
 
 pub struct Page {
@@ -42,6 +44,7 @@ impl Web {
                 .unwrap(),
             jar: Mutex::new(BTreeMap::new()),
             accept_language: None,
+            forwarded_for: None,
         }
     }
 
@@ -74,6 +77,9 @@ impl Web {
         let mut req = req.header(COOKIE, self.cookie_header());
         if let Some(l) = &self.accept_language {
             req = req.header(ACCEPT_LANGUAGE, l);
+        }
+        if let Some(f) = &self.forwarded_for {
+            req = req.header("x-forwarded-for", f);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();

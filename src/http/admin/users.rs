@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::header::{self, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Form;
@@ -16,12 +16,10 @@ use super::{format, render, respond, see_other, Ctx, PageError};
 use crate::admin::{self, AdminError};
 use crate::billing::balance::{balances, with_reserved};
 use crate::domain::{CatalogueStatus, Role, UserStatus};
-use crate::http::session::{cookie, cookie_attrs};
 use crate::state::AppState;
 use crate::store::usage::LogFilter;
 
 const PER_PAGE: i64 = 50;
-const NEW_KEY_COOKIE: &str = "tollgate_new_key";
 
 #[derive(Default, Deserialize)]
 pub struct ListQuery {
@@ -245,49 +243,29 @@ struct UserPage {
     max_concurrency: String,
 }
 
+/// A key just created, shown once in the answer to the form that created it.
 struct NewKey {
     name: String,
     secret: String,
+    /// Where the page says it is (`history.replaceState`), so a reload is a GET that does not
+    /// show the secret again nor create another key.
+    url: String,
 }
 
-pub async fn detail(
-    State(st): State<AppState>,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn detail(State(st): State<AppState>, ctx: Ctx, Path(id): Path<String>) -> Response {
     let lang = ctx.tr.lang;
     let Ok(id) = id.parse::<i64>() else {
         return respond(&st, lang, Err(PageError::NotFound));
     };
-    let flash = cookie(&headers, NEW_KEY_COOKIE).map(str::to_string);
-    let r = detail_page(
-        &st,
-        ctx,
-        id,
-        flash.as_deref(),
-        FormValues::default(),
-        StatusCode::OK,
-    )
-    .await;
-    let mut resp = respond(&st, lang, r);
-    if flash.is_some() {
-        let c = format!(
-            "{NEW_KEY_COOKIE}=; Path=/admin/users/{id}; Max-Age=0{}",
-            cookie_attrs(&st)
-        );
-        if let Ok(v) = HeaderValue::from_str(&c) {
-            resp.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    resp
+    let r = detail_page(&st, ctx, id, None, FormValues::default(), StatusCode::OK).await;
+    respond(&st, lang, r)
 }
 
 async fn detail_page(
     st: &AppState,
     mut ctx: Ctx,
     id: i64,
-    flash: Option<&str>,
+    created: Option<&admin::CreatedKey>,
     form: FormValues,
     status: StatusCode,
 ) -> Result<Response, PageError> {
@@ -315,13 +293,10 @@ async fn detail_page(
         .map(|p| (p.id, p.name))
         .collect();
     let api_keys = st.db.list_keys(Some(id), None, 1000).await?;
-    let new_key = flash.and_then(|f| {
-        let (key_id, secret) = f.split_once('.')?;
-        let k = api_keys.iter().find(|k| k.id.to_string() == key_id)?;
-        secret.starts_with(&k.key_prefix).then(|| NewKey {
-            name: k.name.clone(),
-            secret: secret.to_string(),
-        })
+    let new_key = created.map(|c| NewKey {
+        name: c.key.name.clone(),
+        secret: c.secret.clone(),
+        url: format!("/admin/users/{id}?notice=key_created"),
     });
     let keys = api_keys
         .iter()
@@ -510,6 +485,7 @@ pub struct KeyForm {
     rpm_limit: Option<String>,
     tpm_limit: Option<String>,
     expires_at: Option<String>,
+    allowed_ips: Option<String>,
     daily_limit: Option<String>,
     weekly_limit: Option<String>,
     monthly_limit: Option<String>,
@@ -529,6 +505,7 @@ pub async fn create_key(
         ("rpm_limit", f.rpm_limit.as_ref()),
         ("tpm_limit", f.tpm_limit.as_ref()),
         ("expires_at", f.expires_at.as_ref()),
+        ("allowed_ips", f.allowed_ips.as_ref()),
         ("daily_limit", f.daily_limit.as_ref()),
         ("weekly_limit", f.weekly_limit.as_ref()),
         ("monthly_limit", f.monthly_limit.as_ref()),
@@ -585,23 +562,28 @@ pub async fn create_key(
         rpm_limit: limits[0],
         tpm_limit: limits[1],
         expires_at,
+        allowed_ips: model_list(f.allowed_ips.as_deref()),
         budget,
         max_concurrency,
     };
     match admin::create_key(&st, id, key).await {
         Ok(created) => {
-            let mut resp = see_other(&format!("/admin/users/{id}"), "key_created");
-            // The secret is shown once, on the page this redirects to, then forgotten: it
-            // rides in a short-lived cookie scoped to that page, never in a URL.
-            let flash = format!(
-                "{NEW_KEY_COOKIE}={}.{}; Path=/admin/users/{id}; Max-Age=300{}",
-                created.key.id,
-                created.secret,
-                cookie_attrs(&st).replace("SameSite=Lax", "SameSite=Strict"),
-            );
-            if let Ok(h) = HeaderValue::from_str(&flash) {
-                resp.headers_mut().append(header::SET_COOKIE, h);
-            }
+            // The secret is shown once, in this answer, and kept nowhere else: not in a
+            // cookie, not in a URL, not in a cache (issue 14 point 7).
+            let lang = ctx.tr.lang;
+            ctx.notice = Some(tr.t("notice.key_created").to_string());
+            let page = detail_page(
+                &st,
+                ctx,
+                id,
+                Some(&created),
+                FormValues::default(),
+                StatusCode::OK,
+            )
+            .await;
+            let mut resp = respond(&st, lang, page);
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
         Err(e) => detail_failed(&st, ctx, id, e, values).await,

@@ -218,6 +218,8 @@ pub struct Key {
     pub tokens: String,
     pub last_used: String,
     pub expires: String,
+    /// The IP allow-list, comma-separated; empty when any address may use the key.
+    pub allowed_ips: String,
     /// Its budgets as of now: `daily $0.40 / $1.00 · total …`, or `—`.
     pub budget: String,
     /// (field, label, value for its input) of the four budgets, for the edit form.
@@ -323,6 +325,7 @@ impl Key {
             ),
             last_used: format::opt_time(k.last_used_at, tz),
             expires: format::opt_time(k.expires_at, tz),
+            allowed_ips: crate::store::column_to_list(&k.allowed_ips).join(", "),
             budget: String::new(),
             budget_inputs: Vec::new(),
         }

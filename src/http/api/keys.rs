@@ -20,6 +20,8 @@ pub struct CreateKey {
     rpm_limit: Option<i64>,
     tpm_limit: Option<i64>,
     expires_at: Option<String>,
+    /// CIDR ranges or addresses; null or absent: any address.
+    allowed_ips: Option<Vec<String>>,
     daily_limit: Option<Usd>,
     weekly_limit: Option<Usd>,
     monthly_limit: Option<Usd>,
@@ -49,6 +51,7 @@ pub async fn create(
             rpm_limit: b.rpm_limit,
             tpm_limit: b.tpm_limit,
             expires_at: b.expires_at,
+            allowed_ips: b.allowed_ips.unwrap_or_default(),
             budget: admin::BudgetInput {
                 daily_limit: b.daily_limit,
                 weekly_limit: b.weekly_limit,
@@ -100,6 +103,9 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
     status: Option<String>,
+    /// Absent: unchanged; null or `[]`: any address; a list: only those.
+    #[serde(default, deserialize_with = "super::present")]
+    allowed_ips: Option<Option<Vec<String>>>,
     /// Absent: unchanged; null: lifted; an amount: set.
     #[serde(default, deserialize_with = "super::present")]
     daily_limit: Option<Option<Usd>>,
@@ -114,6 +120,7 @@ pub struct UpdateKey {
     max_concurrency: Option<Value>,
 }
 
+/// Change what is given; every field is checked before anything is written.
 pub async fn update(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -133,6 +140,7 @@ pub async fn update(
             monthly_limit: b.monthly_limit,
             total_limit: b.total_limit,
         },
+        allowed_ips: b.allowed_ips,
     };
     // At least one field: a status change keeps its old contract (`status` required).
     if patch.is_empty() {
