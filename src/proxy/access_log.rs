@@ -6,13 +6,14 @@ use crate::billing::money::Usd;
 use crate::state::AppState;
 use crate::usage::UsageEvent;
 
-pub fn line(st: &AppState, e: &UsageEvent) {
+pub fn line(st: &AppState, e: &UsageEvent, key_prefix: &str) {
     if !st.config.log.access {
         return;
     }
     tracing::info!(
         target: "tollgate::access",
         request_id = %e.request_id,
+        key = %key_prefix,
         key_id = e.api_key_id,
         user_id = e.user_id,
         model = %e.model,

@@ -389,6 +389,7 @@ mod tests {
             created_at: 0,
             limits: Default::default(),
             allowed_ips: None,
+            key_prefix: String::new(),
         }
     }
 

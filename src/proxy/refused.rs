@@ -86,7 +86,7 @@ pub fn record(
         key_windows: None,
         key_reserved: 0,
     };
-    super::access_log::line(st, &event);
+    super::access_log::line(st, &event, &key.key_prefix);
     drop(st.recorder.record(event));
 }
 

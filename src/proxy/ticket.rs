@@ -24,6 +24,8 @@ pub struct Ticket {
     pub query: Option<String>,
     user_id: i64,
     api_key_id: i64,
+    /// For the access log; empty (no allocation) when it is off.
+    key_prefix: String,
     tpm_limited: bool,
     /// The account that answered (or the last one tried); None when nothing reached upstream.
     pub account_id: Option<i64>,
@@ -58,6 +60,11 @@ impl Ticket {
             query: None,
             user_id: key.user_id,
             api_key_id: key.id,
+            key_prefix: if st.config.log.access {
+                key.key_prefix.clone()
+            } else {
+                String::new()
+            },
             tpm_limited: key.tpm_limit.is_some(),
             account_id: None,
             user_package_id: admitted.charge.user_package_id,
@@ -180,7 +187,7 @@ impl Ticket {
                 0
             },
         };
-        super::access_log::line(st, &event);
+        super::access_log::line(st, &event, &self.key_prefix);
         let durable = st.recorder.record(event);
         match shared_hold {
             Some(adjust) => durable.and(adjust),

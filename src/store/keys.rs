@@ -128,6 +128,8 @@ pub struct KeyAuth {
     /// The key's and its user's concurrency caps.
     pub max_concurrency: Option<i64>,
     pub user_max_concurrency: Option<i64>,
+    /// The key's visible prefix, for the access log (never the secret).
+    pub key_prefix: String,
 }
 
 pub struct NewKey<'a> {
@@ -254,7 +256,7 @@ impl Db {
             "SELECT k.id, k.user_id, k.status, k.expires_at, k.allowed_models, k.rpm_limit, \
              k.tpm_limit, k.allowed_ips, u.status AS user_status, k.created_at, k.daily_limit, \
              k.weekly_limit, k.monthly_limit, k.total_limit, k.max_concurrency, \
-             u.max_concurrency AS user_max_concurrency \
+             u.max_concurrency AS user_max_concurrency, k.key_prefix \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
         )
         .bind(key_hash)

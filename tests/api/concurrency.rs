@@ -103,6 +103,7 @@ fn key_with_cap(id: i64, user_id: i64, max: i64) -> tollgate::store::keys::KeyAu
         created_at: 0,
         limits: Default::default(),
         allowed_ips: None,
+        key_prefix: String::new(),
     }
 }
 

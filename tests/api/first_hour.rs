@@ -175,6 +175,7 @@ async fn serve_prints_its_admin_url_and_logs_one_plain_line_per_request() {
     s.sigterm().await;
     let logs = s.stderr_text();
     assert!(!logs.contains('\x1b'), "colour codes in a redirected log");
+    assert!(!logs.contains(&key), "the key's secret is never logged");
     let access: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("tollgate::access"))
@@ -193,6 +194,8 @@ async fn serve_prints_its_admin_url_and_logs_one_plain_line_per_request() {
         &format!("cost={cost}"),
         "latency_ms=",
         "key_id=",
+        // The key's visible prefix, never its secret.
+        &format!("key={} ", &key[..tollgate::secrets::KEY_PREFIX_LEN]),
     ] {
         assert!(ok.contains(part), "{part} not in {ok}");
     }
