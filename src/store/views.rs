@@ -48,13 +48,38 @@ pub enum UsageGroup {
     Model,
 }
 
-/// Requests and cost of one model on one day (the usage charts split by model).
+/// Requests and cost of one group (a model, a user or a key) on one day: the usage charts.
 #[derive(Clone, Debug, Default, sqlx::FromRow)]
-pub struct DayModelTotal {
+pub struct DayGroupTotal {
     pub day: String,
-    pub model: String,
+    /// The model; empty when grouped by an id.
+    pub label: String,
+    /// The user or key id; 0 when grouped by model.
+    pub id: i64,
     pub requests: i64,
     pub cost: i64,
+}
+
+impl DayGroupTotal {
+    /// What identifies the group: the model, or the id (two keys may share a name).
+    pub fn key(&self) -> String {
+        if self.label.is_empty() {
+            self.id.to_string()
+        } else {
+            self.label.clone()
+        }
+    }
+}
+
+/// The label column, id column, GROUP BY and ORDER BY of a `usage_daily` grouping.
+fn group_columns(group: UsageGroup) -> (&'static str, &'static str, &'static str, &'static str) {
+    match group {
+        UsageGroup::Day => ("day", "CAST(0 AS SIGNED)", "day", "day"),
+        UsageGroup::Model => ("model", "CAST(0 AS SIGNED)", "model", "cost DESC, model"),
+        UsageGroup::User => ("''", "user_id", "user_id", "cost DESC, user_id"),
+        UsageGroup::Key => ("''", "api_key_id", "api_key_id", "cost DESC, api_key_id"),
+        UsageGroup::Account => ("''", "account_id", "account_id", "cost DESC, account_id"),
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, sqlx::FromRow)]
@@ -170,13 +195,7 @@ impl Db {
         group: UsageGroup,
         limit: i64,
     ) -> Result<Vec<UsageTotal>> {
-        let (label, id, by, order) = match group {
-            UsageGroup::Day => ("day", "CAST(0 AS SIGNED)", "day", "day"),
-            UsageGroup::Model => ("model", "CAST(0 AS SIGNED)", "model", "cost DESC, model"),
-            UsageGroup::User => ("''", "user_id", "user_id", "cost DESC, user_id"),
-            UsageGroup::Key => ("''", "api_key_id", "api_key_id", "cost DESC, api_key_id"),
-            UsageGroup::Account => ("''", "account_id", "account_id", "cost DESC, account_id"),
-        };
+        let (label, id, by, order) = group_columns(group);
         let sql = format!(
             "SELECT {label} AS label, {id} AS id, {}, {}, {}, {}, {}, {} FROM usage_daily \
              WHERE {USAGE_FILTER_SQL} GROUP BY {by} ORDER BY {order} LIMIT ?",
@@ -196,16 +215,18 @@ impl Db {
         .await)?)
     }
 
-    /// Requests and cost of `usage_daily` rows matching `f`, per day and model (oldest day
+    /// Requests and cost of `usage_daily` rows matching `f`, per day and `group` (oldest day
     /// first), at most `limit` rows.
-    pub async fn usage_by_day_and_model(
+    pub async fn usage_by_day_and(
         &self,
         f: &UsageFilter,
+        group: UsageGroup,
         limit: i64,
-    ) -> Result<Vec<DayModelTotal>> {
+    ) -> Result<Vec<DayGroupTotal>> {
+        let (label, id, by, _) = group_columns(group);
         let sql = format!(
-            "SELECT day, model, {}, {} FROM usage_daily WHERE {USAGE_FILTER_SQL} \
-             GROUP BY day, model ORDER BY day, model LIMIT ?",
+            "SELECT day, {label} AS label, {id} AS id, {}, {} FROM usage_daily \
+             WHERE {USAGE_FILTER_SQL} GROUP BY day, {by} ORDER BY day, {by} LIMIT ?",
             sum("requests"),
             sum("cost"),
         );

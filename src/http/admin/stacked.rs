@@ -1,16 +1,16 @@
-//! Per-day bar charts stacked by model: the top models by cost in the range, then "other" for
-//! the rest (SPEC §11.6). Server-rendered SVG; each segment carries its exact value in
+//! Per-day bar charts stacked by model, user or key: the top groups by cost in the range, then
+//! "other" for the rest (SPEC §11.6). Server-rendered SVG; each segment carries its exact value in
 //! `data-value` and its title, so what is drawn can be checked against the daily summaries.
 
 use std::collections::HashMap;
 
 use crate::billing::money::Usd;
 use crate::http::admin::format;
-use crate::store::views::DayModelTotal;
+use crate::store::views::DayGroupTotal;
 
-/// How many models get a series of their own; the rest are summed as "other".
+/// How many groups (models, users, keys) get a series of their own; the rest are "other".
 pub const TOP_MODELS: usize = 5;
-/// The name of the series summing the models outside the top.
+/// The key of the series summing the groups outside the top.
 pub const OTHER: &str = "other";
 
 const LEFT: f64 = 72.0;
@@ -26,7 +26,7 @@ pub enum Measure {
 }
 
 impl Measure {
-    fn of(self, t: &DayModelTotal) -> i64 {
+    fn of(self, t: &DayGroupTotal) -> i64 {
         match self {
             Measure::Requests => t.requests,
             Measure::Cost => t.cost,
@@ -48,6 +48,8 @@ impl Measure {
 }
 
 pub struct Legend {
+    /// The series key (`data-series`).
+    pub series: String,
     pub name: String,
     /// CSS class of its colour (`s0`…`s5`).
     pub class: String,
@@ -82,6 +84,8 @@ pub struct Tick {
 pub struct StackedChart {
     pub id: &'static str,
     pub title: String,
+    /// The translation key naming "other" (other models, users or keys).
+    pub other_label: &'static str,
     pub width: u32,
     pub height: u32,
     pub legend: Vec<Legend>,
@@ -91,33 +95,50 @@ pub struct StackedChart {
     pub empty: bool,
 }
 
-/// The series names: the `top` models (largest cost first) that have usage, then "other" when
-/// any usage falls outside them.
-pub fn series(top: &[String], rows: &[DayModelTotal]) -> Vec<String> {
-    let top: Vec<String> = top.iter().take(TOP_MODELS).cloned().collect();
-    let mut names = top.clone();
-    if rows.iter().any(|r| !top.contains(&r.model)) {
-        names.push(OTHER.to_string());
+/// One series: its key (a model, or a user or key id) and the name shown for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Series {
+    pub key: String,
+    pub name: String,
+}
+
+/// The series: the `top` groups (largest cost first, as (key, name)), then "other" when any
+/// usage falls outside them.
+pub fn series(top: &[(String, String)], rows: &[DayGroupTotal]) -> Vec<Series> {
+    let mut all: Vec<Series> = top
+        .iter()
+        .take(TOP_MODELS)
+        .map(|(key, name)| Series {
+            key: key.clone(),
+            name: name.clone(),
+        })
+        .collect();
+    if rows.iter().any(|r| !all.iter().any(|s| s.key == r.key())) {
+        all.push(Series {
+            key: OTHER.to_string(),
+            name: OTHER.to_string(),
+        });
     }
-    names
+    all
 }
 
 impl StackedChart {
-    /// `days`: every day of the range in order; `rows`: that range's totals per day and model;
-    /// `series` from [`series`].
+    /// `days`: every day of the range in order; `rows`: that range's totals per day and group;
+    /// `series` from [`series`]; `other_label`: the translation key naming "other".
     pub fn new(
         id: &'static str,
         title: String,
+        other_label: &'static str,
         measure: Measure,
         days: &[String],
-        series: &[String],
-        rows: &[DayModelTotal],
+        series: &[Series],
+        rows: &[DayGroupTotal],
     ) -> StackedChart {
         let width = 720u32;
         let index: HashMap<&str, usize> = series
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.as_str(), i))
+            .map(|(i, s)| (s.key.as_str(), i))
             .collect();
         let other = index.get(OTHER).copied();
         // values[day][series]
@@ -130,7 +151,7 @@ impl StackedChart {
         for r in rows {
             let (Some(&d), Some(s)) = (
                 day_index.get(r.day.as_str()),
-                index.get(r.model.as_str()).copied().or(other),
+                index.get(r.key().as_str()).copied().or(other),
             ) else {
                 continue;
             };
@@ -157,22 +178,22 @@ impl StackedChart {
         let mut segments = Vec::new();
         for (d, day) in days.iter().enumerate() {
             let mut base = 0.0;
-            for (s, name) in series.iter().enumerate() {
+            for (s, ser) in series.iter().enumerate() {
                 let v = values[d][s];
                 if v == 0 {
                     continue;
                 }
                 let h = scale(v) / top * plot_h;
                 segments.push(Segment {
-                    series: name.clone(),
-                    class: class_of(s, name),
+                    series: ser.key.clone(),
+                    class: class_of(s, &ser.key),
                     day: day.clone(),
                     value: measure.exact(v),
                     x: format!("{:.1}", LEFT + d as f64 * slot + (slot - bar_w) / 2.0),
                     y: format!("{:.1}", TOP + plot_h - base - h),
                     w: format!("{bar_w:.1}"),
                     h: format!("{h:.1}"),
-                    tip: format!("{day} · {name}: {}", measure.shown(v)),
+                    tip: format!("{day} · {}: {}", ser.name, measure.shown(v)),
                 });
                 base += h;
             }
@@ -180,9 +201,10 @@ impl StackedChart {
         let legend = series
             .iter()
             .enumerate()
-            .map(|(s, name)| Legend {
-                name: name.clone(),
-                class: class_of(s, name),
+            .map(|(s, ser)| Legend {
+                series: ser.key.clone(),
+                name: ser.name.clone(),
+                class: class_of(s, &ser.key),
                 total: measure.shown(values.iter().map(|v| v[s]).sum()),
             })
             .collect();
@@ -211,6 +233,7 @@ impl StackedChart {
         StackedChart {
             id,
             title,
+            other_label,
             width,
             height: HEIGHT,
             legend,
@@ -262,10 +285,11 @@ fn nice_ceiling(v: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn row(day: &str, model: &str, requests: i64, cost: i64) -> DayModelTotal {
-        DayModelTotal {
+    fn row(day: &str, model: &str, requests: i64, cost: i64) -> DayGroupTotal {
+        DayGroupTotal {
             day: day.into(),
-            model: model.into(),
+            label: model.into(),
+            id: 0,
             requests,
             cost,
         }
@@ -280,9 +304,10 @@ mod tests {
             row("2026-01-01", "y", 4, 2),
             row("2026-01-02", "a", 1, 5),
         ];
-        let names = series(&["a".to_string()], &rows);
-        assert_eq!(names, ["a", "other"]);
-        let c = StackedChart::new("c", "t".into(), Measure::Cost, &days, &names, &rows);
+        let names = series(&[("a".to_string(), "a".to_string())], &rows);
+        let keys: Vec<&str> = names.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["a", "other"]);
+        let c = StackedChart::new("c", "t".into(), "o", Measure::Cost, &days, &names, &rows);
         let segs: Vec<(&str, &str, &str)> = c
             .segments
             .iter()
@@ -296,7 +321,15 @@ mod tests {
                 ("2026-01-02", "a", "0.000000005"),
             ]
         );
-        let r = StackedChart::new("r", "t".into(), Measure::Requests, &days, &names, &rows);
+        let r = StackedChart::new(
+            "r",
+            "t".into(),
+            "o",
+            Measure::Requests,
+            &days,
+            &names,
+            &rows,
+        );
         let other: Vec<&str> = r
             .segments
             .iter()

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::stacked::{self, Measure, StackedChart};
 use super::view::{self, Money, Names};
 use super::{format, render, respond, Ctx, PageError};
+use crate::i18n::Tr;
 use crate::state::AppState;
 use crate::store::usage::UsageFilter;
 use crate::store::views::{UsageGroup, UsageTotal};
@@ -183,38 +184,6 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
         ));
         d = d + Days::new(1);
     }
-    // Per day, stacked by model: the top models by cost in the range, then "other".
-    let day_names: Vec<String> = days.iter().map(|(d, _)| d.clone()).collect();
-    let by_model = st
-        .db
-        .usage_by_day_and_model(&f, MAX_DAYS as i64 * 1000)
-        .await?;
-    let top: Vec<String> = st
-        .db
-        .usage_totals(&f, UsageGroup::Model, stacked::TOP_MODELS as i64)
-        .await?
-        .into_iter()
-        .map(|t| t.label)
-        .collect();
-    let series = stacked::series(&top, &by_model);
-    let charts = vec![
-        StackedChart::new(
-            "chart-cost",
-            tr.t("usage.cost_per_day").into(),
-            Measure::Cost,
-            &day_names,
-            &series,
-            &by_model,
-        ),
-        StackedChart::new(
-            "chart-requests",
-            tr.t("usage.requests_per_day").into(),
-            Measure::Requests,
-            &day_names,
-            &series,
-            &by_model,
-        ),
-    ];
     let total_requests: i64 = days.iter().map(|(_, t)| t.requests).sum();
     let total_tokens: i64 = days.iter().map(|(_, t)| tokens(t)).sum();
     let total_cost: i64 = days.iter().map(|(_, t)| t.cost).sum();
@@ -240,6 +209,23 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
         .flat_map(|(_, _, rows)| rows.iter().map(|r| r.id))
         .collect();
     let names = view::names(st, &user_ids, &key_ids).await?;
+    let day_names: Vec<String> = days.iter().map(|(d, _)| d.clone()).collect();
+    let mut charts = Vec::new();
+    for g in [UsageGroup::Model, UsageGroup::User, UsageGroup::Key] {
+        let top = totals.iter().find(|(t, _, _)| *t == g).map(|(_, _, r)| r);
+        charts.extend(
+            charts_by(
+                st,
+                &f,
+                tr,
+                g,
+                top.map_or(&[][..], |r| &r[..]),
+                &names,
+                &day_names,
+            )
+            .await?,
+        );
+    }
     let filter = Filter {
         user_id: f.user_id.map(|v| v.to_string()).unwrap_or_default(),
         api_key_id: f.api_key_id.map(|v| v.to_string()).unwrap_or_default(),
@@ -312,6 +298,63 @@ async fn usage_page(st: &AppState, mut ctx: Ctx, q: UsageQuery) -> Result<Respon
             csv_url,
         },
     ))
+}
+
+/// The cost and requests charts per day stacked by `g` (model, user or key): the top groups by
+/// cost (`top`, largest first, as in the breakdown table), then "other".
+async fn charts_by(
+    st: &AppState,
+    f: &UsageFilter,
+    tr: Tr,
+    g: UsageGroup,
+    top: &[UsageTotal],
+    names: &Names,
+    days: &[String],
+) -> Result<[StackedChart; 2], PageError> {
+    let tr_keys = match g {
+        UsageGroup::User => (
+            ["chart-user-cost", "chart-user-requests"],
+            [
+                "usage.cost_per_day_by_user",
+                "usage.requests_per_day_by_user",
+            ],
+            "chart.other_users",
+        ),
+        UsageGroup::Key => (
+            ["chart-key-cost", "chart-key-requests"],
+            ["usage.cost_per_day_by_key", "usage.requests_per_day_by_key"],
+            "chart.other_keys",
+        ),
+        _ => (
+            ["chart-cost", "chart-requests"],
+            ["usage.cost_per_day", "usage.requests_per_day"],
+            "chart.other",
+        ),
+    };
+    let (ids, titles, other) = tr_keys;
+    let rows = st.db.usage_by_day_and(f, g, MAX_DAYS as i64 * 1000).await?;
+    let top: Vec<(String, String)> = top
+        .iter()
+        .take(stacked::TOP_MODELS)
+        .map(|t| match g {
+            UsageGroup::User => (t.id.to_string(), names.user(t.id)),
+            UsageGroup::Key => (t.id.to_string(), names.key_name(t.id)),
+            _ => (t.label.clone(), t.label.clone()),
+        })
+        .collect();
+    let series = stacked::series(&top, &rows);
+    Ok([Measure::Cost, Measure::Requests].map(|m| {
+        let i = usize::from(m == Measure::Requests);
+        StackedChart::new(
+            ids[i],
+            tr.t(titles[i]).into(),
+            other,
+            m,
+            days,
+            &series,
+            &rows,
+        )
+    }))
 }
 
 fn group_name(
