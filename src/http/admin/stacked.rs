@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crate::billing::money::Usd;
 use crate::http::admin::format;
+use crate::http::admin::view::{nice_ceiling, GridLine, Tick};
 use crate::store::views::DayGroupTotal;
 
 /// How many groups (models, users, keys) get a series of their own; the rest are "other".
@@ -69,16 +70,6 @@ pub struct Segment {
     pub h: String,
     /// Tooltip: `2026-01-31 · gpt-4o: $1.25`.
     pub tip: String,
-}
-
-pub struct GridLine {
-    pub y: String,
-    pub label: String,
-}
-
-pub struct Tick {
-    pub x: String,
-    pub label: String,
 }
 
 pub struct StackedChart {
@@ -265,20 +256,6 @@ fn class_of(i: usize, name: &str) -> String {
     } else {
         format!("s{i}")
     }
-}
-
-/// 1, 2, 2.5 or 5 × a power of ten, at least `v` (1 for nothing).
-fn nice_ceiling(v: f64) -> f64 {
-    if v <= 0.0 || !v.is_finite() {
-        return 1.0;
-    }
-    let p = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
-        if m * p >= v {
-            return m * p;
-        }
-    }
-    10.0 * p
 }
 
 #[cfg(test)]

@@ -580,8 +580,8 @@ impl Chart {
     }
 }
 
-/// 1, 2, 2.5 or 5 × a power of ten, at least `v` (1 for nothing).
-fn nice_ceiling(v: f64) -> f64 {
+/// 1, 2, 2.5 or 5 × a power of ten, at least `v` (1 for nothing). The axis of every chart.
+pub(super) fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
