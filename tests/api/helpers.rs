@@ -522,3 +522,18 @@ pub async fn seed_over_http(
     let k = call(Method::POST, format!("/users/{uid}/keys"), key_body).await;
     k["key"].as_str().unwrap().to_string()
 }
+
+/// Entries are written off the response path: wait until there are `n` (or panic after 10 s).
+pub async fn audit_entries(app: &TestApp, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let (s, v) = app.get("/audit?limit=1000").await;
+        assert_eq!(s, 200, "{v}");
+        let rows = v["data"].as_array().unwrap().clone();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, v) = app.get("/audit?limit=1000").await;
+    panic!("expected {n} audit entries, got {v}");
+}

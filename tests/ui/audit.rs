@@ -17,19 +17,6 @@ async fn stored_rows(db: &Db) -> Vec<String> {
     }
 }
 
-async fn audit_entries(app: &TestApp, n: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let (_, v) = app.get("/audit?limit=1000").await;
-        let rows = v["data"].as_array().unwrap().clone();
-        if rows.len() >= n {
-            return rows;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let (_, v) = app.get("/audit?limit=1000").await;
-    panic!("expected {n} audit entries, got {v}");
-}
-
 #[tokio::test]
 async fn form_writes_and_sign_ins_are_audited_and_shown_without_secrets() {
     let app = spawn_app().await;
