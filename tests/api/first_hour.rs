@@ -118,6 +118,32 @@ async fn serve(db_url: &str, access: bool) -> Spawned {
     s
 }
 
+/// A chat completion with `key`; its status, once the body is read.
+async fn chat(http: &reqwest::Client, base: &str, key: &str, model: &str) -> u16 {
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    r.bytes().await.unwrap();
+    status
+}
+
+/// `GET /api/admin{path}` with `token`, as JSON.
+async fn admin_get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Value {
+    http.get(format!("{base}/api/admin{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn serve_prints_its_admin_url_and_logs_one_plain_line_per_request() {
     let (url, _guard) = fresh_database(backend()).await;
@@ -130,36 +156,13 @@ async fn serve_prints_its_admin_url_and_logs_one_plain_line_per_request() {
     );
     let key = seed_over_http(&s.base, &fake, "sk-acct", json!({"name": "k"})).await;
     let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{}/v1/chat/completions", s.base))
-        .bearer_auth(&key)
-        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().await.unwrap();
+    assert_eq!(chat(&http, &s.base, &key, "gpt-test").await, 200);
     // A refusal of a known key (unpriced model) is a line too.
-    let r = http
-        .post(format!("{}/v1/chat/completions", s.base))
-        .bearer_auth(&key)
-        .json(&json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(chat(&http, &s.base, &key, "no-such-model").await, 404);
     // The logged cost, as the admin API shows it.
     let t0 = Instant::now();
     let row = loop {
-        let v: Value = http
-            .get(format!("{}/api/admin/logs", s.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = admin_get(&http, &s.base, ADMIN_TOKEN, "/logs").await;
         let rows = v["data"].as_array().cloned().unwrap_or_default();
         if let Some(row) = rows.iter().find(|r| r["status"] == 200) {
             break row.clone();
@@ -172,6 +175,27 @@ async fn serve_prints_its_admin_url_and_logs_one_plain_line_per_request() {
     // One timestamp style in the API: `Z`, never `+00:00`.
     let created = row["created_at"].as_str().unwrap();
     assert!(created.ends_with('Z'), "{created}");
+    let user = row["user_id"].as_i64().unwrap();
+    for path in [
+        "/users".to_string(),
+        format!("/users/{user}"),
+        format!("/users/{user}/packages"),
+        "/keys".into(),
+        "/accounts".into(),
+        "/packages".into(),
+        "/models".into(),
+        "/logs".into(),
+        "/audit".into(),
+    ] {
+        let text = admin_get(&http, &s.base, ADMIN_TOKEN, &path)
+            .await
+            .to_string();
+        assert!(text.contains("Z\""), "{path} shows no timestamp: {text}");
+        assert!(
+            !text.contains("+00:00"),
+            "{path} mixes timestamp styles: {text}"
+        );
+    }
     s.sigterm().await;
     let logs = s.stderr_text();
     assert!(!logs.contains('\x1b'), "colour codes in a redirected log");
@@ -210,15 +234,7 @@ async fn serve_prints_its_admin_url_and_logs_one_plain_line_per_request() {
     let (url, _guard2) = fresh_database(backend()).await;
     let mut s = serve(&url, false).await;
     let key = seed_over_http(&s.base, &fake, "sk-acct", json!({"name": "k"})).await;
-    let r = http
-        .post(format!("{}/v1/chat/completions", s.base))
-        .bearer_auth(&key)
-        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.bytes().await.unwrap();
+    assert_eq!(chat(&http, &s.base, &key, "gpt-test").await, 200);
     s.sigterm().await;
     assert!(!s.stderr_text().contains("tollgate::access"));
 }
@@ -264,15 +280,7 @@ async fn the_demo_prices_what_the_coding_agents_ask_for_and_removes_its_data() {
     // Every one of them was priced: a cost above zero, billed complete.
     let t0 = Instant::now();
     loop {
-        let v: Value = http
-            .get(format!("{}/api/admin/logs", s.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = admin_get(&http, &s.base, &token, "/logs").await;
         let rows = v["data"].as_array().cloned().unwrap_or_default();
         if rows.len() == 4 {
             for row in &rows {
