@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::balance::used_in;
-use super::shared::SharedReservations;
+use super::shared::{Holder, SharedReservations};
 use super::windows::{window_at, WindowKind};
 use crate::billing::money::Usd;
 use crate::cache::TtlCache;
@@ -294,7 +294,7 @@ impl Reservations {
     /// hold (this instance's when Redis does not answer).
     pub async fn reserved(&self, grant_id: i64) -> i64 {
         if let Some(s) = &self.shared {
-            if let Some(v) = s.held(grant_id).await {
+            if let Some(v) = s.held(Holder::Grant(grant_id)).await {
                 return v;
             }
         }

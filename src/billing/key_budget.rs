@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use super::admission::{Denial, Reservations};
+use super::admission::{Denial, Reservations, Since};
 use super::money::Usd;
 use super::windows::{effective_used, window_at, Window, WindowKind};
 use crate::cache::TtlCache;
@@ -150,13 +150,26 @@ pub fn check(s: &KeyBudgetState, now: DateTime<Utc>, tz: Tz, reserved: i64) -> R
     Err(Denial { message })
 }
 
-/// Each budgeted key's state as read for admission, with the settlement sequence number of
-/// [`KeyBudgets::reservations`] read before it (see `admission::Reservations`).
-pub type KeyBudgetCache = TtlCache<i64, (u64, Option<KeyBudgetState>)>;
+/// What a key's in-flight requests may hold while it still admits one more: the least
+/// remaining of its limited budgets ([`check`] refuses once `reserved >= room`); `i64::MAX`
+/// for a key without a limited budget. For a reservation store that decides by itself (Redis).
+pub fn room(s: &KeyBudgetState, now: DateTime<Utc>, tz: Tz) -> i64 {
+    status(&s.budget, s.used_cost, s.created_at, now, tz)
+        .iter()
+        .map(|b| b.remaining.0)
+        .min()
+        .unwrap_or(i64::MAX)
+}
+
+/// Each budgeted key's state as read for admission, with the settlement sequence numbers (of
+/// [`KeyBudgets::reservations`] and of Redis) read before it (see `admission::Reservations`).
+pub type KeyBudgetCache = TtlCache<i64, (Since, Option<KeyBudgetState>)>;
 
 /// What admission needs to enforce key budgets, shared by the proxy and the recorder.
 pub struct KeyBudgets {
-    /// In-flight holds per key id (nano-dollars), in this process.
+    /// In-flight holds per key id (nano-dollars), in this process; with Redis they are held
+    /// there too, in the grants' [`super::shared::SharedReservations`] as
+    /// [`super::shared::Holder::KeyBudget`].
     pub reservations: Reservations,
     /// Budgeted keys' counters (for `cache::TTL`; dropped by admin writes and journal replay).
     pub cache: KeyBudgetCache,
@@ -220,6 +233,11 @@ mod tests {
         s.budget.daily_window_start = Some(today.start.timestamp_millis());
         s.budget.daily_used = 999;
         assert_eq!(check(&s, now, tz, 0), Ok(()));
+        assert_eq!(
+            room(&s, now, tz),
+            1,
+            "refused once what is held reaches the room"
+        );
         // What in-flight requests hold counts against the room.
         let d = check(&s, now, tz, 1).unwrap_err();
         assert!(d.message.contains("daily budget"), "{}", d.message);

@@ -1,16 +1,19 @@
 //! Reservations in Redis, so every instance admits against the same in-flight total.
 //!
-//! Per grant `g`, under the key prefix: `res:g:amt` (hash: hold id → amount), `res:g:exp`
-//! (sorted set: hold id → expiry, ms), `res:g:sum` (the holds' total) and the settled charges
-//! `res:g:set` (score: settlement sequence number) and `res:g:sett` (score: when), members
-//! `seq:amount`; `res:seq` numbers the settlements of every instance. The same guarantee as the
-//! in-process [`super::admission::Reservations`]: an admission that read a grant's usage before
+//! Holds are kept per group: a grant `g`, or a key's budget `k{id}` ([`Holder`]). Per group,
+//! under the key prefix: `res:g:amt` (hash: hold id → amount), `res:g:exp` (sorted set: hold id
+//! → expiry, ms), `res:g:sum` (the holds' total) and the settled charges `res:g:set` (score:
+//! settlement sequence number) and `res:g:sett` (score: when), members `seq:amount`; `res:seq`
+//! numbers the settlements of every instance. The same guarantee as the in-process
+//! [`super::admission::Reservations`]: an admission that read a grant's (or key's) usage before
 //! settlement S counts S's charges, one that read it after does not, across instances.
 //!
-//! A hold's id is its request id; it expires by itself after the TTL (an instance that dies
-//! leaves nothing behind for longer); settled charges are kept `SETTLED_KEEP`. Every call is
-//! bounded by `redis.timeout_ms`; a failure returns None and the caller falls back to the
-//! in-process figures. The first failure is logged, and the recovery.
+//! Admission is one script, one round trip: the key's RPM and TPM counters (the same keys as
+//! `proxy::limits`), its budget, then the grants (SPEC §11.1). A hold's id is its request id;
+//! it expires by itself after the TTL (an instance that dies leaves nothing behind for
+//! longer); settled charges are kept `SETTLED_KEEP`. Every call is bounded by
+//! `redis.timeout_ms`; a failure returns None and the caller falls back to the in-process
+//! figures. The first failure is logged, and the recovery.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::LazyLock;
@@ -49,27 +52,51 @@ local function held(g, since)
 end
 "#;
 
-/// ARGV: prefix, keep, since, hold id, amount, TTL (ms), then (grant, room) in admission
-/// order. Holds the amount against the first grant whose holds leave room; returns
-/// {chosen grant or 0, what each grant looked at holds}.
+/// Admission in one round trip: the key's RPM and TPM, its budget, then the grants.
+/// ARGV: prefix, keep, hold id, amount, TTL (ms); RPM counter key, RPM limit; TPM counter key,
+/// TPM limit; the key's budget group, its room, the since of its usage ('' for what is not
+/// limited); the grants' since, then (grant group, room) in admission order. Returns {code,
+/// what the key's budget looked at holds, what each grant looked at holds}: code is the
+/// 1-based index of the grant that holds the amount now (the key's budget holds it too),
+/// 0 when no grant has room, -1 over RPM, -2 over TPM, -3 the key's budget full.
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{}",
         r#"
-local since, id, amount, ttl = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local out = {0}
-for i = 7, #ARGV, 2 do
+local id, amount, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local function hold(g)
+  local b = P .. 'res:' .. g
+  redis.call('HSET', b .. ':amt', id, amount)
+  redis.call('ZADD', b .. ':exp', now + ttl, id)
+  redis.call('INCRBY', b .. ':sum', amount)
+  for _, k in ipairs({':amt', ':exp', ':sum'}) do redis.call('PEXPIRE', b .. k, ttl + keep) end
+end
+if ARGV[6] ~= '' then
+  local n = redis.call('INCR', ARGV[6])
+  redis.call('EXPIRE', ARGV[6], 120)
+  if n > tonumber(ARGV[7]) then return {-1, 0} end
+end
+if ARGV[8] ~= '' then
+  if tonumber(redis.call('GET', ARGV[8]) or '0') >= tonumber(ARGV[9]) then return {-2, 0} end
+end
+local kg = ARGV[10]
+local kheld = 0
+if kg ~= '' then
+  sweep(kg)
+  kheld = held(kg, ARGV[12])
+  if kheld >= tonumber(ARGV[11]) then return {-3, kheld} end
+end
+local out = {0, kheld}
+local since = ARGV[13]
+for i = 14, #ARGV, 2 do
   local g = ARGV[i]
   sweep(g)
   local r = held(g, since)
   out[#out + 1] = r
   if r < tonumber(ARGV[i + 1]) then
-    local b = P .. 'res:' .. g
-    redis.call('HSET', b .. ':amt', id, amount)
-    redis.call('ZADD', b .. ':exp', now + ttl, id)
-    redis.call('INCRBY', b .. ':sum', amount)
-    for _, k in ipairs({':amt', ':exp', ':sum'}) do redis.call('PEXPIRE', b .. k, ttl + keep) end
-    out[1] = tonumber(g)
+    hold(g)
+    if kg ~= '' then hold(kg) end
+    out[1] = math.floor((i - 12) / 2)
     return out
   end
 end
@@ -78,30 +105,38 @@ return out
     ))
 });
 
-/// ARGV: prefix, keep, grant, hold id, amount: a hold (if still there) now holds `amount`;
-/// 0 removes it.
+/// ARGV: prefix, keep, hold id, amount, TPM counter key ('' for none), tokens, then groups: in
+/// each, the hold (if still there) now holds `amount` (0 ends it); the tokens are added to the
+/// TPM window.
 static ADJUST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{}",
         r#"
-local b = P .. 'res:' .. ARGV[3]
-local id, amount = ARGV[4], ARGV[5]
-local old = redis.call('HGET', b .. ':amt', id)
-if not old then return 0 end
-redis.call('DECRBY', b .. ':sum', old)
-if amount == '0' then
-  redis.call('HDEL', b .. ':amt', id)
-  redis.call('ZREM', b .. ':exp', id)
-else
-  redis.call('HSET', b .. ':amt', id, amount)
-  redis.call('INCRBY', b .. ':sum', amount)
+local id, amount = ARGV[3], ARGV[4]
+if ARGV[5] ~= '' then
+  redis.call('INCRBY', ARGV[5], ARGV[6])
+  redis.call('EXPIRE', ARGV[5], 120)
+end
+for i = 7, #ARGV do
+  local b = P .. 'res:' .. ARGV[i]
+  local old = redis.call('HGET', b .. ':amt', id)
+  if old then
+    redis.call('DECRBY', b .. ':sum', old)
+    if amount == '0' then
+      redis.call('HDEL', b .. ':amt', id)
+      redis.call('ZREM', b .. ':exp', id)
+    else
+      redis.call('HSET', b .. ':amt', id, amount)
+      redis.call('INCRBY', b .. ':sum', amount)
+    end
+  end
 end
 return 1
 "#
     ))
 });
 
-/// ARGV: prefix, keep, then (grant, hold id, amount) of charges just committed: their holds
+/// ARGV: prefix, keep, then (group, hold id, amount) of charges just committed: their holds
 /// end and their amounts are kept as settled at a new sequence number, which it returns.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -135,7 +170,7 @@ return seq
     ))
 });
 
-/// ARGV: prefix, keep, grant: what its holds total now.
+/// ARGV: prefix, keep, group: what its holds total now.
 static HELD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{}",
@@ -145,6 +180,50 @@ return tonumber(redis.call('GET', P .. 'res:' .. ARGV[3] .. ':sum') or '0')
 "#
     ))
 });
+
+/// Who holds: a grant, or a key's budget (SPEC §11.3), each its own group of holds in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Grant(i64),
+    KeyBudget(i64),
+}
+
+impl redis::ToRedisArgs for Holder {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Holder::Grant(g) => g.write_redis_args(out),
+            Holder::KeyBudget(k) => out.write_arg_fmt(format_args!("k{k}")),
+        }
+    }
+}
+
+/// One admission, as [`SharedReservations::admit`] decides it.
+pub struct Ask<'a> {
+    /// The hold's id (the request id) and what it holds.
+    pub hold: &'a str,
+    pub amount: i64,
+    /// The key's RPM and TPM counters this minute and their limits, when limited.
+    pub rpm: Option<(&'a str, i64)>,
+    pub tpm: Option<(&'a str, i64)>,
+    /// A key with a budget: (key id, its room, the sequence number read before its usage).
+    pub key_budget: Option<(i64, i64, i64)>,
+    /// The sequence number read before the grants' usage, and (grant, room) in admission order.
+    pub since: i64,
+    pub rooms: &'a [(i64, i64)],
+}
+
+/// What Redis decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// This grant holds the amount (and the key's budget, when it has one).
+    Granted(i64),
+    OverRpm,
+    OverTpm,
+    /// The key's budget has no room: what its holds looked like.
+    KeyBudgetFull(i64),
+    /// No grant has room: what each grant looked at holds, in the order of the rooms.
+    NoRoom(Vec<i64>),
+}
 
 /// The Redis side of the reservations (see the module documentation).
 pub struct SharedReservations {
@@ -233,55 +312,77 @@ impl SharedReservations {
         }
     }
 
-    /// Hold `amount` under `hold` against the first of `rooms` (grant, limit − effective used
-    /// of its tightest window, in admission order) whose holds leave room, for usage read at
-    /// `since`. Some((chosen grant or None, what each grant looked at holds)).
-    pub async fn admit(
-        &self,
-        since: i64,
-        hold: &str,
-        amount: i64,
-        rooms: &[(i64, i64)],
-    ) -> Option<(Option<i64>, Vec<i64>)> {
+    /// RPM, TPM, the key's budget and the grants, checked and held in one round trip (see
+    /// [`Ask`], [`Decision`]); None when Redis does not answer in time.
+    pub async fn admit(&self, ask: &Ask<'_>) -> Option<Decision> {
         let out: Vec<i64> = self
             .run(&ADMIT, |inv| {
-                inv.arg(since).arg(hold).arg(amount).arg(self.ttl_ms);
-                for (g, room) in rooms {
+                inv.arg(ask.hold).arg(ask.amount).arg(self.ttl_ms);
+                let (rpm_key, rpm) = ask.rpm.unwrap_or(("", 0));
+                let (tpm_key, tpm) = ask.tpm.unwrap_or(("", 0));
+                inv.arg(rpm_key).arg(rpm).arg(tpm_key).arg(tpm);
+                match ask.key_budget {
+                    Some((key, room, since)) => {
+                        inv.arg(Holder::KeyBudget(key)).arg(room).arg(since)
+                    }
+                    None => inv.arg("").arg(0).arg(0),
+                };
+                inv.arg(ask.since);
+                for (g, room) in ask.rooms {
                     inv.arg(*g).arg(*room);
                 }
             })
             .await?;
-        let (&chosen, seen) = out.split_first()?;
-        Some(((chosen != 0).then_some(chosen), seen.to_vec()))
+        let (&code, rest) = out.split_first()?;
+        let (&key_held, seen) = rest.split_first()?;
+        Some(match code {
+            -1 => Decision::OverRpm,
+            -2 => Decision::OverTpm,
+            -3 => Decision::KeyBudgetFull(key_held),
+            0 => Decision::NoRoom(seen.to_vec()),
+            i => Decision::Granted(ask.rooms.get(usize::try_from(i - 1).ok()?)?.0),
+        })
     }
 
-    /// The hold `hold` of `grant` now holds `amount` (0 ends it).
-    pub async fn adjust(&self, grant: i64, hold: &str, amount: i64) {
-        let _: Option<i64> = self
+    /// The hold `hold` of each of `holders` now holds `amount` (0 ends it), and `tpm` (counter
+    /// key, tokens) is added to the key's TPM window; false when Redis did not answer.
+    pub async fn adjust(
+        &self,
+        hold: &str,
+        amount: i64,
+        holders: &[Holder],
+        tpm: Option<(&str, i64)>,
+    ) -> bool {
+        let r: Option<i64> = self
             .run(&ADJUST, |inv| {
-                inv.arg(grant).arg(hold).arg(amount);
+                let (tpm_key, tokens) = tpm.unwrap_or(("", 0));
+                inv.arg(hold).arg(amount).arg(tpm_key).arg(tokens);
+                for h in holders {
+                    inv.arg(*h);
+                }
             })
             .await;
+        r.is_some()
     }
 
-    /// These (grant, hold, amount) charges were just committed to the database.
-    pub async fn settled(&self, items: &[(i64, &str, i64)]) {
+    /// These (holder, hold, amount) charges were just committed to the database.
+    pub async fn settled(&self, items: &[(Holder, &str, i64)]) {
         if items.is_empty() {
             return;
         }
         let _: Option<i64> = self
             .run(&SETTLE, |inv| {
-                for (g, hold, amount) in items {
-                    inv.arg(*g).arg(*hold).arg(*amount);
+                for (h, hold, amount) in items {
+                    inv.arg(*h).arg(*hold).arg(*amount);
                 }
             })
             .await;
     }
 
-    /// What in-flight requests of every instance hold against `grant` now.
-    pub async fn held(&self, grant: i64) -> Option<i64> {
+    /// What in-flight requests of every instance hold against `holder` now.
+    pub async fn held(&self, holder: Holder) -> Option<i64> {
         self.run(&HELD, |inv| {
-            inv.arg(grant);
+            inv.arg(holder);
         })
         .await
     }

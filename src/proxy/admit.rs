@@ -7,22 +7,27 @@
 //! (`billing::key_budget`), a grant with room. Accounts
 //! cooling down are left out unless every one is: then the one whose cooldown ends first is
 //! tried (its probe), so a request is never refused while an account might serve.
+//!
+//! With Redis, RPM, TPM, the key's budget and the grant are one script (`billing::shared`),
+//! so a charged request's grants are read first: while the database is down and they are not
+//! cached, a request over its RPM gets 503 rather than 429.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::error::{Failure, Protocol, ProxyError};
+use super::error::{Failure, ProxyError};
+use super::limits::{retry_after, Limit};
 use super::parse::ProxyRequest;
-use crate::billing::admission::{self, Denial, Since};
+use crate::billing::admission::{self, Since};
 use crate::billing::balance::window_starts;
 use crate::billing::cost::Price;
 use crate::billing::key_budget::{self, key_window_starts};
-use crate::billing::shared::SharedReservations;
+use crate::billing::shared::{Ask, Decision, SharedReservations};
 use crate::domain::{AccountStatus, Provider};
 use crate::state::AppState;
 use crate::store::accounts::Account;
-use crate::store::keys::KeyAuth;
+use crate::store::keys::{KeyAuth, KeyBudgetState};
 use crate::store::packages::UserPackage;
 use crate::store::StoreError;
 use crate::usage::WindowStarts;
@@ -159,113 +164,148 @@ pub async fn admit<'a>(
 
     let now = st.clock.now();
     let now_ms = now.timestamp_millis();
-    if let Some(rpm) = key.rpm_limit {
-        st.proxy
-            .limiter
-            .hit_rpm(key.id, rpm, now_ms)
-            .await
-            .map_err(|retry_after| {
-                fail(Failure::RateLimited {
-                    message: format!(
-                        "this API key is over its limit of {rpm} requests per minute; retry after {retry_after} s"
-                    ),
-                    retry_after,
-                })
-            })?;
-    }
-    if let Some(tpm) = key.tpm_limit {
-        st.proxy
-            .limiter
-            .check_tpm(key.id, tpm, now_ms)
-            .await
-            .map_err(|retry_after| {
-                fail(Failure::RateLimited {
-                    message: format!(
-                        "this API key is over its limit of {tpm} tokens per minute; retry after {retry_after} s"
-                    ),
-                    retry_after,
-                })
-            })?;
-    }
-
     let request_id = uuid::Uuid::now_v7().to_string();
-    let charge = if req.endpoint.charged() {
-        let res = &st.proxy.reservations;
-        let user = [key.user_id];
-        let cached = st
-            .proxy
-            .grants
-            .get_or_load(&key.user_id, || async {
-                let since = res.since().await;
-                Ok((since, st.db.active_user_packages(&user, now_ms).await?))
-            })
-            .await
-            .map_err(db_err)?;
-        let (since, grants) = (cached.0, &cached.1);
-        let est = st.proxy.learner.estimate(
-            key.id,
-            model,
-            req.body.len(),
-            req.max_output_tokens,
-            &offer.price,
-        );
-        let key_reserved = hold_key_budget(st, key, protocol, now, est).await?;
-        // A request refused by its grants holds nothing against its key either.
-        let unhold = || {
-            if let Some(held) = key_reserved {
-                st.proxy.key_budgets.reservations.add(key.id, -held);
+    if !req.endpoint.charged() {
+        check_rate_limits(st, key, now_ms).await.map_err(fail)?;
+        return Ok(Admitted {
+            request_id,
+            price: offer.price,
+            accounts: healthy,
+            now,
+            charge: Charge::default(),
+        });
+    }
+    // The grants are read before the rate limits, so that with Redis one script checks RPM,
+    // TPM, the key's budget and the grants in one round trip (SPEC §11.1).
+    let res = &st.proxy.reservations;
+    let user = [key.user_id];
+    let cached = st
+        .proxy
+        .grants
+        .get_or_load(&key.user_id, || async {
+            let since = res.since().await;
+            Ok((since, st.db.active_user_packages(&user, now_ms).await?))
+        })
+        .await
+        .map_err(db_err)?;
+    let (since, grants) = (cached.0, &cached.1);
+    let est = st.proxy.learner.estimate(
+        key.id,
+        model,
+        req.body.len(),
+        req.max_output_tokens,
+        &offer.price,
+    );
+    let budget_cached = load_key_budget(st, key).await.map_err(db_err)?;
+    let budget = budget_cached
+        .as_deref()
+        .and_then(|(since, state)| state.as_ref().map(|s| (*since, s)));
+    let shared = match res.shared() {
+        Some(shared) => {
+            let ask = Shared {
+                shared,
+                since,
+                grants,
+                budget,
+                hold: &request_id,
+                est,
+            };
+            ask.admit(st, key, now).await
+        }
+        None => SharedOutcome::NotAsked,
+    };
+    let kb = &st.proxy.key_budgets;
+    let (g, key_reserved) = match shared {
+        SharedOutcome::Decided(Ok(g)) => {
+            res.add(g.id, est);
+            let key_reserved = budget.map(|_| {
+                kb.reservations.add(key.id, est);
+                est
+            });
+            (g, key_reserved)
+        }
+        SharedOutcome::Decided(Err(f)) => return Err(fail(f)),
+        outcome => {
+            if matches!(outcome, SharedOutcome::Unanswered) {
+                st.proxy
+                    .limiter
+                    .check_local(key.id, key.rpm_limit, key.tpm_limit, now_ms)
+                    .map_err(|(limit, after)| fail(rate_limited(key, limit, after)))?;
+            } else {
+                check_rate_limits(st, key, now_ms).await.map_err(fail)?;
             }
-        };
-        let shared = match res.shared() {
-            Some(shared) => choose_shared(st, shared, since, grants, now, &request_id, est).await,
-            None => None,
-        };
-        let g = match shared {
-            Some(Ok(g)) => {
-                res.add(g.id, est);
-                g
-            }
-            Some(Err(d)) => {
-                unhold();
-                return Err(fail(Failure::NoQuota(d.message)));
-            }
-            None => res
+            let key_reserved = hold_key_budget(st, key, budget, now, est).map_err(fail)?;
+            let g = res
                 .admit(since.local, |reserved| {
                     admission::choose(grants, now, st.tz, reserved).map(|g| (g.id, est, g))
                 })
                 .map_err(|d| {
-                    unhold();
+                    // A request refused by its grants holds nothing against its key either.
+                    if let Some(held) = key_reserved {
+                        kb.reservations.add(key.id, -held);
+                    }
                     fail(Failure::NoQuota(d.message))
-                })?,
-        };
-        Charge {
-            user_package_id: Some(g.id),
-            windows: window_starts(g, now, st.tz),
-            reserved: est,
-            key_windows: key_window_starts(now, key.created_at, st.tz),
-            key_reserved,
+                })?;
+            (g, key_reserved)
         }
-    } else {
-        Charge::default()
     };
     Ok(Admitted {
         request_id,
         price: offer.price,
         accounts: healthy,
         now,
-        charge,
+        charge: Charge {
+            user_package_id: Some(g.id),
+            windows: window_starts(g, now, st.tz),
+            reserved: est,
+            key_windows: key_window_starts(now, key.created_at, st.tz),
+            key_reserved,
+        },
     })
 }
 
-/// A key with a budget (SPEC §11.3): check its room, less what its in-flight requests hold,
-/// and hold `est` against it. Some(what is held), or None for a key without a budget.
-async fn hold_key_budget(
+/// The refusal of a key over its RPM or TPM.
+fn rate_limited(key: &KeyAuth, limit: Limit, retry_after: u64) -> Failure {
+    let message = match limit {
+        Limit::Rpm => format!(
+            "this API key is over its limit of {} requests per minute; retry after {retry_after} s",
+            key.rpm_limit.unwrap_or_default()
+        ),
+        Limit::Tpm => format!(
+            "this API key is over its limit of {} tokens per minute; retry after {retry_after} s",
+            key.tpm_limit.unwrap_or_default()
+        ),
+    };
+    Failure::RateLimited {
+        message,
+        retry_after,
+    }
+}
+
+/// RPM, then TPM, on their own (`proxy::limits`: in Redis when configured).
+async fn check_rate_limits(st: &AppState, key: &KeyAuth, now_ms: i64) -> Result<(), Failure> {
+    let limiter = &st.proxy.limiter;
+    if let Some(rpm) = key.rpm_limit {
+        limiter
+            .hit_rpm(key.id, rpm, now_ms)
+            .await
+            .map_err(|after| rate_limited(key, Limit::Rpm, after))?;
+    }
+    if let Some(tpm) = key.tpm_limit {
+        limiter
+            .check_tpm(key.id, tpm, now_ms)
+            .await
+            .map_err(|after| rate_limited(key, Limit::Tpm, after))?;
+    }
+    Ok(())
+}
+
+/// A budgeted key's counters as admission reads them, with the settlement sequence numbers
+/// read before them (see `admission::Reservations`); None for a key without a budget.
+async fn load_key_budget(
     st: &AppState,
     key: &KeyAuth,
-    protocol: Protocol,
-    now: DateTime<Utc>,
-    est: i64,
-) -> Result<Option<i64>, ProxyError> {
+) -> Result<Option<Arc<(Since, Option<KeyBudgetState>)>>, StoreError> {
     if !key.limits.any() {
         return Ok(None);
     }
@@ -273,19 +313,39 @@ async fn hold_key_budget(
     let cached = kb
         .cache
         .get_or_load(&key.id, || async {
-            let since = kb.reservations.seq();
-            Ok((since, st.db.key_budget_state(key.id).await?))
+            let since = Since {
+                local: kb.reservations.seq(),
+                shared: match st.proxy.reservations.shared() {
+                    Some(s) => s.seq().await,
+                    None => None,
+                },
+            };
+            Ok::<_, StoreError>((since, st.db.key_budget_state(key.id).await?))
         })
-        .await
-        .map_err(|e: StoreError| ProxyError::database(protocol, e))?;
-    let (since, Some(state)) = (cached.0, &cached.1) else {
+        .await?;
+    Ok(Some(cached))
+}
+
+/// A key with a budget (SPEC §11.3), in process: check its room, less what this instance's
+/// in-flight requests hold, and hold `est` against it. Some(what is held), or None for a key
+/// without a budget.
+fn hold_key_budget(
+    st: &AppState,
+    key: &KeyAuth,
+    budget: Option<(Since, &KeyBudgetState)>,
+    now: DateTime<Utc>,
+    est: i64,
+) -> Result<Option<i64>, Failure> {
+    let Some((since, state)) = budget else {
         return Ok(None);
     };
-    kb.reservations
-        .admit(since, |held| {
+    st.proxy
+        .key_budgets
+        .reservations
+        .admit(since.local, |held| {
             key_budget::check(state, now, st.tz, held(key.id)).map(|()| (key.id, est, ()))
         })
-        .map_err(|d| ProxyError::new(protocol, Failure::KeyBudget(d.message)))?;
+        .map_err(|d| Failure::KeyBudget(d.message))?;
     Ok(Some(est))
 }
 
@@ -312,36 +372,100 @@ async fn disabled_account_serves(
     }
 }
 
-/// Choose and reserve in Redis, against every instance's reservations; None when Redis does
-/// not answer in time (or the grants were read while it did not: then which settled charges
-/// they include is unknown), and the caller chooses in process.
-async fn choose_shared<'g>(
-    st: &AppState,
-    shared: &SharedReservations,
+/// What asking Redis gave.
+enum SharedOutcome<'g> {
+    /// Redis decided, for every instance.
+    Decided(Result<&'g UserPackage, Failure>),
+    /// It did not answer in time: this instance decides alone.
+    Unanswered,
+    /// Not asked: the grants or the key's counters were read while Redis did not answer (so
+    /// which settled charges they include is unknown), or there is no active grant.
+    NotAsked,
+}
+
+/// One admission to decide in Redis, against every instance's holds.
+struct Shared<'a, 'g> {
+    shared: &'a SharedReservations,
     since: Since,
     grants: &'g [UserPackage],
-    now: DateTime<Utc>,
-    hold: &str,
+    budget: Option<(Since, &'a KeyBudgetState)>,
+    hold: &'a str,
     est: i64,
-) -> Option<Result<&'g UserPackage, Denial>> {
-    let since = since.shared?;
-    let rooms = admission::rooms(grants, now, st.tz);
-    if rooms.is_empty() {
-        return None;
-    }
-    let (chosen, seen) = shared.admit(since, hold, est, &rooms).await?;
-    match chosen {
-        Some(id) => grants.iter().find(|g| g.id == id).map(Ok),
-        None => {
-            let held = |id: i64| {
-                rooms
-                    .iter()
-                    .zip(&seen)
-                    .find(|((g, _), _)| *g == id)
-                    .map_or(0, |(_, r)| *r)
-            };
-            // Same rule as Redis applied, so this names the first grant without room.
-            admission::choose(grants, now, st.tz, held).err().map(Err)
+}
+
+impl<'g> Shared<'_, 'g> {
+    /// RPM, TPM, the key's budget and a grant with room, in one script; the refusals are the
+    /// ones the in-process path gives for the same figures.
+    async fn admit(self, st: &AppState, key: &KeyAuth, now: DateTime<Utc>) -> SharedOutcome<'g> {
+        let Some(since) = self.since.shared else {
+            return SharedOutcome::NotAsked;
+        };
+        let key_budget = match self.budget {
+            Some((since, state)) => match since.shared {
+                Some(s) => Some((key.id, key_budget::room(state, now, st.tz), s)),
+                None => return SharedOutcome::NotAsked,
+            },
+            None => None,
+        };
+        let rooms = admission::rooms(self.grants, now, st.tz);
+        if rooms.is_empty() {
+            return SharedOutcome::NotAsked;
         }
+        let now_ms = now.timestamp_millis();
+        let limited = key.rpm_limit.is_some() || key.tpm_limit.is_some();
+        let counters = if limited {
+            st.proxy.limiter.redis_counters(key.id, now_ms)
+        } else {
+            None
+        };
+        let (rpm_key, tpm_key) = counters.as_ref().map_or(("", ""), |(r, t)| (r, t));
+        let ask = Ask {
+            hold: self.hold,
+            amount: self.est,
+            rpm: key
+                .rpm_limit
+                .filter(|_| !rpm_key.is_empty())
+                .map(|l| (rpm_key, l)),
+            tpm: key
+                .tpm_limit
+                .filter(|_| !tpm_key.is_empty())
+                .map(|l| (tpm_key, l)),
+            key_budget,
+            since,
+            rooms: &rooms,
+        };
+        let Some(decision) = self.shared.admit(&ask).await else {
+            return SharedOutcome::Unanswered;
+        };
+        let after = retry_after(now_ms);
+        SharedOutcome::Decided(match decision {
+            Decision::Granted(id) => match self.grants.iter().find(|g| g.id == id) {
+                Some(g) => Ok(g),
+                None => return SharedOutcome::Unanswered,
+            },
+            Decision::OverRpm => Err(rate_limited(key, Limit::Rpm, after)),
+            Decision::OverTpm => Err(rate_limited(key, Limit::Tpm, after)),
+            Decision::KeyBudgetFull(held) => {
+                let (_, state) = self.budget.expect("a key budget was asked for");
+                match key_budget::check(state, now, st.tz, held) {
+                    Err(d) => Err(Failure::KeyBudget(d.message)),
+                    Ok(()) => return SharedOutcome::Unanswered,
+                }
+            }
+            Decision::NoRoom(seen) => {
+                let held = |id: i64| {
+                    rooms
+                        .iter()
+                        .zip(&seen)
+                        .find(|((g, _), _)| *g == id)
+                        .map_or(0, |(_, r)| *r)
+                };
+                // Same rule as Redis applied, so this names the first grant without room.
+                match admission::choose(self.grants, now, st.tz, held) {
+                    Err(d) => Err(Failure::NoQuota(d.message)),
+                    Ok(_) => return SharedOutcome::Unanswered,
+                }
+            }
+        })
     }
 }

@@ -26,11 +26,18 @@ pub enum Limiter {
     },
 }
 
+/// Which limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    Rpm,
+    Tpm,
+}
+
 const RPM: u8 = 0;
 const TPM: u8 = 1;
 
 /// Seconds until the next minute starts.
-fn retry_after(now_ms: i64) -> u64 {
+pub fn retry_after(now_ms: i64) -> u64 {
     let into = now_ms.rem_euclid(60_000);
     ((60_000 - into) as u64).div_ceil(1000).max(1)
 }
@@ -70,6 +77,55 @@ impl Limiter {
     fn redis_key(prefix: &str, kind: u8, key_id: i64, minute: i64) -> String {
         let k = if kind == RPM { "rpm" } else { "tpm" };
         format!("{prefix}rl:{k}:{key_id}:{minute}")
+    }
+
+    /// The Redis counters of the key's RPM and TPM windows at `now_ms`, for the admission
+    /// script (`billing::shared`), which checks them in its own round trip; None without Redis.
+    pub fn redis_counters(&self, key_id: i64, now_ms: i64) -> Option<(String, String)> {
+        let Limiter::Redis { prefix, .. } = self else {
+            return None;
+        };
+        let minute = now_ms.div_euclid(60_000);
+        Some((
+            Self::redis_key(prefix, RPM, key_id, minute),
+            Self::redis_key(prefix, TPM, key_id, minute),
+        ))
+    }
+
+    fn local(&self) -> &Windows {
+        match self {
+            Limiter::Memory(m) => m,
+            Limiter::Redis { local, .. } => local,
+        }
+    }
+
+    /// RPM and TPM in process only: Redis just failed to answer the admission script, so this
+    /// request does not wait for it a second time.
+    pub fn check_local(
+        &self,
+        key_id: i64,
+        rpm: Option<i64>,
+        tpm: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(), (Limit, u64)> {
+        let minute = now_ms.div_euclid(60_000);
+        if let Some(limit) = rpm {
+            if local_add(self.local(), key_id, minute, RPM, 1) > limit {
+                return Err((Limit::Rpm, retry_after(now_ms)));
+            }
+        }
+        if let Some(limit) = tpm {
+            if local_get(self.local(), key_id, minute, TPM) >= limit {
+                return Err((Limit::Tpm, retry_after(now_ms)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Add a finished request's tokens to the key's TPM window in process (Redis did not take
+    /// them).
+    pub fn add_tokens_local(&self, key_id: i64, tokens: i64, now_ms: i64) {
+        local_add(self.local(), key_id, now_ms.div_euclid(60_000), TPM, tokens);
     }
 
     /// Run a Redis call within the timeout; None (and the outage logged once) when it fails.
@@ -152,36 +208,6 @@ impl Limiter {
             Ok(())
         }
     }
-
-    /// Add a finished request's tokens to the key's TPM window.
-    pub async fn add_tokens(&self, key_id: i64, tokens: i64, now_ms: i64) {
-        let minute = now_ms.div_euclid(60_000);
-        match self {
-            Limiter::Memory(m) => {
-                local_add(m, key_id, minute, TPM, tokens);
-            }
-            Limiter::Redis {
-                conn,
-                prefix,
-                timeout,
-                local,
-                down,
-            } => {
-                let mut c = conn.clone();
-                let key = Self::redis_key(prefix, TPM, key_id, minute);
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .incr(&key, tokens)
-                    .ignore()
-                    .expire(&key, 120)
-                    .ignore();
-                let r = Self::bounded(*timeout, down, pipe.query_async::<()>(&mut c)).await;
-                if r.is_none() {
-                    local_add(local, key_id, minute, TPM, tokens);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -201,7 +227,7 @@ mod tests {
             "next minute resets"
         );
         assert!(l.check_tpm(1, 100, t).await.is_ok());
-        l.add_tokens(1, 100, t).await;
+        l.add_tokens_local(1, 100, t);
         assert_eq!(l.check_tpm(1, 100, t).await, Err(30));
     }
 }

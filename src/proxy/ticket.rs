@@ -9,6 +9,7 @@ use super::tap::Dispute;
 use super::Endpoint;
 use crate::billing::cost::{checked_cost, Price, Tokens};
 use crate::billing::estimate::usage_estimate;
+use crate::billing::shared::Holder;
 use crate::billing::windows::day_string;
 use crate::recorder::Durable;
 use crate::state::AppState;
@@ -129,33 +130,15 @@ impl Ticket {
                 &self.price,
             );
         }
-        // In Redis too: a failed request releases its hold at once, and the answer's last byte
-        // waits for it (bounded by `redis.timeout_ms`), so the client's next request, on any
-        // instance, does not find this one's estimate still held.
-        let mut shared_hold = None;
+        // The in-process holds now hold the actual cost until the recorder settles it.
         if let Some(up) = self.user_package_id {
-            // The reservation now holds the actual cost until the recorder settles it.
             st.proxy.reservations.add(up, cost_nanos - self.reserved);
-            let shared = st.proxy.reservations.shared().is_some();
-            if shared && cost_nanos != self.reserved {
-                let (st2, hold) = (st.clone(), self.request_id.clone());
-                shared_hold = Some(async move {
-                    if let Some(s) = st2.proxy.reservations.shared() {
-                        s.adjust(up, &hold, cost_nanos).await;
-                    }
-                });
-            }
         }
         if let Some(held) = self.key_reserved {
-            // As for the grant: the key's hold is now the actual cost until it is settled.
             let kb = &st.proxy.key_budgets;
             kb.reservations.add(self.api_key_id, cost_nanos - held);
         }
-        if self.tpm_limited && tokens.total() > 0 {
-            let st2 = st.clone();
-            let (key, n, now) = (self.api_key_id, tokens.total(), st.now_ms());
-            tokio::spawn(async move { st2.proxy.limiter.add_tokens(key, n, now).await });
-        }
+        let shared_update = self.shared_update(cost_nanos, tokens.total());
         let event = UsageEvent {
             request_id: std::mem::take(&mut self.request_id),
             created_at_ms: self.created_at_ms,
@@ -189,9 +172,66 @@ impl Ticket {
         };
         super::access_log::line(st, &event, &self.key_prefix);
         let durable = st.recorder.record(event);
-        match shared_hold {
-            Some(adjust) => durable.and(adjust),
+        match shared_update {
+            Some(update) => durable.and(update),
             None => durable,
+        }
+    }
+
+    /// What the finish changes in Redis, in one call: a hold far above the actual cost (a
+    /// request that failed, or an estimate from the formula at a cold start) is moved to the
+    /// cost, and the answer's last byte waits for that (bounded by `redis.timeout_ms`), so the
+    /// client's next request, on any instance, does not meet it; the tokens of a TPM-limited
+    /// key go to its window (not waited for). A hold near the cost (a learned estimate) stays
+    /// until its charge is settled (one script per batch): a finished request that is not
+    /// settled yet is still in flight for the oversell bound, so a typical request costs one
+    /// round trip, its admission (SPEC §11.1).
+    fn shared_update(
+        &self,
+        cost_nanos: i64,
+        tokens: i64,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let st = &self.st;
+        let tpm = self.tpm_limited && tokens > 0;
+        if st.proxy.reservations.shared().is_none() {
+            if tpm {
+                st.proxy
+                    .limiter
+                    .add_tokens_local(self.api_key_id, tokens, st.now_ms());
+            }
+            return None;
+        }
+        // Far above: by more than the cost itself.
+        let far_above = |held: i64| held - cost_nanos > cost_nanos;
+        let mut holders = Vec::new();
+        if let Some(up) = self.user_package_id.filter(|_| far_above(self.reserved)) {
+            holders.push(Holder::Grant(up));
+        }
+        if self.key_reserved.is_some_and(far_above) {
+            holders.push(Holder::KeyBudget(self.api_key_id));
+        }
+        if holders.is_empty() && !tpm {
+            return None;
+        }
+        let (st2, hold, key) = (st.clone(), self.request_id.clone(), self.api_key_id);
+        let wait = !holders.is_empty();
+        let update = async move {
+            let now = st2.now_ms();
+            let limiter = &st2.proxy.limiter;
+            let counter = limiter.redis_counters(key, now).filter(|_| tpm);
+            let window = counter.as_ref().map(|(_, t)| (t.as_str(), tokens));
+            let Some(shared) = st2.proxy.reservations.shared() else {
+                return;
+            };
+            if !shared.adjust(&hold, cost_nanos, &holders, window).await && tpm {
+                limiter.add_tokens_local(key, tokens, now);
+            }
+        };
+        if wait {
+            Some(update)
+        } else {
+            tokio::spawn(update);
+            None
         }
     }
 

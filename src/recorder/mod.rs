@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::billing::admission::{GrantCache, Reservations};
 use crate::billing::key_budget::KeyBudgets;
+use crate::billing::shared::Holder;
 use crate::clock::Clock;
 use crate::store::Db;
 use crate::usage::{BillingStatus, UsageEvent};
@@ -151,14 +152,14 @@ impl Recorder {
             key_budgets.reservations.add(e.api_key_id, -e.key_reserved);
             if let Some(up) = e.user_package_id {
                 reservations.add(up, -e.reserved);
-                if reservations.shared().is_some() {
-                    let (r, hold) = (reservations.clone(), e.request_id.clone());
-                    rt.spawn(async move {
-                        if let Some(s) = r.shared() {
-                            s.adjust(up, &hold, 0).await;
-                        }
-                    });
-                }
+            }
+            if reservations.shared().is_some() {
+                let (r, hold, holders) = (reservations.clone(), e.request_id.clone(), holders(e));
+                rt.spawn(async move {
+                    if let Some(s) = r.shared() {
+                        s.adjust(&hold, 0, &holders, None).await;
+                    }
+                });
             }
         });
         let writer = wal::Writer::new(journal, tx, on_dropped, metrics);
@@ -441,13 +442,16 @@ impl Shared {
                 .filter_map(|e| e.user_package_id.map(|up| (up, e.reserved))),
         );
         if let Some(shared) = self.reservations.shared() {
-            let items: Vec<(i64, &str, i64)> = batch
-                .iter()
-                .filter_map(|e| {
-                    e.user_package_id
-                        .map(|up| (up, e.request_id.as_str(), e.reserved))
-                })
-                .collect();
+            let mut items: Vec<(Holder, &str, i64)> = Vec::with_capacity(batch.len());
+            for e in batch {
+                let hold = e.request_id.as_str();
+                if let Some(up) = e.user_package_id {
+                    items.push((Holder::Grant(up), hold, e.reserved));
+                }
+                if e.key_reserved != 0 {
+                    items.push((Holder::KeyBudget(e.api_key_id), hold, e.key_reserved));
+                }
+            }
             shared.settled(&items).await;
         }
     }
@@ -464,16 +468,17 @@ impl Shared {
             }
         }
         if self.reservations.shared().is_some() {
-            let holds: Vec<(i64, String)> = batch
+            let holds: Vec<(String, Vec<Holder>)> = batch
                 .iter()
-                .filter_map(|e| e.user_package_id.map(|up| (up, e.request_id.clone())))
+                .map(|e| (e.request_id.clone(), holders(e)))
+                .filter(|(_, h)| !h.is_empty())
                 .collect();
             let reservations = self.reservations.clone();
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
                     if let Some(s) = reservations.shared() {
-                        for (up, hold) in holds {
-                            s.adjust(up, &hold, 0).await;
+                        for (hold, holders) in holds {
+                            s.adjust(&hold, 0, &holders, None).await;
                         }
                     }
                 });
@@ -562,6 +567,14 @@ impl Shared {
         }
         Ok(total)
     }
+}
+
+/// The Redis holds an event's request still has until its charge is settled: its grant's and,
+/// for a key with a budget, its key's (a request that cost nothing ended both at its finish).
+fn holders(e: &UsageEvent) -> Vec<Holder> {
+    let grant = e.user_package_id.map(Holder::Grant);
+    let key = (e.key_reserved != 0).then_some(Holder::KeyBudget(e.api_key_id));
+    grant.into_iter().chain(key).collect()
 }
 
 fn list_replay_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -309,6 +309,9 @@ async fn fifty_at_once_over_two_gateway_processes() {
             format!("tgtest:{}:", uuid::Uuid::new_v4().simple()),
         ),
         ("TOLLGATE_RECORDER__FLUSH_INTERVAL_MS", "10".to_string()),
+        // These measure sharing, not the fallback (tests/api/admission_edges.rs and
+        // concurrency.rs hang Redis for that): on a loaded machine 50 ms can pass.
+        ("TOLLGATE_REDIS__TIMEOUT_MS", "3000".to_string()),
     ];
     let one = start_binary(&url, &env, std::process::Stdio::null()).await;
     let two = start_binary(&url, &env, std::process::Stdio::null()).await;
@@ -323,6 +326,99 @@ async fn fifty_at_once_over_two_gateway_processes() {
     let bases = [one.base.as_str(), two.base.as_str()];
     figure_two(" (two instances)", &bases, &db, 64_000, usage).await;
     figure_two(" (two instances, small body)", &bases, &db, 32, usage).await;
+    drop(two);
+    drop(one);
+}
+
+/// SPEC §11.3 with §11.1's figure 3: a key's own daily budget with room for 10 requests after
+/// 20 settled ones, then 50 at once over two gateway processes sharing the database and Redis
+/// (its grant has room for all): the key's holds are shared too, so the bound holds for both
+/// instances together.
+#[tokio::test]
+async fn a_key_budget_holds_over_two_gateway_processes() {
+    use reqwest::Method;
+    let Some(redis) = redis_url() else { return };
+    let (url, _guard) = fresh_database(backend()).await;
+    let env = [
+        ("TOLLGATE_REDIS__URL", redis),
+        (
+            "TOLLGATE_REDIS__KEY_PREFIX",
+            format!("tgtest:{}:", uuid::Uuid::new_v4().simple()),
+        ),
+        ("TOLLGATE_RECORDER__FLUSH_INTERVAL_MS", "10".to_string()),
+        // These measure sharing, not the fallback (tests/api/admission_edges.rs and
+        // concurrency.rs hang Redis for that): on a loaded machine 50 ms can pass.
+        ("TOLLGATE_REDIS__TIMEOUT_MS", "3000".to_string()),
+    ];
+    let one = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let two = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let admin = Admin::new(&one.base);
+    admin.wire(&fake).await;
+    let db = Db::connect(&url, 2).await.unwrap();
+    let usage = Usage {
+        prompt: 2_000,
+        completion: 20,
+        delay_ms: 300,
+    };
+    let one_cost = usage.cost();
+    let limit = 30 * one_cost;
+    let u = admin
+        .call(Method::POST, "/users", json!({"username": "budgeted"}))
+        .await;
+    let uid = u["id"].as_i64().unwrap();
+    let p = admin
+        .call(
+            Method::POST,
+            "/packages",
+            json!({"name": "plenty", "type": "quota", "quota_total": "1000", "duration_days": 30}),
+        )
+        .await;
+    admin
+        .call(
+            Method::POST,
+            &format!("/users/{uid}/packages"),
+            json!({"package_id": p["id"]}),
+        )
+        .await;
+    let k = admin
+        .call(
+            Method::POST,
+            &format!("/users/{uid}/keys"),
+            json!({"name": "ci", "daily_limit": Usd(limit).to_string()}),
+        )
+        .await;
+    let (kid, secret) = (k["id"].as_i64().unwrap(), k["key"].as_str().unwrap());
+    let bases = [one.base.as_str(), two.base.as_str()];
+    let quick = Usage {
+        delay_ms: 0,
+        ..usage
+    };
+    warm_up(&bases, secret, 20, 64_000, quick).await;
+    wait_for_logs(&db, 20).await;
+    let (admitted, refused) = burst(&bases, secret, 50, 64_000, usage).await;
+    wait_for_logs(&db, 20 + admitted).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = admin
+        .call(Method::GET, &format!("/keys/{kid}"), json!(null))
+        .await;
+    let daily = &key["budgets"][0];
+    assert_eq!(daily["window"], "daily");
+    let used: i64 = (20 + admitted) * one_cost;
+    assert_eq!(
+        daily["used"],
+        Usd(used).to_string(),
+        "every request charged to the key"
+    );
+    let over = used - limit;
+    eprintln!(
+        "key budget over two instances: requests of {} USD, room for 10 after 20 settled: {admitted} of 50 admitted, {refused} refused, over by {} USD = {:.2} requests (bound: 2 requests; at least 5 admitted)",
+        Usd(one_cost),
+        Usd(over.max(0)),
+        over.max(0) as f64 / one_cost as f64
+    );
+    assert!(over <= 2 * one_cost, "over by {} USD", Usd(over));
+    assert!(admitted >= 5, "under-selling: {admitted} of 10 that fit");
     drop(two);
     drop(one);
 }
@@ -407,10 +503,11 @@ async fn cold_start_model_switch_and_failures() {
 }
 
 /// The Redis side on its own, as two instances see it: holds of both count, a settled charge
-/// counts for usage read before it and not after, a hold ends at once or by its TTL.
+/// counts for usage read before it and not after, a hold ends at once or by its TTL; the key's
+/// RPM, TPM and budget are decided in the same script.
 #[tokio::test]
 async fn shared_reservations_across_instances() {
-    use tollgate::billing::shared::SharedReservations;
+    use tollgate::billing::shared::{Ask, Decision, Holder, SharedReservations};
     let Some(redis) = redis_url() else { return };
     let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
     let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis).unwrap())
@@ -425,42 +522,142 @@ async fn shared_reservations_across_instances() {
             Duration::from_secs(10),
         )
     };
+    let ask = |hold: &'static str, amount: i64, since: i64, rooms: &'static [(i64, i64)]| Ask {
+        hold,
+        amount,
+        rpm: None,
+        tpm: None,
+        key_budget: None,
+        since,
+        rooms,
+    };
     let (a, b) = (instance(60_000), instance(60_000));
     let before = a.seq().await.unwrap();
-    let rooms = [(7, 150), (8, 1_000)];
-    assert_eq!(a.admit(before, "h1", 100, &rooms).await.unwrap().0, Some(7));
-    // B sees A's hold; its own estimate does not count, so it still fits.
-    let (chosen, seen) = b.admit(before, "h2", 100, &rooms).await.unwrap();
-    assert_eq!((chosen, seen), (Some(7), vec![100]));
-    // Grant 7 is full for a third: the next grant in order pays.
-    let (chosen, seen) = b.admit(before, "h3", 100, &rooms).await.unwrap();
-    assert_eq!((chosen, seen), (Some(8), vec![200, 0]));
+    const ROOMS: &[(i64, i64)] = &[(7, 150), (8, 1_000)];
     assert_eq!(
-        b.admit(before, "h4", 5, &rooms[..1]).await.unwrap(),
-        (None, vec![200])
+        a.admit(&ask("h1", 100, before, ROOMS)).await.unwrap(),
+        Decision::Granted(7)
+    );
+    // B sees A's hold; its own estimate does not count, so it still fits.
+    assert_eq!(
+        b.admit(&ask("h2", 100, before, ROOMS)).await.unwrap(),
+        Decision::Granted(7)
+    );
+    // Grant 7 is full for a third: the next grant in order pays.
+    assert_eq!(
+        b.admit(&ask("h3", 100, before, ROOMS)).await.unwrap(),
+        Decision::Granted(8)
+    );
+    assert_eq!(
+        b.admit(&ask("h4", 5, before, &ROOMS[..1])).await.unwrap(),
+        Decision::NoRoom(vec![200])
     );
     // A's request settles at 80: usage read before counts it, usage read after does not.
-    a.settled(&[(7, "h1", 80)]).await;
+    a.settled(&[(Holder::Grant(7), "h1", 80)]).await;
     let after = b.seq().await.unwrap();
     assert!(after > before);
-    let probe = [(7, 0)];
-    let seen = b.admit(before, "probe", 0, &probe).await.unwrap().1;
-    assert_eq!(seen, vec![180]);
-    let seen = b.admit(after, "probe", 0, &probe).await.unwrap().1;
-    assert_eq!(seen, vec![100]);
+    const PROBE: &[(i64, i64)] = &[(7, 0)];
+    assert_eq!(
+        b.admit(&ask("probe", 0, before, PROBE)).await.unwrap(),
+        Decision::NoRoom(vec![180])
+    );
+    assert_eq!(
+        b.admit(&ask("probe", 0, after, PROBE)).await.unwrap(),
+        Decision::NoRoom(vec![100])
+    );
     // B's request fails: its hold ends at once.
-    b.adjust(7, "h2", 0).await;
-    assert_eq!(a.held(7).await, Some(0));
-    assert_eq!(a.held(8).await, Some(100));
+    assert!(b.adjust("h2", 0, &[Holder::Grant(7)], None).await);
+    assert_eq!(a.held(Holder::Grant(7)).await, Some(0));
+    assert_eq!(a.held(Holder::Grant(8)).await, Some(100));
     // A hold whose instance died ends by its TTL.
     let short = instance(200);
+    const NINE: &[(i64, i64)] = &[(9, 100)];
     assert_eq!(
-        short.admit(after, "h5", 40, &[(9, 100)]).await.unwrap().0,
-        Some(9)
+        short.admit(&ask("h5", 40, after, NINE)).await.unwrap(),
+        Decision::Granted(9)
     );
-    assert_eq!(a.held(9).await, Some(40));
+    assert_eq!(a.held(Holder::Grant(9)).await, Some(40));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(a.held(9).await, Some(0));
+    assert_eq!(a.held(Holder::Grant(9)).await, Some(0));
+
+    // A key's budget (room 150) is held with the grant, across instances, and refuses first.
+    const BIG: &[(i64, i64)] = &[(10, 1_000_000)];
+    let budget = |hold, since| Ask {
+        key_budget: Some((5, 150, since)),
+        ..ask(hold, 100, since, BIG)
+    };
+    assert_eq!(
+        a.admit(&budget("k1", after)).await.unwrap(),
+        Decision::Granted(10)
+    );
+    assert_eq!(
+        b.admit(&budget("k2", after)).await.unwrap(),
+        Decision::Granted(10)
+    );
+    assert_eq!(
+        b.admit(&budget("k3", after)).await.unwrap(),
+        Decision::KeyBudgetFull(200)
+    );
+    assert_eq!(a.held(Holder::KeyBudget(5)).await, Some(200));
+    assert_eq!(
+        a.held(Holder::Grant(10)).await,
+        Some(200),
+        "no grant hold for k3"
+    );
+    // k1 settles at 30 (both holds end, the charges are kept as settled), k2 fails.
+    a.settled(&[
+        (Holder::Grant(10), "k1", 30),
+        (Holder::KeyBudget(5), "k1", 30),
+    ])
+    .await;
+    assert!(
+        b.adjust("k2", 0, &[Holder::Grant(10), Holder::KeyBudget(5)], None)
+            .await
+    );
+    assert_eq!(a.held(Holder::KeyBudget(5)).await, Some(0));
+    assert_eq!(a.held(Holder::Grant(10)).await, Some(0));
+    // Usage read before that settlement still counts k1's 30 against the key.
+    assert_eq!(
+        b.admit(&Ask {
+            key_budget: Some((5, 30, after)),
+            ..ask("k4", 1, after, BIG)
+        })
+        .await
+        .unwrap(),
+        Decision::KeyBudgetFull(30)
+    );
+
+    // RPM and TPM: the counters are the limiter's, checked before anything is held.
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let minute = leak(format!("{prefix}rl:rpm:5:test"));
+    let tokens = leak(format!("{prefix}rl:tpm:5:test"));
+    let limited = |hold: &'static str, rpm: &'static str, tpm: &'static str| Ask {
+        rpm: Some((rpm, 2)),
+        tpm: Some((tpm, 100)),
+        ..ask(hold, 1, after, BIG)
+    };
+    let r1 = a.admit(&limited("r1", minute, tokens)).await.unwrap();
+    let r2 = b.admit(&limited("r2", minute, tokens)).await.unwrap();
+    let r3 = a.admit(&limited("r3", minute, tokens)).await.unwrap();
+    assert_eq!(
+        (r1, r2, r3),
+        (
+            Decision::Granted(10),
+            Decision::Granted(10),
+            Decision::OverRpm
+        )
+    );
+    assert_eq!(
+        a.held(Holder::Grant(10)).await,
+        Some(2),
+        "the third held nothing"
+    );
+    let other = leak(format!("{prefix}rl:rpm:5:next"));
+    assert!(a.adjust("r1", 0, &[], Some((tokens, 100))).await);
+    assert_eq!(
+        b.admit(&limited("r4", other, tokens)).await.unwrap(),
+        Decision::OverTpm
+    );
 }
 
 /// The grant's `reserved`, from the user detail and the user's grant list (which must agree).
