@@ -7,6 +7,7 @@
 mod absurd;
 mod access;
 mod admission;
+mod admission_edges;
 mod aliases;
 mod audit;
 mod breadth;
