@@ -1,6 +1,5 @@
 //! Reading what the recorder wrote: daily summaries, request logs, ledger totals.
 
-use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -227,15 +226,42 @@ const NAMES_JOIN: &str = "LEFT JOIN users u ON u.id = l.user_id \
 /// Rows a streaming export keeps in flight between the query and the response.
 const STREAM_BUFFER: usize = 256;
 
-/// Hand each row of a query to `tx` until the rows end, the receiver is gone or a row fails
-/// (the error is handed on, then the query stops).
-async fn forward<T>(
-    mut rows: impl futures_util::Stream<Item = std::result::Result<T, sqlx::Error>> + Unpin,
-    tx: &mpsc::Sender<Result<T>>,
-) {
-    while let Some(row) = rows.next().await {
-        let failed = row.is_err();
-        if tx.send(row.map_err(Into::into)).await.is_err() || failed {
+/// Rows an export reads per query. Each page is its own short query (keyset: after the last
+/// row of the one before), so no connection, read transaction or server-side cursor is held
+/// while a slow client downloads: the pool stays free, SQLite's WAL can be checkpointed and
+/// MySQL never times a stalled result set out (`net_write_timeout`).
+pub const EXPORT_PAGE: usize = 1000;
+
+/// Read pages with `page(after)` (after: the last row's keyset, None for the first page) and
+/// hand each row to `tx`, until a short page, the receiver is gone or a page fails (the error
+/// is handed on, then the export stops).
+async fn export_pages<T, K, Fut>(
+    tx: mpsc::Sender<Result<T>>,
+    key: impl Fn(&T) -> K,
+    mut page: impl FnMut(Option<K>) -> Fut,
+) where
+    Fut: std::future::Future<Output = std::result::Result<Vec<T>, sqlx::Error>>,
+{
+    let mut after = None;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let rows = match page(after.take()).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let full = rows.len() == EXPORT_PAGE;
+        after = rows.last().map(&key);
+        for row in rows {
+            if tx.send(Ok(row)).await.is_err() {
+                return;
+            }
+        }
+        if !full {
             return;
         }
     }
@@ -312,41 +338,101 @@ impl Db {
             .await)?)
     }
 
-    /// Every request log matching `f` (no limit), newest first, as a stream of rows read from
-    /// one query as the receiver takes them: memory stays constant whatever the row count.
-    /// Dropping the receiver (the client went away) ends the query.
+    /// Every request log matching `f` (no limit), newest first, as a stream of rows read a
+    /// page ([`EXPORT_PAGE`]) at a time as the receiver takes them, each page after the last
+    /// row of the one before by (created_at, id): memory stays constant whatever the row
+    /// count, and rows written during the export (newer) do not shift the pages. Dropping the
+    /// receiver (the client went away) ends the export.
     pub fn request_logs_stream(&self, f: LogFilter) -> mpsc::Receiver<Result<RequestLogExport>> {
+        // `created_at <= ?` bounds the index range, so each page starts where the last ended
+        // instead of skipping the rows already sent.
         let sql = format!(
             "SELECT l.*, {NAMES_COLS} FROM (SELECT {LOG_COLS} FROM request_logs \
-             WHERE {LOG_FILTER_SQL}) l {NAMES_JOIN} ORDER BY l.created_at DESC, l.id DESC"
+             WHERE {LOG_FILTER_SQL} AND created_at <= ? AND (created_at < ? OR id < ?) \
+             ORDER BY created_at DESC, id DESC LIMIT ?) l {NAMES_JOIN} \
+             ORDER BY l.created_at DESC, l.id DESC"
         );
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let db = self.clone();
-        tokio::spawn(async move {
-            on_db!(&db, |p| {
-                let rows = bind_log_filter!(sqlx::query_as(&sql), f).fetch(p);
-                forward(rows, &tx).await
-            })
-        });
+        tokio::spawn(export_pages(
+            tx,
+            |r: &RequestLogExport| (r.row.created_at, r.row.id),
+            move |after| {
+                let (db, sql, f) = (db.clone(), sql.clone(), f.clone());
+                async move {
+                    let (at, id) = after.unwrap_or((i64::MAX, i64::MAX));
+                    on_db!(&db, |p| bind_log_filter!(sqlx::query_as(&sql), f)
+                        .bind(at)
+                        .bind(at)
+                        .bind(id)
+                        .bind(EXPORT_PAGE as i64)
+                        .fetch_all(p)
+                        .await)
+                }
+            },
+        ));
         rx
     }
 
     /// Every `usage_daily` row matching `f` (no limit), in the order of [`Db::usage_daily`],
-    /// streamed as [`Db::request_logs_stream`] is.
+    /// paged by that order's key (unique) as [`Db::request_logs_stream`] is.
     pub fn usage_daily_stream(&self, f: UsageFilter) -> mpsc::Receiver<Result<UsageDailyExport>> {
-        let sql = format!(
-            "SELECT l.*, {NAMES_COLS} FROM (SELECT {DAILY_COLS} FROM usage_daily \
-             WHERE {USAGE_FILTER_SQL}) l {NAMES_JOIN} \
-             ORDER BY l.day, l.user_id, l.api_key_id, l.account_id, l.model"
+        let page_sql = |after: &str| {
+            format!(
+                "SELECT l.*, {NAMES_COLS} FROM (SELECT {DAILY_COLS} FROM usage_daily \
+                 WHERE {USAGE_FILTER_SQL}{after} \
+                 ORDER BY day, user_id, api_key_id, account_id, model LIMIT ?) l {NAMES_JOIN} \
+                 ORDER BY l.day, l.user_id, l.api_key_id, l.account_id, l.model"
+            )
+        };
+        let first = page_sql("");
+        // After (day, user, key, account, model); `day >= ?` bounds the index range.
+        let next = page_sql(
+            " AND day >= ? AND (day > ? OR user_id > ? OR (user_id = ? AND (api_key_id > ? \
+             OR (api_key_id = ? AND (account_id > ? OR (account_id = ? AND model > ?))))))",
         );
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let db = self.clone();
-        tokio::spawn(async move {
-            on_db!(&db, |p| {
-                let rows = bind_usage_filter!(sqlx::query_as(&sql), f).fetch(p);
-                forward(rows, &tx).await
-            })
-        });
+        tokio::spawn(export_pages(
+            tx,
+            |r: &UsageDailyExport| {
+                let r = &r.row;
+                (
+                    r.day.clone(),
+                    r.user_id,
+                    r.api_key_id,
+                    r.account_id,
+                    r.model.clone(),
+                )
+            },
+            move |after| {
+                let (db, f) = (db.clone(), f.clone());
+                let sql = if after.is_some() {
+                    next.clone()
+                } else {
+                    first.clone()
+                };
+                async move {
+                    on_db!(&db, |p| {
+                        let q = bind_usage_filter!(sqlx::query_as(&sql), f);
+                        let q = match &after {
+                            None => q,
+                            Some((day, user, key, account, model)) => q
+                                .bind(day.clone())
+                                .bind(day.clone())
+                                .bind(user)
+                                .bind(user)
+                                .bind(key)
+                                .bind(key)
+                                .bind(account)
+                                .bind(account)
+                                .bind(model.clone()),
+                        };
+                        q.bind(EXPORT_PAGE as i64).fetch_all(p).await
+                    })
+                }
+            },
+        ));
         rx
     }
 

@@ -481,3 +481,166 @@ async fn csv_exports_hold_their_json_twins_rows_with_a_bom_and_quoting() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// Rows straight into the database, `chunk` per INSERT (the export reads what the recorder
+/// wrote; thousands of real requests would only make the test slow).
+async fn insert_rows(app: &TestApp, table_cols: &str, rows: &[String]) {
+    for chunk in rows.chunks(500) {
+        let sql = format!("INSERT INTO {table_cols} VALUES {}", chunk.join(", "));
+        match app.state.db.pool() {
+            tollgate::store::Pool::Sqlite(p) => sqlx::query(&sql).execute(p).await.map(drop),
+            tollgate::store::Pool::MySql(p) => sqlx::query(&sql).execute(p).await.map(drop),
+        }
+        .unwrap();
+    }
+}
+
+/// `n` request logs of `user`/`key`, three per millisecond (so a page can end inside a run of
+/// equal timestamps).
+async fn insert_logs(app: &TestApp, user: i64, key: i64, n: usize) {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "('page-{i}', {}, {user}, {key}, 'gpt-test', '/v1/chat/completions', 200, \
+                 'complete', {})",
+                1_700_000_000_000i64 + (i / 3) as i64,
+                1000 + i
+            )
+        })
+        .collect();
+    insert_rows(
+        app,
+        "request_logs (request_id, created_at, user_id, api_key_id, model, endpoint, status, \
+         billing_status, cost)",
+        &rows,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn csv_exports_page_through_thousands_of_rows_in_order_none_missed_or_repeated() {
+    let app = spawn_app().await;
+    let user = app.user("pager").await;
+    let (key, _) = app.key(user, json!({"name": "pager-key"})).await;
+    let (key2, _) = app.key(user, json!({"name": "pager-key-2"})).await;
+    // Two and a half pages of logs.
+    let n = 2 * tollgate::store::usage::EXPORT_PAGE + 500;
+    insert_logs(&app, user, key, n).await;
+    // And of daily rows, varying every column of the order's key.
+    let mut daily = Vec::new();
+    for day in 1..=5 {
+        for k in [key, key2] {
+            for account in [7, 8] {
+                for m in 0..125 {
+                    daily.push(format!(
+                        "('2026-03-0{day}', {user}, {k}, {account}, 'm-{m:03}', 1, {})",
+                        daily.len() + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(daily.len(), n);
+    insert_rows(
+        &app,
+        "usage_daily (day, user_id, api_key_id, account_id, model, requests, cost)",
+        &daily,
+    )
+    .await;
+
+    let logs = csv(&app, "/logs.csv").await;
+    let got: Vec<(String, String)> = logs
+        .rows
+        .iter()
+        .map(|r| (r["created_at"].clone(), r["request_id"].clone()))
+        .collect();
+    // Newest first by (created_at, id): ids were inserted in time order.
+    let want: Vec<String> = (0..n).rev().map(|i| format!("page-{i}")).collect();
+    assert_eq!(
+        got.iter().map(|g| g.1.clone()).collect::<Vec<_>>(),
+        want,
+        "every log once, newest first"
+    );
+    assert!(logs.rows.iter().all(|r| r["key_name"] == "pager-key"));
+    let cost: i64 = logs
+        .rows
+        .iter()
+        .map(|r| r["cost"].parse::<Usd>().unwrap().0)
+        .sum();
+    assert_eq!(cost, (0..n as i64).map(|i| 1000 + i).sum::<i64>());
+    eprintln!("logs.csv: {} rows, Σ cost {}", logs.rows.len(), Usd(cost));
+
+    // A cursor inside a run of equal timestamps starts right after that row.
+    let at = &logs.rows[1234];
+    let cursor = format!(
+        "{}_{}",
+        DateTime::parse_from_rfc3339(&at["created_at"])
+            .unwrap()
+            .timestamp_millis(),
+        at["id"]
+    );
+    let rest = csv(&app, &format!("/logs.csv?cursor={cursor}")).await;
+    assert_eq!(rest.rows.len(), n - 1235);
+    assert_eq!(rest.rows[0]["id"], logs.rows[1235]["id"]);
+
+    let days = csv(&app, "/usage/daily.csv").await;
+    let key_of = |r: &BTreeMap<String, String>| {
+        (
+            r["day"].clone(),
+            r["api_key_id"].parse::<i64>().unwrap(),
+            r["account_id"].parse::<i64>().unwrap(),
+            r["model"].clone(),
+        )
+    };
+    let got: Vec<_> = days.rows.iter().map(key_of).collect();
+    let mut want = got.clone();
+    want.sort();
+    want.dedup();
+    assert_eq!(got.len(), n, "every daily row");
+    assert_eq!(got, want, "in key order, none repeated");
+    eprintln!("usage/daily.csv: {} rows", days.rows.len());
+}
+
+#[tokio::test]
+async fn a_stalled_csv_download_holds_no_database_connection() {
+    // One connection: if the export kept its query open while the client stalls, nothing
+    // else could reach the database.
+    let app = spawn_with(Options {
+        tweak: Some(Box::new(|c| {
+            c.database.max_connections = 1;
+            c.database.timeout_ms = 1000;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let user = app.user("stall").await;
+    let (key, _) = app.key(user, json!({"name": "stall-key"})).await;
+    // ~4 MB of CSV: more than the channel, hyper and the socket buffers hold.
+    insert_logs(&app, user, key, 25_000).await;
+    let mut download = app
+        .http
+        .get(app.url("/api/admin/logs.csv"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    let first = download.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"\xEF\xBB\xBF"));
+    // The client reads no more; the export waits on it.
+    tokio::time::sleep(Duration::milliseconds(300).to_std().unwrap()).await;
+    let t = std::time::Instant::now();
+    let (s, v) = app.get("/users").await;
+    eprintln!(
+        "while the download stalls: GET /users {s} in {:?}, pool {:?}",
+        t.elapsed(),
+        app.state.db.pool_usage()
+    );
+    assert_eq!(s, 200, "{v}");
+    // The download, read on, still holds every row.
+    let mut lines = first.iter().filter(|b| **b == b'\n').count();
+    while let Some(c) = download.chunk().await.unwrap() {
+        lines += c.iter().filter(|b| **b == b'\n').count();
+    }
+    assert_eq!(lines, 25_000 + 1);
+}
