@@ -652,8 +652,7 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
           "budgets, a request_logs row, settlement into five ledgers, the write-ahead journal — "
           "and the ledger check covers each step. LiteLLM runs as the proxy with one worker, a "
           "master key and no database: it meters **nothing** in this setup (no spend tracking, "
-          "no budgets, no logs), which is how its own published figures are made. nginx and "
-          "direct meter nothing either.")
+          "no budgets, no logs). nginx and direct meter nothing either.")
         w("")
     w("## Constant rate")
     w("")
