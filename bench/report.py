@@ -591,6 +591,23 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
           "figure that carries over to a machine where the clients are elsewhere. "
           "**machine busy**: both cores' busy time ÷ 2 × wall time.")
         w("")
+        one = [c for c in cells if c["target"] == "tollgate" and c["mode"] == "json"
+               and c["cpu_us_per_req"]]
+        if one:
+            parts = []
+            for c in one:
+                per_core = 1e6 / c["cpu_us_per_req"]
+                parts.append(f"{c['backend']} json/{c['connections']}: {c['cpu_us_per_req']:.1f} µs/req "
+                             f"→ ≈{per_core:,.0f} req/s per core, ≈{4 * per_core:,.0f} on 4 and "
+                             f"≈{8 * per_core:,.0f} on 8 cores")
+            w("Projection from the one-core CPU per request (an upper bound: it assumes the "
+              "clients and the upstream run elsewhere and the gateway scales linearly with "
+              "worker threads): " + "; ".join(parts) + ". Settlement is the recorder's: it "
+              "writes batches of up to 200 events per transaction (recorder.batch_size), so N req/s needs at least "
+              "N ÷ 200 transactions per second from the single SQLite writer or from MySQL "
+              "(e.g. 200 per second at 40,000 req/s); the two-core row above shows whether the "
+              "recorder kept up (lost 0) when the workers doubled.")
+            w("")
     longs = meta.get("_longs") or []
     if longs:
         w("## Long streams: CPU per forwarded event")
