@@ -640,7 +640,8 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
         w("The numbers other gateways publish (the \"On the Bench\" comparison of July 2026): "
           "added latency at one connection over calling the upstream directly, the highest "
           f"constant rate sustained while p99 ≤ {bound:g} ms, and the maximum req/s. One run, one "
-          "machine, each target a fresh process on core 0 (client and fake upstream on core 1).")
+          "machine, each gateway a fresh process on core 0 (client and fake upstream on core 1; "
+          "direct is the fake upstream itself).")
         w("")
         w("| target | backend | meters | added p50 at c=1 | added p99 at c=1 | sustained req/s "
           f"(p99 ≤ {bound:g} ms) | max req/s | CPU µs/req (json) |")
