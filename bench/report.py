@@ -18,7 +18,7 @@ import re
 import statistics
 import sys
 
-TARGET_ORDER = {"direct": 0, "nginx": 1, "tollgate": 2}
+TARGET_ORDER = {"direct": 0, "nginx": 1, "tollgate": 2, "litellm": 3}
 BACKEND_ORDER = {"none": 0, "sqlite": 1, "mysql+redis": 2}
 MODE_ORDER = {"json": 0, "sse": 1}
 
@@ -55,7 +55,7 @@ def load_records(path):
 
 
 def cell_key(r):
-    return (r["target"], r["backend"], r["mode"], r["connections"])
+    return (r["target"], r["backend"], r["mode"], r["connections"], r.get("cores", 1))
 
 
 def build_cells(records, meta):
@@ -69,7 +69,7 @@ def build_cells(records, meta):
     events = meta["events_per_stream"]
     cells = []
     for key, rs in runs.items():
-        target, backend, mode, conns = key
+        target, backend, mode, conns, cores = key
         per_run = []
         for r in rs:
             w = r["wrk"]
@@ -96,6 +96,14 @@ def build_cells(records, meta):
                 "settle_ms": r["ledger"]["settle_ms"] if r.get("ledger") else None,
                 "sums_agree": r["ledger"]["sums_agree"] if r.get("ledger") else None,
                 "peak_rss_kb": r["peak_rss_kb"],
+                "client_cpu_us_per_req": (r["client_cpu_s"] * 1e6 / answered
+                                          if r.get("client_cpu_s") is not None and answered
+                                          else None),
+                "upstream_cpu_us_per_req": (r["upstream_cpu_s"] * 1e6 / answered
+                                            if r.get("upstream_cpu_s") is not None and answered
+                                            else None),
+                "machine_busy_pct": ((r["core0_busy_s"] + r["core1_busy_s"]) / r["wall_s"] / 2 * 100
+                                     if r.get("wall_s") else None),
             })
         cpu_req = median([p["cpu_us_per_req"] for p in per_run])
         lost = None
@@ -109,6 +117,7 @@ def build_cells(records, meta):
             "backend": backend,
             "mode": mode,
             "connections": conns,
+            "cores": cores,
             "rps": rnd(median([p["rps"] for p in per_run]), 1),
             "p50_ms": rnd(median([p["p50_ms"] for p in per_run]), 3),
             "p99_ms": rnd(median([p["p99_ms"] for p in per_run]), 3),
@@ -125,18 +134,22 @@ def build_cells(records, meta):
             "gateway_cpu_pct": rnd(median([p["gateway_cpu_pct"] for p in per_run]), 1),
             "core0_other_pct": rnd(median([p["core0_other_pct"] for p in per_run]), 1),
             "db_cpu_us_per_req": rnd(median([p["db_cpu_us_per_req"] for p in per_run]), 2),
+            "client_cpu_us_per_req": rnd(median([p["client_cpu_us_per_req"] for p in per_run]), 2),
+            "upstream_cpu_us_per_req": rnd(median([p["upstream_cpu_us_per_req"] for p in per_run]), 2),
+            "machine_busy_pct": rnd(median([p["machine_busy_pct"] for p in per_run]), 1),
             "non_2xx": sum(p["non_2xx"] for p in per_run),
             "socket_errors": sum(p["socket_errors"] for p in per_run),
             "undrained": sum(p["undrained"] for p in per_run),
             "per_run": [{k: (rnd(v, 3) if isinstance(v, float) else v) for k, v in p.items()}
                         for p in per_run],
         })
-    nginx = {(c["mode"], c["connections"]): c["rps"] for c in cells if c["target"] == "nginx"}
+    nginx = {(c["mode"], c["connections"], c["cores"]): c["rps"] for c in cells
+             if c["target"] == "nginx"}
     for c in cells:
-        base = nginx.get((c["mode"], c["connections"]))
+        base = nginx.get((c["mode"], c["connections"], c["cores"]))
         if base:
             c["ratio_vs_nginx"] = round(c["rps"] / base, 3)
-    cells.sort(key=lambda c: (TARGET_ORDER.get(c["target"], 9), BACKEND_ORDER.get(c["backend"], 9),
+    cells.sort(key=lambda c: (c["cores"], TARGET_ORDER.get(c["target"], 9), BACKEND_ORDER.get(c["backend"], 9),
                               MODE_ORDER.get(c["mode"], 9), c["connections"]))
     return cells
 
@@ -232,6 +245,51 @@ def build_longs(records, cells):
             "lost_events": sum(r["ledger"]["lost"] for r in runs if r.get("ledger")) if backend != "none" else None,
         })
     rows.sort(key=lambda r: (TARGET_ORDER.get(r["target"], 9), BACKEND_ORDER.get(r["backend"], 9)))
+    return rows
+
+
+def build_field(records, cells):
+    """The field's three numbers per target (issue 17): added p50/p99 at one connection over
+    direct's, the highest constant rate with p99 within the bound, and max req/s (the best
+    JSON wrk cell, one core)."""
+    c1 = {(r["target"], r["backend"]): r for r in records if r["kind"] == "c1"}
+    sustained = {(r["target"], r["backend"]): r for r in records if r["kind"] == "sustained"}
+    steps = {}
+    for r in records:
+        if r["kind"] == "search":
+            steps.setdefault((r["target"], r["backend"]), []).append(r)
+    direct = c1.get(("direct", "none"))
+    rows = []
+    for key in sorted(set(c1) | set(sustained),
+                      key=lambda k: (TARGET_ORDER.get(k[0], 9), BACKEND_ORDER.get(k[1], 9))):
+        target, backend = key
+        a = c1.get(key)
+        s = sustained.get(key)
+        best = s["rate"] if s else None
+        passing = [x for x in steps.get(key, []) if x["pass"] and x["rate"] == best]
+        json_cells = [c for c in cells if c["target"] == target and c["backend"] == backend
+                      and c["mode"] == "json" and c["cores"] == 1]
+        top = max(json_cells, key=lambda c: c["rps"]) if json_cells else None
+        rows.append({
+            "target": target, "backend": backend,
+            "metered": target == "tollgate",
+            "c1_requests": a["requests"] if a else None,
+            "c1_p50_ms": rnd(a["p50_ms"], 3) if a else None,
+            "c1_p99_ms": rnd(a["p99_ms"], 3) if a else None,
+            "added_p50_us": (rnd((a["p50_ms"] - direct["p50_ms"]) * 1000, 0)
+                             if a and direct and target != "direct" else None),
+            "added_p99_us": (rnd((a["p99_ms"] - direct["p99_ms"]) * 1000, 0)
+                             if a and direct and target != "direct" else None),
+            "c1_cpu_us_per_req": (rnd(a["cpu_s"] * 1e6 / a["ok"], 1)
+                                  if a and a.get("ok") else None),
+            "sustained_rps": best,
+            "sustained_p99_ms": rnd(passing[-1]["p99_ms"], 2) if passing else None,
+            "first_failing_rate": s["first_fail"] if s else None,
+            "search_steps": len(steps.get(key, [])),
+            "max_rps": top["rps"] if top else None,
+            "max_rps_connections": top["connections"] if top else None,
+            "cpu_us_per_req_json": top["cpu_us_per_req"] if top else None,
+        })
     return rows
 
 
@@ -506,6 +564,50 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
             w(f"- {n}")
         w("")
 
+    cells2 = meta.get("_cells2") or []
+    if cells2:
+        w("## Two cores")
+        w("")
+        w("tollgate (SQLite, `TOKIO_WORKER_THREADS=2`) and nginx (`worker_processes 2`) on both "
+          "cores (`taskset -c 0,1`), wrk with two threads on the same two cores, the fake upstream "
+          "on core 1: everything shares the machine, as a single-host deployment would.")
+        w("")
+        w("| target | backend | mode | conns | req/s | × nginx | p50 ms | p99 ms | gateway CPU µs/req "
+          "| wrk CPU µs/req | upstream CPU µs/req | machine busy | lost |")
+        w("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for c in cells2:
+            w(f"| {c['target']} | {c['backend']} | {c['mode']} | {c['connections']} "
+              f"| {fmt(c['rps'], ',.0f')} | {fmt(c['ratio_vs_nginx'], '.2f')} "
+              f"| {fmt(c['p50_ms'], '.2f')} | {fmt(c['p99_ms'], '.2f')} "
+              f"| {fmt(c['cpu_us_per_req'], '.1f')} | {fmt(c['client_cpu_us_per_req'], '.1f')} "
+              f"| {fmt(c['upstream_cpu_us_per_req'], '.1f')} "
+              f"| {fmt(c['machine_busy_pct'], '.0f', unit='%')} | {fmt(c['lost_events'], 'd')} |")
+        w("")
+        w("How the load generator is accounted: the gateway's CPU µs/req is its own processes' "
+          "utime+stime only (as in the one-core table). wrk's own utime+stime (read from the "
+          "shell's `times` after it exits) and the fake upstream's are listed beside it; both "
+          "compete with the gateway for the same two cores, so req/s here is what the machine "
+          "does for gateway + client + upstream together, and the gateway's CPU µs/req is the "
+          "figure that carries over to a machine where the clients are elsewhere. "
+          "**machine busy**: both cores' busy time ÷ 2 × wall time.")
+        w("")
+        one = [c for c in cells if c["target"] == "tollgate" and c["mode"] == "json"
+               and c["cpu_us_per_req"]]
+        if one:
+            parts = []
+            for c in one:
+                per_core = 1e6 / c["cpu_us_per_req"]
+                parts.append(f"{c['backend']} json/{c['connections']}: {c['cpu_us_per_req']:.1f} µs/req "
+                             f"→ ≈{per_core:,.0f} req/s per core, ≈{4 * per_core:,.0f} on 4 and "
+                             f"≈{8 * per_core:,.0f} on 8 cores")
+            w("Projection from the one-core CPU per request (an upper bound: it assumes the "
+              "clients and the upstream run elsewhere and the gateway scales linearly with "
+              "worker threads): " + "; ".join(parts) + ". Settlement is the recorder's: it "
+              "writes batches of up to 200 events per transaction (recorder.batch_size), so N req/s needs at least "
+              "N ÷ 200 transactions per second from the single SQLite writer or from MySQL "
+              "(e.g. 200 per second at 40,000 req/s); the two-core row above shows whether the "
+              "recorder kept up (lost 0) when the workers doubled.")
+            w("")
     longs = meta.get("_longs") or []
     if longs:
         w("## Long streams: CPU per forwarded event")
@@ -530,6 +632,46 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
               f"{fmt(ratio, '.2f')} | {fmt(r['lost_events'], 'd')} |")
         w("")
 
+    field = meta.get("_field") or []
+    if field:
+        bound = st.get("p99_bound_ms", 20)
+        w("## The field's three numbers")
+        w("")
+        w("The numbers other gateways publish (the \"On the Bench\" comparison of July 2026): "
+          "added latency at one connection over calling the upstream directly, the highest "
+          f"constant rate sustained while p99 ≤ {bound:g} ms, and the maximum req/s. One run, one "
+          "machine, each gateway a fresh process on core 0 (client and fake upstream on core 1; "
+          "direct is the fake upstream itself).")
+        w("")
+        w("| target | backend | meters | added p50 at c=1 | added p99 at c=1 | sustained req/s "
+          f"(p99 ≤ {bound:g} ms) | max req/s | CPU µs/req (json) |")
+        w("|---|---|---|--:|--:|--:|--:|--:|")
+        for r in field:
+            w(f"| {r['target']} | {r['backend']} | {'everything' if r['metered'] else 'nothing'} "
+              f"| {fmt(r['added_p50_us'], '+,.0f', unit=' µs')} | {fmt(r['added_p99_us'], '+,.0f', unit=' µs')} "
+              f"| {fmt(r['sustained_rps'], ',d')} | {fmt(r['max_rps'], ',.0f')} "
+              f"| {fmt(r['cpu_us_per_req_json'], '.1f')} |")
+        w("")
+        d = next((r for r in field if r["target"] == "direct"), None)
+        if d:
+            w(f"- **Added p50/p99 at c=1**: oha `-c 1 -n N` (N = {st.get('c1_requests')} requests; "
+              "LiteLLM a tenth of it), each percentile minus direct's "
+              f"({fmt(d['c1_p50_ms'], '.3f')} / {fmt(d['c1_p99_ms'], '.3f')} ms).")
+        w(f"- **Sustained req/s**: oha `-q R -c 64 --latency-correction`, {st.get('search_seconds')} s "
+          f"per step, R doubling from {st.get('search_start')} while a step passes, then "
+          f"{st.get('search_bisect')} bisection steps; a step passes when every request answers "
+          f"2xx, p99 ≤ {bound:g} ms and oha delivered ≥ 90% of R. The figure is the highest "
+          "passing R, so it is a lower bound within the last bisection interval. oha shares core 1 "
+          "with the fake upstream, so near the top the client side can be the limit (direct's row "
+          "shows where).")
+        w("- **Max req/s**: the best non-streaming wrk cell above (32 or 128 connections).")
+        w("- **Meters**: tollgate meters everything on every request here — authentication, "
+          "learned reservations against a quota package and the key's daily, monthly and total "
+          "budgets, a request_logs row, settlement into five ledgers, the write-ahead journal — "
+          "and the ledger check covers each step. LiteLLM runs as the proxy with one worker, a "
+          "master key and no database: it meters **nothing** in this setup (no spend tracking, "
+          "no budgets, no logs). nginx and direct meter nothing either.")
+        w("")
     w("## Constant rate")
     w("")
     if rates:
@@ -649,13 +791,26 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
           "tollgate's, not in it."
           if meta["settings"].get("db_core", "any") == "client" else
           "MariaDB and Redis are shared system services and are not pinned."))
-    w("- Every cell starts a fresh gateway process. tollgate runs with full billing: a seeded "
-      "key, a quota package, a priced model and one upstream account; SQLite in a fresh file, "
+    w("- Every cell starts a fresh gateway process. tollgate runs with full billing and the "
+      "issues' features on: a seeded key with daily, monthly and total budgets (1,000,000 USD "
+      "each, checked at admission and charged at settlement, never reached), a quota package, "
+      "a priced model and one upstream account; learned reservations (always on), refusal rows "
+      "(always on; none occur in a clean run) and the write-ahead journal "
+      "(`recorder.journal_path` set per target); SQLite in a fresh file, "
       "MySQL in a fresh database `tollgate_bench_*` (dropped afterwards) with Redis under a "
       "fresh key prefix; the recorder's defaults (batches of 200, 50 ms).")
     w("- Requests: `POST /v1/chat/completions`, a ≈600-byte body (`bench/bodies/`); the SSE body "
       "asks for `stream_options.include_usage` so that every target forwards the same events "
       "(tollgate would otherwise inject it and strip the usage chunk).")
+    if meta["tools"].get("litellm"):
+        w(f"- LiteLLM {meta['tools']['litellm']} (`pip install 'litellm[proxy]=="
+          f"{meta['tools']['litellm']}'` into a venv under `target/bench-tools`): `litellm --config "
+          "… --num_workers 1` on core 0, the model `gpt-bench` routed to the fake upstream as an "
+          "OpenAI-compatible base URL, a master key (required to start), no `database_url`, "
+          "`LITELLM_LOCAL_MODEL_COST_MAP=True` (no network). Same bodies, JSON and SSE; its CPU is "
+          "the proxy process's utime+stime like the others'. It does not pass `x-fake-chunks` "
+          "upstream, so it has no long-stream row, and it is left out of the fixed 1,000 req/s "
+          "test, which it cannot hold (the rate search finds its rate).")
     w("- nginx (`bench/nginx.conf.template`): upstream keepalive, `proxy_buffering off`, no "
       "access log, no keepalive request cap.")
     w("- wrk (`bench/wrk/bench.lua`, 1 thread): counts 2xx and non-2xx in `response()`; new "
@@ -678,7 +833,9 @@ def main():
         meta = json.load(f)
     records = load_records(args.records)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cells = build_cells(records, meta)
+    all_cells = build_cells(records, meta)
+    cells = [c for c in all_cells if c["cores"] == 1]
+    meta["_cells2"] = [c for c in all_cells if c["cores"] != 1]
     rates = [r for r in records if r["kind"] == "rate"]
     for r in rates:
         r["overhead"] = overhead_between(root, r.get("metrics_files"))
@@ -686,6 +843,8 @@ def main():
     slows = [r for r in records if r["kind"] == "slow"]
     longs = build_longs(records, cells)
     meta["_longs"] = longs
+    field = build_field(records, all_cells)
+    meta["_field"] = field
     targets = evaluate_targets(cells, rates, slows, meta, longs)
     ledger = ledger_summary(records, cells)
 
@@ -693,12 +852,14 @@ def main():
                               os.path.basename(args.json).replace(".json", "-extra.json"))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
-        json.dump(cells, f, indent=1)
+        json.dump(all_cells, f, indent=1)
         f.write("\n")
     with open(extra_path, "w") as f:
-        json.dump({"meta": {k: v for k, v in meta.items() if k != "_longs"}, "targets": targets,
-                   "ledger": ledger, "constant_rate": rates, "slow_streams": slows,
-                   "long_streams": longs}, f, indent=1)
+        json.dump({"meta": {k: v for k, v in meta.items() if not k.startswith("_")},
+                   "targets": targets, "ledger": ledger, "constant_rate": rates,
+                   "slow_streams": slows, "long_streams": longs, "field": field,
+                   "search_steps": [r for r in records if r["kind"] in ("c1", "search")]},
+                  f, indent=1)
         f.write("\n")
     # The hand-kept history of profiling fixes (before/after) follows the generated report.
     history_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "HISTORY.md")
