@@ -37,7 +37,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Db> {
         config.database.max_connections,
         Duration::from_millis(config.database.timeout_ms),
     )
-    .await?;
+    .await?
+    .with_statement_timeout(Duration::from_millis(config.database.statement_timeout_ms));
     db.migrate().await?;
     open_secrets(db, config).await
 }

@@ -87,6 +87,10 @@ pub struct DatabaseConfig {
     /// Bound on waiting for a database connection (a hung database answers 503 past it), in
     /// milliseconds.
     pub timeout_ms: u64,
+    /// Bound on one database read on the request path (key lookup, grants, prices,
+    /// accounts, key budgets), in milliseconds: a database that hangs mid-query answers 503
+    /// past it.
+    pub statement_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -182,6 +186,7 @@ impl Default for DatabaseConfig {
             url: Secret::new("sqlite://data/tollgate.db"),
             max_connections: 16,
             timeout_ms: 2000,
+            statement_timeout_ms: 2000,
         }
     }
 }
@@ -333,6 +338,12 @@ impl Config {
         }
         if self.database.timeout_ms == 0 {
             return bad("database.timeout_ms", "must be greater than 0".into());
+        }
+        if self.database.statement_timeout_ms == 0 {
+            return bad(
+                "database.statement_timeout_ms",
+                "must be greater than 0".into(),
+            );
         }
         let redis = self.redis.url.expose();
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {

@@ -52,9 +52,241 @@ pub struct UsageEvent {
     pub key_reserved: i64,
 }
 
+/// The settlement's bound on one token class of one event. The proxy already disputes counts
+/// above `upstream.max_tokens_per_request`; this fixed backstop (far above any model) is for
+/// events that reach the recorder anyway (a corrupted journal line, a bug): nothing near i64
+/// ever reaches SQL, where it would turn SQLite counters into floats or fail MySQL's batch.
+pub const SETTLE_MAX_TOKENS: i64 = 1_000_000_000_000;
+/// The settlement's bound on one event's cost: one million USD, in nano-dollars.
+pub const SETTLE_MAX_COST_NANOS: i64 = 1_000_000 * 1_000_000_000;
+
+/// Why an event cannot be settled as it is: a negative or implausible count or cost.
+pub fn implausible(e: &UsageEvent) -> Option<String> {
+    let t = &e.tokens;
+    for (name, n) in [
+        ("input_tokens", t.input),
+        ("output_tokens", t.output),
+        ("cache_read_tokens", t.cache_read),
+        ("cache_write_tokens", t.cache_write),
+    ] {
+        if !(0..=SETTLE_MAX_TOKENS).contains(&n) {
+            return Some(format!("{name} {n} outside 0..={SETTLE_MAX_TOKENS}"));
+        }
+    }
+    if !(0..=SETTLE_MAX_COST_NANOS).contains(&e.cost_nanos) {
+        return Some(format!(
+            "cost {} nano-USD outside 0..={SETTLE_MAX_COST_NANOS}",
+            e.cost_nanos
+        ));
+    }
+    None
+}
+
+/// An event corrected by [`vet_batch`]: its index in the batch, the event as it is settled,
+/// and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Correction {
+    pub index: usize,
+    pub event: UsageEvent,
+    pub reason: String,
+}
+
+/// The settlement's re-check of a batch (pure). An event with an implausible count or cost, or
+/// one whose amounts would take the batch's running sum past i64, is settled `disputed` with
+/// no tokens, at its reservation (the estimate held for it) when that is plausible and fits,
+/// else at 0; a refusal stays a refusal. Every other event is left alone, so one bad event
+/// never holds up the rest. Amounts are non-negative once vetted, so every per-sink sum (key,
+/// account, day, package window) is at most the batch's sum, which is checked here.
+pub fn vet_batch<'a>(events: impl IntoIterator<Item = &'a UsageEvent>) -> Vec<Correction> {
+    let mut sums = [0i64; 5];
+    let mut out = Vec::new();
+    let fits = |sums: &[i64; 5], amounts: [i64; 5]| -> Option<[i64; 5]> {
+        let mut next = *sums;
+        for (s, a) in next.iter_mut().zip(amounts) {
+            *s = s.checked_add(a)?;
+        }
+        Some(next)
+    };
+    for (index, e) in events.into_iter().enumerate() {
+        let t = &e.tokens;
+        let amounts = [t.input, t.output, t.cache_read, t.cache_write, e.cost_nanos];
+        let reason = match implausible(e) {
+            Some(r) => r,
+            None => match fits(&sums, amounts) {
+                Some(next) => {
+                    sums = next;
+                    continue;
+                }
+                None => "the batch's sum would overflow".to_string(),
+            },
+        };
+        let mut fixed = e.clone();
+        fixed.tokens = Tokens::default();
+        fixed.cost_nanos = 0;
+        if fixed.billing_status != BillingStatus::Refused {
+            fixed.billing_status = BillingStatus::Disputed;
+            if (0..=SETTLE_MAX_COST_NANOS).contains(&e.reserved) {
+                if let Some(next) = fits(&sums, [0, 0, 0, 0, e.reserved]) {
+                    sums = next;
+                    fixed.cost_nanos = e.reserved;
+                }
+            }
+        }
+        let note = format!("settlement: {reason}");
+        fixed.error = Some(match &e.error {
+            Some(err) => format!("{err}; {note}"),
+            None => note,
+        });
+        out.push(Correction {
+            index,
+            event: fixed,
+            reason,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(id: &str, tokens: i64, cost: i64) -> UsageEvent {
+        UsageEvent {
+            request_id: id.into(),
+            created_at_ms: 1,
+            day: "2026-01-01".into(),
+            user_id: 1,
+            api_key_id: 2,
+            account_id: Some(3),
+            user_package_id: Some(4),
+            windows: Some(WindowStarts::default()),
+            model: "m".into(),
+            endpoint: "/v1/chat/completions".into(),
+            stream: false,
+            status: 200,
+            tokens: Tokens {
+                input: tokens,
+                output: tokens,
+                cache_read: 0,
+                cache_write: 0,
+            },
+            cost_nanos: cost,
+            billing_status: BillingStatus::Complete,
+            latency_ms: 1,
+            ttfb_ms: None,
+            error: None,
+            reserved: 0,
+            key_windows: None,
+            key_reserved: 0,
+        }
+    }
+
+    /// Negative and implausible amounts are settled disputed at the reservation (or 0), with
+    /// no tokens and the reason in `error`; plausible neighbours are untouched.
+    #[test]
+    fn settlement_disputes_implausible_events_only() {
+        let mut huge = ev("huge", i64::MAX, i64::MAX);
+        huge.reserved = 1_234;
+        let mut refund = ev("refund", 5, -11_250_000_000);
+        refund.reserved = i64::MAX; // an implausible reservation is not charged either
+        let mut refused = ev("refused", -1, 0);
+        refused.billing_status = BillingStatus::Refused;
+        let ok = ev("ok", 5, 7);
+        let edge = ev("edge", SETTLE_MAX_TOKENS, SETTLE_MAX_COST_NANOS);
+        let batch = [ok.clone(), huge, refund, refused, edge];
+        let c = vet_batch(&batch);
+        let got: Vec<(usize, i64, BillingStatus, Tokens)> = c
+            .iter()
+            .map(|c| {
+                (
+                    c.index,
+                    c.event.cost_nanos,
+                    c.event.billing_status,
+                    c.event.tokens,
+                )
+            })
+            .collect();
+        let zero = Tokens::default();
+        assert_eq!(
+            got,
+            vec![
+                (1, 1_234, BillingStatus::Disputed, zero),
+                (2, 0, BillingStatus::Disputed, zero),
+                (3, 0, BillingStatus::Refused, zero),
+            ]
+        );
+        assert_eq!(
+            c[0].event.error.as_deref(),
+            Some("settlement: input_tokens 9223372036854775807 outside 0..=1000000000000")
+        );
+        assert!(
+            c[1].reason.starts_with("cost -11250000000"),
+            "{}",
+            c[1].reason
+        );
+        assert!(vet_batch(&[ok]).is_empty());
+    }
+
+    /// Plausible events whose sum would pass i64: the one that would overflow is disputed.
+    #[test]
+    fn settlement_never_lets_a_batch_sum_overflow() {
+        let n = (i64::MAX / SETTLE_MAX_COST_NANOS) as usize;
+        let batch: Vec<UsageEvent> = (0..n + 2)
+            .map(|i| ev(&i.to_string(), 0, SETTLE_MAX_COST_NANOS))
+            .collect();
+        let c = vet_batch(&batch);
+        assert_eq!(
+            c.iter().map(|c| c.index).collect::<Vec<_>>(),
+            vec![n, n + 1]
+        );
+        assert_eq!(c[0].reason, "the batch's sum would overflow");
+    }
+
+    proptest::proptest! {
+        /// Whatever the amounts: after the re-check every amount is in bounds and every sum
+        /// of the batch fits i64 (so no per-sink sum can overflow), and only implausible or
+        /// overflowing events are changed.
+        #[test]
+        fn vetted_batches_always_fit(
+            raw in proptest::collection::vec(
+                (proptest::prelude::any::<i64>(), proptest::prelude::any::<i64>(),
+                 proptest::prelude::any::<i64>(), 0u8..4),
+                0..40,
+            )
+        ) {
+            let batch: Vec<UsageEvent> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, (t, c, r, pick))| {
+                    // Mix wild values with plausible ones so both paths run.
+                    let t = if *pick & 1 == 0 { t.rem_euclid(SETTLE_MAX_TOKENS + 1) } else { *t };
+                    let c = if *pick & 2 == 0 { c.rem_euclid(SETTLE_MAX_COST_NANOS + 1) } else { *c };
+                    let mut e = ev(&i.to_string(), t, c);
+                    e.reserved = *r;
+                    e
+                })
+                .collect();
+            let fixes = vet_batch(&batch);
+            let mut applied = batch.clone();
+            for f in &fixes {
+                proptest::prop_assert_eq!(&f.event.request_id, &batch[f.index].request_id);
+                applied[f.index] = f.event.clone();
+            }
+            for (i, e) in applied.iter().enumerate() {
+                proptest::prop_assert!(implausible(e).is_none());
+                let changed = fixes.iter().any(|f| f.index == i);
+                if implausible(&batch[i]).is_some() {
+                    proptest::prop_assert!(changed);
+                }
+            }
+            for field in 0..5 {
+                let s: i128 = applied.iter().map(|e| i128::from([
+                    e.tokens.input, e.tokens.output, e.tokens.cache_read,
+                    e.tokens.cache_write, e.cost_nanos][field])).sum();
+                proptest::prop_assert!(s <= i128::from(i64::MAX), "field {} sums to {}", field, s);
+            }
+        }
+    }
 
     /// A journal line written before key budgets (no `key_windows`) still parses, and charges
     /// no key window.

@@ -43,7 +43,8 @@ pub async fn authenticate(
         .get_or_load(&hash, || st.db.find_key_auth(&hash))
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "key lookup failed");
+            // Logged by the store, rate-limited during an outage.
+            tracing::debug!(error = %e, "key lookup failed");
             ProxyError::new(
                 protocol,
                 Failure::Unavailable(

@@ -60,10 +60,11 @@ impl ProxyError {
         ProxyError { protocol, failure }
     }
 
-    /// The gateway's database failed on the proxy path: logged, and answered 503 (the request
-    /// may succeed once it is back), never as a key or upstream problem.
+    /// The gateway's database failed on the proxy path: answered 503 (the request may succeed
+    /// once it is back), never as a key or upstream problem. The store's bounded reads log the
+    /// outage, rate-limited (`store::outage`), so each request only logs at debug.
     pub fn database(protocol: Protocol, e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "database error on the proxy path");
+        tracing::debug!(error = %e, "database error on the proxy path");
         ProxyError::new(
             protocol,
             Failure::Unavailable("the gateway's database is unavailable; try again".into()),

@@ -27,6 +27,7 @@ use crate::billing::admission::{GrantCache, Reservations};
 use crate::billing::key_budget::KeyBudgets;
 use crate::billing::shared::Holder;
 use crate::clock::Clock;
+use crate::store::settle::SettleOutcome;
 use crate::store::Db;
 use crate::usage::{BillingStatus, UsageEvent};
 
@@ -310,7 +311,7 @@ impl Shared {
                     // some requests, which showed as p99 latency on MySQL.)
                     self.release(&batch).await;
                     self.journal.settled(segments.iter().flatten().copied());
-                    self.add_stats(&batch, &outcome.fresh).await;
+                    self.add_stats(&batch, &outcome).await;
                     return;
                 }
                 Err(e) => {
@@ -340,19 +341,31 @@ impl Shared {
 
     /// Add the events this batch applied (never the duplicates) to the real-time stats. While
     /// they are behind (Redis failed), nothing is added: `catch_up_stats` recomputes them.
-    async fn add_stats(&self, batch: &[UsageEvent], fresh: &[usize]) {
+    async fn add_stats(&self, batch: &[UsageEvent], outcome: &SettleOutcome) {
+        let fresh = &outcome.fresh;
         if fresh.is_empty() || self.stats_dirty.load(Ordering::Relaxed) {
             return;
         }
         let served = |e: &UsageEvent| e.billing_status != BillingStatus::Refused;
         let applied: Vec<UsageEvent>;
-        let events = if fresh.len() == batch.len() && batch.iter().all(served) {
+        let events = if fresh.len() == batch.len()
+            && outcome.corrected.is_empty()
+            && batch.iter().all(served)
+        {
             batch
         } else {
-            // Refusals are log rows only: they count in no real-time stat.
+            // Refusals are log rows only: they count in no real-time stat. Corrected events
+            // count as the settlement applied them.
+            let as_applied = |i: usize| {
+                outcome
+                    .corrected
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map_or(&batch[i], |(_, e)| e)
+            };
             applied = fresh
                 .iter()
-                .map(|&i| &batch[i])
+                .map(|&i| as_applied(i))
                 .filter(|e| served(e))
                 .cloned()
                 .collect();
@@ -554,7 +567,7 @@ impl Shared {
                 .map_err(|_| anyhow::anyhow!("settlement timed out"))??;
                 self.forget_grants(chunk);
                 total += outcome.applied;
-                self.add_stats(chunk, &outcome.fresh).await;
+                self.add_stats(chunk, &outcome).await;
             }
             match std::fs::remove_file(&f) {
                 Ok(()) => {}

@@ -179,25 +179,31 @@ impl Db {
     }
 
     pub async fn list_accounts(&self, cursor: Option<i64>, limit: i64) -> Result<Vec<Account>> {
-        let sql = format!("SELECT {ACC_COLS} FROM accounts WHERE id > ? ORDER BY id LIMIT ?");
-        self.all_opened(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(cursor.unwrap_or(0))
-            .bind(limit)
-            .fetch_all(p)
-            .await)?)
+        self.bounded(async {
+            let sql = format!("SELECT {ACC_COLS} FROM accounts WHERE id > ? ORDER BY id LIMIT ?");
+            self.all_opened(on_db!(self, |p| sqlx::query_as(&sql)
+                .bind(cursor.unwrap_or(0))
+                .bind(limit)
+                .fetch_all(p)
+                .await)?)
+        })
+        .await
     }
 
     /// Active accounts of a provider, highest priority first.
     pub async fn active_accounts(&self, provider: Provider) -> Result<Vec<Account>> {
-        let sql = format!(
-            "SELECT {ACC_COLS} FROM accounts WHERE provider = ? AND status = ? \
+        self.bounded(async {
+            let sql = format!(
+                "SELECT {ACC_COLS} FROM accounts WHERE provider = ? AND status = ? \
              ORDER BY priority DESC, id"
-        );
-        self.all_opened(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(provider)
-            .bind(AccountStatus::Active)
-            .fetch_all(p)
-            .await)?)
+            );
+            self.all_opened(on_db!(self, |p| sqlx::query_as(&sql)
+                .bind(provider)
+                .bind(AccountStatus::Active)
+                .fetch_all(p)
+                .await)?)
+        })
+        .await
     }
 
     pub async fn update_account(&self, id: i64, f: &AccountFields, now: i64) -> Result<Account> {
@@ -259,16 +265,22 @@ impl Db {
     }
 
     pub async fn get_price(&self, model: &str) -> Result<Option<ModelPrice>> {
-        let sql = format!("SELECT {PRICE_COLS} FROM model_prices WHERE model = ?");
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(model)
-            .fetch_optional(p)
-            .await)?)
+        self.bounded(async {
+            let sql = format!("SELECT {PRICE_COLS} FROM model_prices WHERE model = ?");
+            Ok(on_db!(self, |p| sqlx::query_as(&sql)
+                .bind(model)
+                .fetch_optional(p)
+                .await)?)
+        })
+        .await
     }
 
     pub async fn list_prices(&self) -> Result<Vec<ModelPrice>> {
-        let sql = format!("SELECT {PRICE_COLS} FROM model_prices ORDER BY model");
-        Ok(on_db!(self, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
+        self.bounded(async {
+            let sql = format!("SELECT {PRICE_COLS} FROM model_prices ORDER BY model");
+            Ok(on_db!(self, |p| sqlx::query_as(&sql).fetch_all(p).await)?)
+        })
+        .await
     }
 }
 

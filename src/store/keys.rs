@@ -252,16 +252,19 @@ impl Db {
     }
 
     pub async fn find_key_auth(&self, key_hash: &str) -> Result<Option<KeyAuth>> {
-        Ok(on_db!(self, |p| sqlx::query_as(
-            "SELECT k.id, k.user_id, k.status, k.expires_at, k.allowed_models, k.rpm_limit, \
+        self.bounded(async {
+            Ok(on_db!(self, |p| sqlx::query_as(
+                "SELECT k.id, k.user_id, k.status, k.expires_at, k.allowed_models, k.rpm_limit, \
              k.tpm_limit, k.allowed_ips, u.status AS user_status, k.created_at, k.daily_limit, \
              k.weekly_limit, k.monthly_limit, k.total_limit, k.max_concurrency, \
              u.max_concurrency AS user_max_concurrency, k.key_prefix \
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = ?"
-        )
-        .bind(key_hash)
-        .fetch_optional(p)
-        .await)?)
+            )
+            .bind(key_hash)
+            .fetch_optional(p)
+            .await)?)
+        })
+        .await
     }
 
     /// Set a key's four limits (None = no limit). The counters are kept: a limit set or raised
@@ -285,10 +288,14 @@ impl Db {
 
     /// A key's budget and counters, for admission (None: no such key).
     pub async fn key_budget_state(&self, id: i64) -> Result<Option<KeyBudgetState>> {
-        let sql = format!("SELECT used_cost, created_at, {BUDGET_COLS} FROM api_keys WHERE id = ?");
-        Ok(on_db!(self, |p| sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(p)
-            .await)?)
+        self.bounded(async {
+            let sql =
+                format!("SELECT used_cost, created_at, {BUDGET_COLS} FROM api_keys WHERE id = ?");
+            Ok(on_db!(self, |p| sqlx::query_as(&sql)
+                .bind(id)
+                .fetch_optional(p)
+                .await)?)
+        })
+        .await
     }
 }

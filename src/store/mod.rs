@@ -19,6 +19,7 @@ pub mod account_secrets;
 pub mod accounts;
 pub mod audit;
 pub mod keys;
+pub mod outage;
 pub mod packages;
 pub mod pricing;
 pub mod sessions;
@@ -33,6 +34,9 @@ pub mod views;
 pub struct Db {
     pool: Pool,
     secrets: Sealer,
+    /// Bound on one request-path read (`database.statement_timeout_ms`).
+    statement_timeout: Duration,
+    outage: std::sync::Arc<outage::OutageLog>,
 }
 
 #[derive(Clone)]
@@ -62,6 +66,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Config(String),
+    #[error("no answer from the database within {0} ms")]
+    Timeout(u64),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -165,7 +171,17 @@ impl Db {
         Db {
             pool,
             secrets: Sealer::plaintext(),
+            statement_timeout: Duration::from_millis(
+                crate::config::DatabaseConfig::default().statement_timeout_ms,
+            ),
+            outage: Default::default(),
         }
+    }
+
+    /// The same store, bounding request-path reads by `timeout`.
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Db {
+        self.statement_timeout = timeout;
+        self
     }
 
     /// The typed pool, for code that runs its own SQL (tests).

@@ -219,24 +219,27 @@ impl Db {
         user_ids: &[i64],
         now: i64,
     ) -> Result<Vec<UserPackage>> {
-        if user_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT {UP_COLS} FROM user_packages WHERE status = ? AND starts_at <= ? \
-             AND expires_at > ? AND user_id IN ({}) ORDER BY id",
-            placeholders(user_ids.len())
-        );
-        Ok(on_db!(self, |p| {
-            let mut q = sqlx::query_as(&sql)
-                .bind(GrantStatus::Active)
-                .bind(now)
-                .bind(now);
-            for id in user_ids {
-                q = q.bind(*id);
+        self.bounded(async {
+            if user_ids.is_empty() {
+                return Ok(Vec::new());
             }
-            q.fetch_all(p).await
-        })?)
+            let sql = format!(
+                "SELECT {UP_COLS} FROM user_packages WHERE status = ? AND starts_at <= ? \
+             AND expires_at > ? AND user_id IN ({}) ORDER BY id",
+                placeholders(user_ids.len())
+            );
+            Ok(on_db!(self, |p| {
+                let mut q = sqlx::query_as(&sql)
+                    .bind(GrantStatus::Active)
+                    .bind(now)
+                    .bind(now);
+                for id in user_ids {
+                    q = q.bind(*id);
+                }
+                q.fetch_all(p).await
+            })?)
+        })
+        .await
     }
 }
 

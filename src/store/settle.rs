@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::{on_db, placeholders, Db, Result};
 use crate::billing::cost::Tokens;
 use crate::config::DbKind;
-use crate::usage::{BillingStatus, UsageEvent};
+use crate::usage::{vet_batch, BillingStatus, UsageEvent};
 
 /// How many events of a batch were applied, and how many had been applied before.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub struct SettleOutcome {
     pub duplicates: usize,
     /// Indexes (into the batch) of the events applied by this call.
     pub fresh: Vec<usize>,
+    /// Applied events the settlement's re-check corrected (index into the batch, the event
+    /// as applied): implausible amounts never reach SQL (`usage::vet_batch`).
+    pub corrected: Vec<(usize, UsageEvent)>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -30,7 +33,7 @@ struct Agg {
 }
 
 impl Agg {
-    /// Saturating: no batch, however odd its events, can overflow (and so panic or wedge).
+    /// Saturating, though `vet_batch` already keeps every sum of a batch inside i64.
     fn add(&mut self, e: &UsageEvent) {
         self.requests += 1;
         let t = &mut self.tokens;
@@ -222,9 +225,21 @@ impl Db {
                         fresh_idx.push(i);
                     }
                 }
+                // Re-checked here, whatever the proxy did: a corrupted journal line or a bug
+                // must not reach SQL with amounts that wedge every later batch.
+                let corrections = vet_batch(fresh.iter().copied());
+                for c in &corrections {
+                    let e = &events[fresh_idx[c.index]];
+                    tracing::warn!(request_id = %e.request_id, reason = %c.reason, cost = c.event.cost_nanos, "implausible usage at settlement; recorded disputed");
+                    fresh[c.index] = &c.event;
+                }
                 let outcome = SettleOutcome {
                     applied: fresh.len(),
                     duplicates: events.len() - fresh.len(),
+                    corrected: corrections
+                        .iter()
+                        .map(|c| (fresh_idx[c.index], c.event.clone()))
+                        .collect(),
                     fresh: fresh_idx,
                 };
 

@@ -137,3 +137,102 @@ async fn absurd_usage_is_disputed_at_the_estimate_on_both_protocols() {
     assert_eq!(l.api_keys.cost, total + gpt_cost(12, 8, 0));
     assert_eq!(l.accounts.cost, total + gpt_cost(12, 8, 0));
 }
+
+/// A journal line as the recorder writes it (`UsageEvent`'s JSON), with the given amounts.
+fn journal_line(id: &str, uid: i64, kid: i64, acc: i64, tokens: i64, cost: i64) -> String {
+    json!({
+        "request_id": id, "created_at_ms": 1_000, "day": "2026-01-01", "user_id": uid,
+        "api_key_id": kid, "account_id": acc, "user_package_id": null, "windows": null,
+        "model": "gpt-test", "endpoint": "/v1/chat/completions", "stream": false,
+        "status": 200,
+        "tokens": {"input": tokens, "output": 5, "cache_read": 0, "cache_write": 0},
+        "cost_nanos": cost, "billing_status": "complete", "latency_ms": 1, "ttfb_ms": 1,
+        "error": null
+    })
+    .to_string()
+}
+
+/// A corrupted journal (hand-written lines with i64::MAX and negative amounts, replayed as
+/// after a crash) reaches the settlement past the proxy's checks: it records those events
+/// disputed at 0 with no tokens, applies the good line of another user exactly, keeps every
+/// counter an exact integer, and keeps serving.
+#[tokio::test]
+async fn a_corrupted_journal_is_settled_without_overflow_or_refund() {
+    let app = spawn_app().await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let (acc, _) = app.wire_upstream(&fake).await;
+    let (uid, kid, key) = funded_key(&app, "corrupt").await;
+    let (uid2, kid2, _) = funded_key(&app, "bystander").await;
+    let lines = [
+        journal_line("max", uid, kid, acc, i64::MAX, i64::MAX),
+        journal_line("max-again", uid, kid, acc, 5, i64::MAX),
+        journal_line("refund", uid, kid, acc, 5, -11_250_000_000),
+        journal_line("good", uid2, kid2, acc, 7, 1_234),
+    ];
+    let dir = app.state.config.journal_path();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("replay-corrupt.jsonl"), lines.join("\n") + "\n").unwrap();
+    // Applied now or by the recorder's own upkeep, whichever comes first.
+    app.state.recorder.replay_journal().await.unwrap();
+    app.wait_for_logs(4).await;
+
+    let (_, logs) = app.get(&format!("/logs?user_id={uid}&limit=10")).await;
+    let rows = logs["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{logs}");
+    for r in rows {
+        assert_eq!(r["billing_status"], "disputed", "{r}");
+        assert_eq!(r["cost"], Value::String(Usd(0).to_string()), "{r}");
+        assert_eq!(r["input_tokens"], 0, "{r}");
+        assert!(
+            r["error"].as_str().unwrap().starts_with("settlement: "),
+            "{r}"
+        );
+    }
+    let (_, logs) = app.get(&format!("/logs?user_id={uid2}&limit=10")).await;
+    let good = &logs["data"][0];
+    assert_eq!(
+        (
+            good["billing_status"].as_str(),
+            good["input_tokens"].as_i64()
+        ),
+        (Some("complete"), Some(7)),
+        "{good}"
+    );
+    // Every sink decodes as integers (a float would fail here) and agrees to the nano.
+    let l = app.state.db.ledger().await.unwrap();
+    for (name, sink) in [
+        ("request_logs", l.request_logs),
+        ("usage_daily", l.usage_daily),
+        ("api_keys", l.api_keys),
+        ("accounts", l.accounts),
+    ] {
+        assert_eq!(
+            (
+                sink.requests,
+                sink.cost,
+                sink.input_tokens,
+                sink.output_tokens
+            ),
+            (4, 1_234, 7, 5),
+            "{name}"
+        );
+    }
+    eprintln!(
+        "corrupted journal: 4 lines applied, 3 disputed at 0, sinks cost {} USD",
+        Usd(l.accounts.cost)
+    );
+    // The corrupted user is still served, and recorded as reported.
+    let r = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    app.wait_for_logs(5).await;
+    let (_, logs) = app.get(&format!("/logs?user_id={uid}&limit=10")).await;
+    assert_eq!(logs["data"][0]["billing_status"], "complete", "{logs}");
+}

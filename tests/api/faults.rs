@@ -645,3 +645,192 @@ async fn events_the_queue_has_no_room_for_are_applied_from_the_journal() {
         "the journal is applied and gone"
     );
 }
+
+/// One chat request with `key`: (status, body, latency).
+async fn one_chat(http: &reqwest::Client, base: &str, key: &str) -> (u16, String, Duration) {
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.text().await.unwrap(), t0.elapsed())
+}
+
+/// A key nobody has: its lookup always needs the database (never in the key cache).
+fn unknown_key() -> String {
+    format!("tg-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A database that accepts connections but hangs mid-query (the fault proxy holds every
+/// established connection) holds a request at most `database.statement_timeout_ms`: requests
+/// that need the database answer 503 `gateway_unavailable` within 3× the bound (the
+/// connection wait, `database.timeout_ms`, is set far longer so only the statement bound can
+/// explain it); a key in the caches is still served; after the restore, all is well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_database_is_bounded_by_the_statement_timeout() {
+    if !mysql_only("a_hung_database_is_bounded_by_the_statement_timeout") {
+        return;
+    }
+    const BOUND_MS: u64 = 500;
+    let (url, _guard) = fresh_database(backend()).await;
+    let proxy = FaultProxy::start(MYSQL_TARGET).await;
+    let via = proxy.url(&url, MYSQL_TARGET);
+    let journal = tempfile::tempdir().unwrap();
+    let env = env_with(
+        journal.path(),
+        &[
+            ("TOLLGATE_DATABASE__TIMEOUT_MS", "10000".into()),
+            (
+                "TOLLGATE_DATABASE__STATEMENT_TIMEOUT_MS",
+                BOUND_MS.to_string(),
+            ),
+        ],
+    );
+    let mut server = start_binary(&via, &env, Stdio::null()).await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let key = seed_over_http(&server.base, &fake, "sk-upstream", json!({"name": "k"})).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Warm the caches for `key`.
+    for _ in 0..3 {
+        assert_eq!(one_chat(&http, &server.base, &key).await.0, 200);
+    }
+
+    proxy.set(Mode::Hang);
+    // Within the caches' grace, a key they hold needs no database read.
+    let (cached, body, cached_took) = one_chat(&http, &server.base, &key).await;
+    assert_eq!(
+        cached, 200,
+        "a cached key is served while the database hangs: {body}"
+    );
+    let mut worst = Duration::ZERO;
+    for i in 0..6 {
+        let (s, body, took) = one_chat(&http, &server.base, &unknown_key()).await;
+        assert_eq!(s, 503, "request {i}: {body}");
+        assert!(body.contains("gateway_unavailable"), "{body}");
+        worst = worst.max(took);
+    }
+    eprintln!(
+        "hung database: statement bound {BOUND_MS} ms, slowest 503 {} ms, cached request 200 in {} ms",
+        worst.as_millis(),
+        cached_took.as_millis()
+    );
+    assert!(
+        worst < Duration::from_millis(3 * BOUND_MS),
+        "a request waited {worst:?} on the hung database"
+    );
+
+    proxy.set(Mode::Pass);
+    let t0 = Instant::now();
+    loop {
+        let (s, body, _) = one_chat(&http, &server.base, &unknown_key()).await;
+        if s == 401 {
+            assert!(body.contains("invalid_api_key"), "{body}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "not back: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(one_chat(&http, &server.base, &key).await.0, 200);
+    assert!(server.sigterm().await.success());
+}
+
+/// A database outage under load logs a bounded number of lines: the first failure, at most
+/// one summary per 5 s, the recovery once; not one line per failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_logs_a_bounded_number_of_lines() {
+    if !mysql_only("a_database_outage_logs_a_bounded_number_of_lines") {
+        return;
+    }
+    let (url, _guard) = fresh_database(backend()).await;
+    let proxy = FaultProxy::start(MYSQL_TARGET).await;
+    let via = proxy.url(&url, MYSQL_TARGET);
+    let journal = tempfile::tempdir().unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let env = env_with(
+        journal.path(),
+        &[
+            ("TOLLGATE_DATABASE__TIMEOUT_MS", "300".into()),
+            ("TOLLGATE_DATABASE__STATEMENT_TIMEOUT_MS", "300".into()),
+            ("TOLLGATE_LOG__FORMAT", "text".into()),
+        ],
+    );
+    let mut server = start_binary(&via, &env, Stdio::from(log)).await;
+    let fake = FakeUpstream::start().await.unwrap();
+    let _key = seed_over_http(&server.base, &fake, "sk-upstream", json!({"name": "k"})).await;
+    let lines = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .map(String::from)
+            .collect()
+    };
+    let before = lines(&log_path).len();
+
+    proxy.set(Mode::Cut);
+    // 4 clients for 7 s, each request needing the database (an uncached key).
+    let stop_at = Instant::now() + Duration::from_secs(7);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let base = server.base.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let mut failed = 0usize;
+                while Instant::now() < stop_at {
+                    let (s, _, _) = one_chat(&http, &base, &unknown_key()).await;
+                    if s == 503 {
+                        failed += 1;
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for c in clients {
+        failed += c.await.unwrap();
+    }
+    proxy.set(Mode::Pass);
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    while one_chat(&http, &server.base, &unknown_key()).await.0 != 401 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the database did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.sigterm().await.success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let during = lines(&log_path).len() - before;
+    let recovered = text
+        .matches("the database answers the request path again")
+        .count();
+    eprintln!(
+        "database outage logs: {failed} requests failed (503) in 7 s, {during} warn/error lines logged, recovery logged {recovered}×"
+    );
+    for l in lines(&log_path).iter().skip(before) {
+        eprintln!("  {l}");
+    }
+    assert!(failed >= 100, "the load ran: {failed} failed requests");
+    assert!(
+        during <= 8,
+        "{during} warn/error lines for {failed} failures"
+    );
+    assert_eq!(recovered, 1, "the recovery is logged once");
+}
