@@ -233,7 +233,13 @@ pub struct SharedReservations {
     ttl_ms: i64,
     keep_ms: i64,
     down: AtomicBool,
+    /// Settled charges Redis did not take (it timed out): sent again with the next batch, so
+    /// their holds do not stay until the TTL on top of usage the database already has.
+    unsent: std::sync::Mutex<Vec<(Holder, String, i64)>>,
 }
+
+/// Past this many unsent settled charges the oldest are given up (their holds end by TTL).
+const UNSENT_MAX: usize = 100_000;
 
 impl SharedReservations {
     /// Holds expire after `ttl`, settled charges are kept `keep`; calls give up after `timeout`.
@@ -251,6 +257,7 @@ impl SharedReservations {
             ttl_ms: ttl.as_millis() as i64,
             keep_ms: keep.as_millis() as i64,
             down: AtomicBool::new(false),
+            unsent: std::sync::Mutex::default(),
         }
     }
 
@@ -365,18 +372,36 @@ impl SharedReservations {
         r.is_some()
     }
 
-    /// These (holder, hold, amount) charges were just committed to the database.
+    /// These (holder, hold, amount) charges were just committed to the database. Those Redis
+    /// does not take now go again with the next batch.
     pub async fn settled(&self, items: &[(Holder, &str, i64)]) {
-        if items.is_empty() {
+        let earlier = std::mem::take(&mut *self.lock_unsent());
+        if items.is_empty() && earlier.is_empty() {
             return;
         }
-        let _: Option<i64> = self
+        let sent: Option<i64> = self
             .run(&SETTLE, |inv| {
+                for (h, hold, amount) in &earlier {
+                    inv.arg(*h).arg(hold.as_str()).arg(*amount);
+                }
                 for (h, hold, amount) in items {
                     inv.arg(*h).arg(*hold).arg(*amount);
                 }
             })
             .await;
+        if sent.is_none() {
+            let mut unsent = self.lock_unsent();
+            let mut again = earlier;
+            again.extend(items.iter().map(|(h, hold, a)| (*h, hold.to_string(), *a)));
+            again.append(&mut unsent);
+            let over = again.len().saturating_sub(UNSENT_MAX);
+            again.drain(..over);
+            *unsent = again;
+        }
+    }
+
+    fn lock_unsent(&self) -> std::sync::MutexGuard<'_, Vec<(Holder, String, i64)>> {
+        self.unsent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What in-flight requests of every instance hold against `holder` now.
