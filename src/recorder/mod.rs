@@ -150,18 +150,12 @@ impl Recorder {
         let key_budgets = shared.key_budgets.clone();
         let rt = tokio::runtime::Handle::current();
         let on_dropped = Box::new(move |e: &UsageEvent| {
-            key_budgets.reservations.add(e.api_key_id, -e.key_reserved);
-            if let Some(up) = e.user_package_id {
-                reservations.add(up, -e.reserved);
-            }
-            if reservations.shared().is_some() {
-                let (r, hold, holders) = (reservations.clone(), e.request_id.clone(), holders(e));
-                rt.spawn(async move {
-                    if let Some(s) = r.shared() {
-                        s.adjust(&hold, 0, &holders, None).await;
-                    }
-                });
-            }
+            end_holds(
+                &reservations,
+                &key_budgets,
+                std::slice::from_ref(e),
+                Some(&rt),
+            );
         });
         let writer = wal::Writer::new(journal, tx, on_dropped, metrics);
         tokio::spawn(writer.run(wal_rx));
@@ -455,16 +449,10 @@ impl Shared {
                 .filter_map(|e| e.user_package_id.map(|up| (up, e.reserved))),
         );
         if let Some(shared) = self.reservations.shared() {
-            let mut items: Vec<(Holder, &str, i64)> = Vec::with_capacity(batch.len());
-            for e in batch {
-                let hold = e.request_id.as_str();
-                if let Some(up) = e.user_package_id {
-                    items.push((Holder::Grant(up), hold, e.reserved));
-                }
-                if e.key_reserved != 0 {
-                    items.push((Holder::KeyBudget(e.api_key_id), hold, e.key_reserved));
-                }
-            }
+            let items: Vec<(Holder, &str, i64)> = batch
+                .iter()
+                .flat_map(|e| holds(e).map(|(h, amount)| (h, e.request_id.as_str(), amount)))
+                .collect();
             shared.settled(&items).await;
         }
     }
@@ -472,31 +460,8 @@ impl Shared {
     /// Spilled events are not in the database yet; their reservations end anyway (the journal
     /// is applied later), which is the one case admission may under-count.
     fn release_spilled(&self, batch: &[UsageEvent]) {
-        for e in batch {
-            self.key_budgets
-                .reservations
-                .add(e.api_key_id, -e.key_reserved);
-            if let Some(up) = e.user_package_id {
-                self.reservations.add(up, -e.reserved);
-            }
-        }
-        if self.reservations.shared().is_some() {
-            let holds: Vec<(String, Vec<Holder>)> = batch
-                .iter()
-                .map(|e| (e.request_id.clone(), holders(e)))
-                .filter(|(_, h)| !h.is_empty())
-                .collect();
-            let reservations = self.reservations.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Some(s) = reservations.shared() {
-                        for (hold, holders) in holds {
-                            s.adjust(&hold, 0, &holders, None).await;
-                        }
-                    }
-                });
-            }
-        }
+        let rt = tokio::runtime::Handle::try_current().ok();
+        end_holds(&self.reservations, &self.key_budgets, batch, rt.as_ref());
     }
 
     fn spill_file(&self) -> PathBuf {
@@ -582,12 +547,49 @@ impl Shared {
     }
 }
 
-/// The Redis holds an event's request still has until its charge is settled: its grant's and,
-/// for a key with a budget, its key's (a request that cost nothing ended both at its finish).
-fn holders(e: &UsageEvent) -> Vec<Holder> {
-    let grant = e.user_package_id.map(Holder::Grant);
-    let key = (e.key_reserved != 0).then_some(Holder::KeyBudget(e.api_key_id));
-    grant.into_iter().chain(key).collect()
+/// The Redis holds an event's request still has until its charge is settled, each with the
+/// amount it settles at: its grant's and, for a key with a budget, its key's (a request that
+/// cost nothing ended both at its finish).
+fn holds(e: &UsageEvent) -> impl Iterator<Item = (Holder, i64)> {
+    let grant = e.user_package_id.map(|up| (Holder::Grant(up), e.reserved));
+    let key = (e.key_reserved != 0).then_some((Holder::KeyBudget(e.api_key_id), e.key_reserved));
+    grant.into_iter().chain(key)
+}
+
+/// End the holds of events that will not be settled now (dropped, or spilled to be applied
+/// later): in process at once, in Redis from a task on `rt` (none: outside a runtime, Redis's
+/// end by their TTL).
+fn end_holds(
+    reservations: &Arc<Reservations>,
+    key_budgets: &KeyBudgets,
+    events: &[UsageEvent],
+    rt: Option<&tokio::runtime::Handle>,
+) {
+    for e in events {
+        key_budgets.reservations.add(e.api_key_id, -e.key_reserved);
+        if let Some(up) = e.user_package_id {
+            reservations.add(up, -e.reserved);
+        }
+    }
+    let Some(rt) = rt.filter(|_| reservations.shared().is_some()) else {
+        return;
+    };
+    let ended: Vec<(String, Vec<Holder>)> = events
+        .iter()
+        .map(|e| (e.request_id.clone(), holds(e).map(|(h, _)| h).collect()))
+        .filter(|(_, h): &(String, Vec<Holder>)| !h.is_empty())
+        .collect();
+    if ended.is_empty() {
+        return;
+    }
+    let reservations = reservations.clone();
+    rt.spawn(async move {
+        if let Some(s) = reservations.shared() {
+            for (hold, holders) in ended {
+                s.adjust(&hold, 0, &holders, None).await;
+            }
+        }
+    });
 }
 
 fn list_replay_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

@@ -296,12 +296,8 @@ async fn fifty_at_once_after_warm_up_when_the_body_says_little() {
     .await;
 }
 
-/// SPEC §11.1 figure 3: figure 2 over two gateway processes sharing the database and Redis.
-/// Needs Redis (CI requires it; without TOLLGATE_TEST_REDIS_URL it says SKIPPING).
-#[tokio::test]
-async fn fifty_at_once_over_two_gateway_processes() {
-    let Some(redis) = redis_url() else { return };
-    let (url, _guard) = fresh_database(backend()).await;
+/// Two gateway processes on the database at `url`, sharing Redis under a fresh key prefix.
+async fn two_gateways(url: &str, redis: String) -> (Binary, Binary) {
     let env = [
         ("TOLLGATE_REDIS__URL", redis),
         (
@@ -313,8 +309,18 @@ async fn fifty_at_once_over_two_gateway_processes() {
         // concurrency.rs hang Redis for that): on a loaded machine 50 ms can pass.
         ("TOLLGATE_REDIS__TIMEOUT_MS", "3000".to_string()),
     ];
-    let one = start_binary(&url, &env, std::process::Stdio::null()).await;
-    let two = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let one = start_binary(url, &env, std::process::Stdio::null()).await;
+    let two = start_binary(url, &env, std::process::Stdio::null()).await;
+    (one, two)
+}
+
+/// SPEC §11.1 figure 3: figure 2 over two gateway processes sharing the database and Redis.
+/// Needs Redis (CI requires it; without TOLLGATE_TEST_REDIS_URL it says SKIPPING).
+#[tokio::test]
+async fn fifty_at_once_over_two_gateway_processes() {
+    let Some(redis) = redis_url() else { return };
+    let (url, _guard) = fresh_database(backend()).await;
+    let (one, two) = two_gateways(&url, redis).await;
     let fake = FakeUpstream::start().await.unwrap();
     Admin::new(&one.base).wire(&fake).await;
     let db = Db::connect(&url, 2).await.unwrap();
@@ -339,19 +345,7 @@ async fn a_key_budget_holds_over_two_gateway_processes() {
     use reqwest::Method;
     let Some(redis) = redis_url() else { return };
     let (url, _guard) = fresh_database(backend()).await;
-    let env = [
-        ("TOLLGATE_REDIS__URL", redis),
-        (
-            "TOLLGATE_REDIS__KEY_PREFIX",
-            format!("tgtest:{}:", uuid::Uuid::new_v4().simple()),
-        ),
-        ("TOLLGATE_RECORDER__FLUSH_INTERVAL_MS", "10".to_string()),
-        // These measure sharing, not the fallback (tests/api/admission_edges.rs and
-        // concurrency.rs hang Redis for that): on a loaded machine 50 ms can pass.
-        ("TOLLGATE_REDIS__TIMEOUT_MS", "3000".to_string()),
-    ];
-    let one = start_binary(&url, &env, std::process::Stdio::null()).await;
-    let two = start_binary(&url, &env, std::process::Stdio::null()).await;
+    let (one, two) = two_gateways(&url, redis).await;
     let fake = FakeUpstream::start().await.unwrap();
     let admin = Admin::new(&one.base);
     admin.wire(&fake).await;
@@ -743,23 +737,10 @@ async fn grants_show_what_requests_in_flight_hold() {
 /// it ends do not stay until their TTL on top of usage the database already has.
 #[tokio::test]
 async fn a_settlement_redis_missed_is_sent_again_with_the_next() {
-    use crate::faultproxy::{FaultProxy, Mode};
+    use crate::faultproxy::{redis_through_proxy, Mode};
     use tollgate::billing::shared::{Ask, Decision, Holder, SharedReservations};
     let Some(url) = redis_url() else { return };
-    let target = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let proxy = FaultProxy::start(&target).await;
-    let client = redis::Client::open(proxy.url(&url, &target)).unwrap();
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(200)))
-        .set_response_timeout(Some(Duration::from_millis(200)));
-    let conn = redis::aio::ConnectionManager::new_with_config(client, cfg)
-        .await
-        .unwrap();
+    let (proxy, conn) = redis_through_proxy(&url).await;
     let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
     let r = SharedReservations::new(
         conn,

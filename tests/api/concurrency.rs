@@ -455,23 +455,10 @@ async fn redis_leases_are_shared_and_a_dead_instances_expire() {
 /// and shared again once Redis answers.
 #[tokio::test]
 async fn with_redis_hung_the_caps_hold_in_process() {
-    use crate::faultproxy::{FaultProxy, Mode};
+    use crate::faultproxy::{redis_through_proxy, Mode};
     use tollgate::proxy::concurrency::Concurrency;
     let Some(url) = redis_url() else { return };
-    let target = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let proxy = FaultProxy::start(&target).await;
-    let client = redis::Client::open(proxy.url(&url, &target)).unwrap();
-    let cfg = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(200)))
-        .set_response_timeout(Some(Duration::from_millis(200)));
-    let conn = redis::aio::ConnectionManager::new_with_config(client, cfg)
-        .await
-        .unwrap();
+    let (proxy, conn) = redis_through_proxy(&url).await;
     let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
     let caps = Concurrency::redis(
         conn,

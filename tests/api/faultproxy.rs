@@ -61,6 +61,26 @@ impl FaultProxy {
     }
 }
 
+/// A Redis connection to `url` through a new fault proxy, giving up on a connect or a reply
+/// after 200 ms (so a hung proxy fails calls instead of holding them).
+pub async fn redis_through_proxy(url: &str) -> (FaultProxy, redis::aio::ConnectionManager) {
+    let target = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let proxy = FaultProxy::start(&target).await;
+    let client = redis::Client::open(proxy.url(url, &target)).unwrap();
+    let cfg = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_millis(200)))
+        .set_response_timeout(Some(std::time::Duration::from_millis(200)));
+    let conn = redis::aio::ConnectionManager::new_with_config(client, cfg)
+        .await
+        .unwrap();
+    (proxy, conn)
+}
+
 async fn serve(mut client: TcpStream, target: &str, mut rx: watch::Receiver<Mode>) {
     let mode = *rx.borrow_and_update();
     match mode {
