@@ -3,7 +3,8 @@
 //! Holds are kept per group: a grant `g`, or a key's budget `k{id}` ([`Holder`]). Per group,
 //! under the key prefix: `res:g:amt` (hash: hold id → amount), `res:g:exp` (sorted set: hold id
 //! → expiry, ms), `res:g:sum` (the holds' total) and the settled charges `res:g:set` (score:
-//! settlement sequence number) and `res:g:sett` (score: when), members `seq:amount`; `res:seq`
+//! settlement sequence number) and `res:g:sett` (score: when), members `seq:amount:cum`, where
+//! `cum` is `res:g:cum`, the group's settled total, after this charge; `res:seq`
 //! numbers the settlements of every instance. The same guarantee as the in-process
 //! [`super::admission::Reservations`]: an admission that read a grant's (or key's) usage before
 //! settlement S counts S's charges, one that read it after does not, across instances.
@@ -45,8 +46,20 @@ end
 local function held(g, since)
   local b = P .. 'res:' .. g
   local r = tonumber(redis.call('GET', b .. ':sum') or '0')
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', b .. ':set', '(' .. since, '+inf')) do
-    r = r + tonumber(string.match(m, ':(-?%d+)$'))
+  -- Members are seq:amount:cum (cum: the group's settled total after this one), so what was
+  -- settled after `since` is cum now minus cum before the first member after it: one lookup,
+  -- not a scan of every batch settled since (~28 us of Redis CPU a request at 12k req/s).
+  local first = redis.call('ZRANGEBYSCORE', b .. ':set', '(' .. since, '+inf', 'LIMIT', 0, 1)[1]
+  if first then
+    local a, c = string.match(first, ':(-?%d+):(-?%d+)$')
+    if c then
+      r = r + tonumber(redis.call('GET', b .. ':cum') or c) - tonumber(c) + tonumber(a)
+    else
+      -- seq:amount, from a version before cum (a rolling upgrade; kept SETTLED_KEEP at most)
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', b .. ':set', '(' .. since, '+inf')) do
+        r = r + tonumber(string.match(m, '^%d+:(-?%d+)'))
+      end
+    end
   end
   return r
 end
@@ -158,11 +171,11 @@ end
 for g, amount in pairs(by) do
   if amount ~= 0 then
     local b = P .. 'res:' .. g
-    local m = seq .. ':' .. string.format('%d', amount)
+    local cum = redis.call('INCRBY', b .. ':cum', string.format('%d', amount))
+    local m = seq .. ':' .. string.format('%d', amount) .. ':' .. string.format('%d', cum)
     redis.call('ZADD', b .. ':set', seq, m)
     redis.call('ZADD', b .. ':sett', now, m)
-    redis.call('PEXPIRE', b .. ':set', keep)
-    redis.call('PEXPIRE', b .. ':sett', keep)
+    for _, k in ipairs({':set', ':sett', ':cum'}) do redis.call('PEXPIRE', b .. k, keep) end
   end
 end
 return seq
@@ -410,5 +423,84 @@ impl SharedReservations {
             inv.arg(holder);
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis from TOLLGATE_TEST_REDIS_URL; None (skipped) unless the services are required.
+    async fn reservations() -> Option<SharedReservations> {
+        let Some(url) = std::env::var("TOLLGATE_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert!(
+                std::env::var("TOLLGATE_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "TOLLGATE_TEST_REDIS_URL is not set, and CI requires Redis tests to run"
+            );
+            eprintln!("SKIPPING: TOLLGATE_TEST_REDIS_URL is not set (Redis test not run)");
+            return None;
+        };
+        let client = redis::Client::open(url).expect("redis url");
+        let conn = ConnectionManager::new(client).await.expect("redis");
+        let prefix = format!("tgunit:{}:", uuid::Uuid::new_v4().simple());
+        let s = Duration::from_secs(5);
+        Some(SharedReservations::new(
+            conn,
+            prefix,
+            s,
+            Duration::from_secs(60),
+            Duration::from_secs(10),
+        ))
+    }
+
+    /// What a grant with no room says it holds, counting charges settled after `since`.
+    async fn looked_at(r: &SharedReservations, grant: i64, since: i64) -> Vec<i64> {
+        let ask = Ask {
+            hold: "probe",
+            amount: 1,
+            rpm: None,
+            tpm: None,
+            key_budget: None,
+            since,
+            rooms: &[(grant, 0)],
+        };
+        match r.admit(&ask).await.expect("redis answers") {
+            Decision::NoRoom(v) => v,
+            other => panic!("no room expected, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn settled_since_counts_exactly_the_charges_after_it() {
+        let Some(r) = reservations().await else {
+            return;
+        };
+        let s0 = r.seq().await.expect("seq");
+        r.settled(&[(Holder::Grant(7), "a", 100_000_000_007)]).await;
+        let s1 = r.seq().await.expect("seq");
+        r.settled(&[(Holder::Grant(7), "b", 20), (Holder::Grant(8), "x", 5)])
+            .await;
+        r.settled(&[(Holder::Grant(7), "c", 3), (Holder::Grant(7), "d", -1)])
+            .await;
+        let s3 = r.seq().await.expect("seq");
+        assert_eq!(looked_at(&r, 7, s0).await, vec![100_000_000_029]);
+        assert_eq!(looked_at(&r, 7, s1).await, vec![22]);
+        assert_eq!(looked_at(&r, 7, s3).await, vec![0]);
+        assert_eq!(looked_at(&r, 8, s0).await, vec![5]);
+        // A hold counts beside the settled charges.
+        let ask = Ask {
+            hold: "h",
+            amount: 40,
+            rpm: None,
+            tpm: None,
+            key_budget: None,
+            since: s3,
+            rooms: &[(7, 1_000)],
+        };
+        assert_eq!(r.admit(&ask).await, Some(Decision::Granted(7)));
+        assert_eq!(looked_at(&r, 7, s1).await, vec![62]);
     }
 }
