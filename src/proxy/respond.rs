@@ -158,10 +158,16 @@ pub async fn respond(
         out: None,
         status: status.as_u16(),
     };
-    // The events upstream sent with its head go out with ours, in one write.
-    let first = std::future::poll_fn(|cx| match Pin::new(&mut stream).poll_next(cx) {
-        Poll::Ready(item) => Poll::Ready(item),
-        Poll::Pending => Poll::Ready(None),
+    // The events upstream sent with its head go out with ours, in one write. A stream that
+    // came whole with the head is over already and waits only for its journal append: wait
+    // for it here, so head, events and end still go out together (not the head alone).
+    let first = std::future::poll_fn(|cx| {
+        let polled = Pin::new(&mut stream).poll_next(cx);
+        match polled {
+            Poll::Ready(item) => Poll::Ready(item),
+            Poll::Pending if stream.ticket.is_none() => Poll::Pending,
+            Poll::Pending => Poll::Ready(None),
+        }
     })
     .await;
     let body = futures_util::stream::iter(first).chain(stream);
