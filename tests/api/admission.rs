@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 use tollgate::billing::money::Usd;
+use tollgate::billing::shared::{Ask, Decision, Holder, SharedReservations};
 use tollgate::fake_upstream::FakeUpstream;
 use tollgate::store::Db;
 
@@ -783,4 +784,63 @@ async fn a_settlement_redis_missed_is_sent_again_with_the_next() {
     r.settled(&[]).await;
     assert_eq!(r.held(Holder::Grant(11)).await, Some(0));
     assert_eq!(r.held(Holder::KeyBudget(3)).await, Some(0));
+}
+
+/// What a grant with no room says it holds in Redis, counting charges settled after `since`.
+async fn looked_at(r: &SharedReservations, grant: i64, since: i64) -> Vec<i64> {
+    let ask = Ask {
+        hold: "probe",
+        amount: 1,
+        rpm: None,
+        tpm: None,
+        key_budget: None,
+        since,
+        rooms: &[(grant, 0)],
+    };
+    match r.admit(&ask).await.expect("redis answers") {
+        Decision::NoRoom(v) => v,
+        other => panic!("no room expected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn redis_counts_exactly_the_charges_settled_after_a_load() {
+    let Some(url) = redis_url() else { return };
+    let client = redis::Client::open(url).expect("redis url");
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis");
+    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+    let s = Duration::from_secs(5);
+    let r = SharedReservations::new(
+        conn,
+        prefix,
+        s,
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+    );
+    let s0 = r.seq().await.expect("seq");
+    r.settled(&[(Holder::Grant(7), "a", 100_000_000_007)]).await;
+    let s1 = r.seq().await.expect("seq");
+    r.settled(&[(Holder::Grant(7), "b", 20), (Holder::Grant(8), "x", 5)])
+        .await;
+    r.settled(&[(Holder::Grant(7), "c", 3), (Holder::Grant(7), "d", -1)])
+        .await;
+    let s3 = r.seq().await.expect("seq");
+    assert_eq!(looked_at(&r, 7, s0).await, vec![100_000_000_029]);
+    assert_eq!(looked_at(&r, 7, s1).await, vec![22]);
+    assert_eq!(looked_at(&r, 7, s3).await, vec![0]);
+    assert_eq!(looked_at(&r, 8, s0).await, vec![5]);
+    // A hold counts beside the settled charges.
+    let ask = Ask {
+        hold: "h",
+        amount: 40,
+        rpm: None,
+        tpm: None,
+        key_budget: None,
+        since: s3,
+        rooms: &[(7, 1_000)],
+    };
+    assert_eq!(r.admit(&ask).await, Some(Decision::Granted(7)));
+    assert_eq!(looked_at(&r, 7, s1).await, vec![62]);
 }
