@@ -5,7 +5,9 @@
 //! Within a batch, counters are aggregated first (one statement per key, account, daily row and
 //! package window instead of one per event).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::{on_db, placeholders, Db, Result};
 use crate::billing::cost::Tokens;
@@ -50,7 +52,38 @@ const LOG_COLS: &str = "request_id, created_at, user_id, api_key_id, account_id,
     model, endpoint, stream, status, input_tokens, output_tokens, cache_read_tokens, \
     cache_write_tokens, cost, billing_status, latency_ms, ttfb_ms, error";
 const LOG_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const CHUNK: usize = 200;
+/// The largest multi-row insert (a power of two; see `pow2_chunks`).
+const CHUNK: usize = 128;
+
+/// Splits `items` into chunks whose lengths are powers of two, largest first, none above CHUNK.
+/// The multi-row statements built from them come in at most 8 shapes, each prepared once per
+/// connection and then reused from its statement cache; with one shape per batch size, a
+/// batch of a new size re-parsed its statement (about 5,000 instructions a row in SQLite).
+fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let size = 1 << items.len().min(CHUNK).ilog2();
+        let (head, rest) = items.split_at(size);
+        items = rest;
+        Some(head)
+    })
+}
+
+/// `INSERT INTO request_logs … VALUES` with `rows` rows, for `rows` a power of two ≤ CHUNK.
+fn log_insert_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=CHUNK.ilog2())
+            .map(|i| {
+                let rows = vec![LOG_ROW; 1 << i].join(", ");
+                format!("INSERT INTO request_logs ({LOG_COLS}) VALUES {rows}")
+            })
+            .collect()
+    });
+    &all[rows.ilog2() as usize]
+}
 
 const DAILY_SQLITE: &str = "INSERT INTO usage_daily (day, user_id, api_key_id, account_id, model, \
     requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost) \
@@ -204,7 +237,7 @@ impl Db {
                 let mut tx = p.begin().await?;
                 let mut logged: HashSet<String> = HashSet::new();
                 if look_up {
-                    for chunk in ids.chunks(CHUNK) {
+                    for chunk in pow2_chunks(&ids) {
                         let sql = format!(
                             "SELECT request_id FROM request_logs WHERE request_id IN ({})",
                             placeholders(chunk.len())
@@ -244,10 +277,8 @@ impl Db {
                 };
 
                 let mut inserted = Ok(());
-                for chunk in fresh.chunks(CHUNK) {
-                    let rows = vec![LOG_ROW; chunk.len()].join(", ");
-                    let sql = format!("INSERT INTO request_logs ({LOG_COLS}) VALUES {rows}");
-                    let mut q = sqlx::query(&sql);
+                for chunk in pow2_chunks(&fresh) {
+                    let mut q = sqlx::query(log_insert_sql(chunk.len()));
                     for e in chunk {
                         q = q
                             .bind(&e.request_id)
@@ -346,5 +377,33 @@ impl Db {
                 return Ok(outcome);
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pow2_chunks_cover_the_batch_in_order_with_few_shapes() {
+        let mut shapes = HashSet::new();
+        for n in 0..=1000usize {
+            let items: Vec<usize> = (0..n).collect();
+            let chunks: Vec<&[usize]> = pow2_chunks(&items).collect();
+            assert_eq!(chunks.concat(), items, "n={n}");
+            for w in chunks.windows(2) {
+                assert!(w[0].len() >= w[1].len(), "n={n}: larger chunks first");
+            }
+            for c in &chunks {
+                assert!(
+                    c.len().is_power_of_two() && c.len() <= CHUNK,
+                    "n={n}: {}",
+                    c.len()
+                );
+                shapes.insert(c.len());
+                assert_eq!(log_insert_sql(c.len()).matches("(?,").count(), c.len());
+            }
+        }
+        assert_eq!(shapes.len(), 8);
     }
 }
