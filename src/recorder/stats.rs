@@ -1,7 +1,9 @@
 //! Real-time stats: today's counters per user, key, account, model and in total. In Redis when
 //! configured (`{prefix}stats:{day}:{dim}:{id}` hashes, TTL 40 days), else in process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Mutex;
 
 use redis::aio::ConnectionManager;
@@ -76,24 +78,41 @@ pub enum Stats {
     },
 }
 
-fn aggregate(events: &[UsageEvent]) -> HashMap<Key, Counters> {
+/// One usage_daily-shaped row: (day, user, key, account, model).
+type RowKey<'a> = (&'a str, i64, i64, i64, &'a str);
+
+/// Spreads per-row counters over the five dimensions. The rows are summed first (a batch has
+/// few distinct rows), so the strings of the keys are made once per row, not once per event.
+fn by_dimension<'a>(
+    rows: impl IntoIterator<Item = (RowKey<'a>, Counters)>,
+) -> HashMap<Key, Counters> {
     let mut m: HashMap<Key, Counters> = HashMap::new();
+    for ((day, user, key, account, model), c) in rows {
+        let ids = [
+            user.to_string(),
+            key.to_string(),
+            account.to_string(),
+            model.to_string(),
+            "all".to_string(),
+        ];
+        for (dim, id) in DIMS.iter().zip(ids) {
+            m.entry((day.to_string(), dim, id)).or_default().merge(&c);
+        }
+    }
+    m
+}
+
+fn aggregate(events: &[UsageEvent]) -> HashMap<Key, Counters> {
+    let mut rows: HashMap<RowKey<'_>, Counters> = HashMap::new();
     for e in events {
         let Some(account) = e.account_id else {
             continue;
         };
-        let ids = [
-            e.user_id.to_string(),
-            e.api_key_id.to_string(),
-            account.to_string(),
-            e.model.clone(),
-            "all".to_string(),
-        ];
-        for (dim, id) in DIMS.iter().zip(ids) {
-            m.entry((e.day.clone(), dim, id)).or_default().add(e);
-        }
+        rows.entry((&e.day, e.user_id, e.api_key_id, account, &e.model))
+            .or_default()
+            .add(e);
     }
-    m
+    by_dimension(rows)
 }
 
 impl Stats {
@@ -137,8 +156,7 @@ impl Stats {
         day: &str,
         rows: &[crate::store::usage::UsageDailyRow],
     ) -> redis::RedisResult<()> {
-        let mut agg: HashMap<Key, Counters> = HashMap::new();
-        for r in rows {
+        let agg = by_dimension(rows.iter().map(|r| {
             let c = Counters {
                 requests: r.requests,
                 input_tokens: r.input_tokens,
@@ -147,17 +165,11 @@ impl Stats {
                 cache_write_tokens: r.cache_write_tokens,
                 cost_nanos: r.cost,
             };
-            let ids = [
-                r.user_id.to_string(),
-                r.api_key_id.to_string(),
-                r.account_id.to_string(),
-                r.model.clone(),
-                "all".to_string(),
-            ];
-            for (dim, id) in DIMS.iter().zip(ids) {
-                agg.entry((day.to_string(), dim, id)).or_default().merge(&c);
-            }
-        }
+            (
+                (day, r.user_id, r.api_key_id, r.account_id, r.model.as_str()),
+                c,
+            )
+        }));
         match self {
             Stats::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
