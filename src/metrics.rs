@@ -6,7 +6,7 @@
 //! requests. The hot path holds registered handles and never looks a series up by name; the
 //! request counter keeps one handle per route and status.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! process, or with Redis in every instance ([`super::shared`]). A request's own estimate does not count against it, so a grant with any room left
 //! admits at least one request, which is then charged in full (SPEC §10 "Room").
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};

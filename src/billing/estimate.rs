@@ -7,7 +7,7 @@
 //! token). The usage estimate is what a request is charged when upstream answered but reported
 //! no usage.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 

@@ -16,7 +16,9 @@
 //! gateway's CPU (bench/HISTORY.md). HTTP/2 is not offered to upstreams (ALPN http/1.1 only),
 //! as nginx does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

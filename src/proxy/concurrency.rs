@@ -13,7 +13,7 @@
 //! the answer's last byte is sent, when the client goes away (the body is dropped), or when
 //! the request fails before that (the slot is dropped with the pipeline).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};

@@ -3,7 +3,7 @@
 //! `redis.timeout_ms`; past it, or when Redis fails, the window is counted in process instead
 //! (limits are a guard, billing is the source of truth), logged once per outage.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! `tollgate_refused_total{code}`. A key hammering one limit writes at most one row per key,
 //! code and second: the repeats within that second are only counted in `/metrics`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! priority first, weighted random inside a priority; and each account's health (SPEC §11.2):
 //! consecutive failures, a cooldown that doubles on each relapse, and `auth_failed`.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 use rand::Rng;
@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn higher_priority_always_first_and_weights_hold() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut first = HashMap::new();
+        let mut first = HashMap::default();
         let accs = [acc(1, 0, 1), acc(2, 0, 3), acc(3, 5, 1)];
         for _ in 0..10_000 {
             let o = order(accs.iter().collect(), &mut rng);
