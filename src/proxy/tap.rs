@@ -64,16 +64,24 @@ struct AnthropicUsage {
 }
 
 impl AnthropicUsage {
-    fn merge(&mut self, u: &Value, max: i64) {
-        for (k, slot) in [
-            ("input_tokens", &mut self.input),
-            ("output_tokens", &mut self.output),
-            ("cache_read_input_tokens", &mut self.cache_read),
-            ("cache_creation_input_tokens", &mut self.cache_write),
+    fn merge(&mut self, u: &UsageFields, max: i64) {
+        for (k, v, slot) in [
+            ("input_tokens", &u.input_tokens, &mut self.input),
+            ("output_tokens", &u.output_tokens, &mut self.output),
+            (
+                "cache_read_input_tokens",
+                &u.cache_read_input_tokens,
+                &mut self.cache_read,
+            ),
+            (
+                "cache_creation_input_tokens",
+                &u.cache_creation_input_tokens,
+                &mut self.cache_write,
+            ),
         ] {
-            match u.get(k) {
+            match v {
                 None | Some(Value::Null) => {}
-                v => match count(v, k, max) {
+                v => match count(v.as_ref(), k, max) {
                     Ok(n) => *slot = Some(n),
                     Err(d) => {
                         self.dispute.get_or_insert(d);
@@ -95,34 +103,177 @@ impl AnthropicUsage {
     }
 }
 
-/// The count at `path` (joined with `.` in a dispute).
-fn i(v: &Value, path: &[&str], max: i64) -> Result<i64, Dispute> {
-    let mut cur = Some(v);
-    for p in path {
-        cur = cur.and_then(|c| c.get(p));
+/// The members of a `usage` object the taps read, every other member skipped unbuilt (building
+/// the whole object as a `Value` was a third of the cost of reading a body's usage). Each count
+/// stays the JSON value it was, so `count` judges it exactly as it would the whole object's
+/// member (a number costs no allocation); a repeated member keeps its last value, as in a
+/// `Value`. `usage` itself must be an object; a `*_details` member that is not one has no
+/// `cached_tokens`.
+#[derive(Default)]
+struct UsageFields {
+    prompt_tokens: Option<Value>,
+    completion_tokens: Option<Value>,
+    /// `prompt_tokens_details.cached_tokens`
+    prompt_cached: Option<Value>,
+    input_tokens: Option<Value>,
+    output_tokens: Option<Value>,
+    /// `input_tokens_details.cached_tokens`
+    input_cached: Option<Value>,
+    cache_read_input_tokens: Option<Value>,
+    cache_creation_input_tokens: Option<Value>,
+}
+
+impl<'de> serde::Deserialize<'de> for UsageFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Member {
+            PromptTokens,
+            CompletionTokens,
+            PromptTokensDetails,
+            InputTokens,
+            OutputTokens,
+            InputTokensDetails,
+            CacheReadInputTokens,
+            CacheCreationInputTokens,
+            #[serde(other)]
+            Other,
+        }
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = UsageFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<UsageFields, A::Error> {
+                let mut u = UsageFields::default();
+                while let Some(k) = m.next_key::<Member>()? {
+                    let slot = match k {
+                        Member::PromptTokens => &mut u.prompt_tokens,
+                        Member::CompletionTokens => &mut u.completion_tokens,
+                        Member::InputTokens => &mut u.input_tokens,
+                        Member::OutputTokens => &mut u.output_tokens,
+                        Member::CacheReadInputTokens => &mut u.cache_read_input_tokens,
+                        Member::CacheCreationInputTokens => &mut u.cache_creation_input_tokens,
+                        Member::PromptTokensDetails => {
+                            u.prompt_cached = m.next_value::<Details>()?.0;
+                            continue;
+                        }
+                        Member::InputTokensDetails => {
+                            u.input_cached = m.next_value::<Details>()?.0;
+                            continue;
+                        }
+                        Member::Other => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = m.next_value()?;
+                }
+                Ok(u)
+            }
+        }
+        d.deserialize_map(Fields)
     }
-    count(cur, &path.join("."), max)
+}
+
+/// A `*_details` member: its `cached_tokens` when it is an object, else nothing.
+struct Details(Option<Value>);
+
+impl<'de> serde::Deserialize<'de> for Details {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Details;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Details, A::Error> {
+                #[derive(serde::Deserialize)]
+                #[serde(field_identifier, rename_all = "snake_case")]
+                enum Member {
+                    CachedTokens,
+                    #[serde(other)]
+                    Other,
+                }
+                let mut cached = None;
+                while let Some(k) = m.next_key::<Member>()? {
+                    match k {
+                        Member::CachedTokens => cached = m.next_value()?,
+                        Member::Other => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Details(cached))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<Details, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Details(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
+                Ok(Details(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
+                Ok(Details(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
+                Ok(Details(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
+                Ok(Details(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Details, E> {
+                Ok(Details(None))
+            }
+            fn visit_unit<E>(self) -> Result<Details, E> {
+                Ok(Details(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The cached part of a prompt (at most the prompt) and the prompt without it.
+fn split_cached(
+    total: &Option<Value>,
+    cached: &Option<Value>,
+    names: [&str; 2],
+    max: i64,
+) -> Result<(i64, i64), Dispute> {
+    let total = count(total.as_ref(), names[0], max)?;
+    let cached = count(cached.as_ref(), names[1], max)?.min(total);
+    Ok((total - cached, cached))
 }
 
 /// OpenAI chat/completions/embeddings `usage` → disjoint classes.
-fn openai_usage(u: &Value, max: i64) -> Reported {
-    let prompt = i(u, &["prompt_tokens"], max)?;
-    let cached = i(u, &["prompt_tokens_details", "cached_tokens"], max)?.min(prompt);
+fn openai_usage(u: &UsageFields, max: i64) -> Reported {
+    let names = ["prompt_tokens", "prompt_tokens_details.cached_tokens"];
+    let (input, cached) = split_cached(&u.prompt_tokens, &u.prompt_cached, names, max)?;
     Ok(Tokens {
-        input: prompt - cached,
-        output: i(u, &["completion_tokens"], max)?,
+        input,
+        output: count(u.completion_tokens.as_ref(), "completion_tokens", max)?,
         cache_read: cached,
         cache_write: 0,
     })
 }
 
 /// OpenAI Responses `usage` → disjoint classes.
-fn responses_usage(u: &Value, max: i64) -> Reported {
-    let input = i(u, &["input_tokens"], max)?;
-    let cached = i(u, &["input_tokens_details", "cached_tokens"], max)?.min(input);
+fn responses_usage(u: &UsageFields, max: i64) -> Reported {
+    let names = ["input_tokens", "input_tokens_details.cached_tokens"];
+    let (input, cached) = split_cached(&u.input_tokens, &u.input_cached, names, max)?;
     Ok(Tokens {
-        input: input - cached,
-        output: i(u, &["output_tokens"], max)?,
+        input,
+        output: count(u.output_tokens.as_ref(), "output_tokens", max)?,
         cache_read: cached,
         cache_write: 0,
     })
@@ -132,12 +283,8 @@ fn responses_usage(u: &Value, max: i64) -> Reported {
 /// `upstream.max_tokens_per_request`.
 pub fn usage_from_body(endpoint: Endpoint, body: &[u8], max: i64) -> Option<Reported> {
     // Only `usage` is built; everything else in the body is skipped without allocating.
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<Value>,
-    }
     let v: WithUsage = serde_json::from_slice(body).ok()?;
-    let u = v.usage.as_ref().filter(|u| u.is_object())?;
+    let u = v.usage.as_ref()?;
     Some(match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
             openai_usage(u, max)
@@ -301,11 +448,11 @@ impl SseTap {
                 } else if has_usage_object(&data) {
                     #[derive(serde::Deserialize)]
                     struct Chunk {
-                        usage: Option<Value>,
+                        usage: Option<UsageFields>,
                         choices: Option<Vec<serde::de::IgnoredAny>>,
                     }
                     if let Ok(c) = serde_json::from_slice::<Chunk>(&data) {
-                        if let Some(u) = c.usage.as_ref().filter(|u| u.is_object()) {
+                        if let Some(u) = c.usage.as_ref() {
                             self.openai = Some(openai_usage(u, self.max_tokens));
                             if self.strip_usage && c.choices.is_some_and(|c| c.is_empty()) {
                                 action = Action::Drop;
@@ -330,8 +477,7 @@ impl SseTap {
                         response: Option<WithUsage>,
                     }
                     if let Ok(t) = serde_json::from_slice::<Terminal>(&data) {
-                        if let Some(u) = t.response.and_then(|r| r.usage).filter(|u| u.is_object())
-                        {
+                        if let Some(u) = t.response.and_then(|r| r.usage) {
                             self.openai = Some(responses_usage(&u, self.max_tokens));
                         }
                     }
@@ -345,11 +491,11 @@ impl SseTap {
                     #[derive(serde::Deserialize)]
                     struct Event {
                         message: Option<WithUsage>,
-                        usage: Option<Value>,
+                        usage: Option<UsageFields>,
                     }
                     if let Ok(ev) = serde_json::from_slice::<Event>(&data) {
                         let u = ev.message.and_then(|m| m.usage).or(ev.usage);
-                        if let Some(u) = u.filter(|u| u.is_object()) {
+                        if let Some(u) = u {
                             self.anthropic.merge(&u, self.max_tokens);
                             self.anthropic_seen = true;
                         }
@@ -380,7 +526,7 @@ impl SseTap {
 /// `{"usage": …}` with only the usage built.
 #[derive(serde::Deserialize)]
 struct WithUsage {
-    usage: Option<Value>,
+    usage: Option<UsageFields>,
 }
 
 /// End (exclusive) of the first complete event in `buf`: after a blank line.
@@ -653,6 +799,55 @@ mod tests {
         ));
         assert!(has_usage_object(br#"{"usage":{"prompt_tokens":1}}"#));
         assert!(!has_usage_object(br#"{"usage":null}"#));
+    }
+
+    #[test]
+    fn usage_members_read_as_a_whole_object_would() {
+        let chat = |body: &str| usage_from_body(Endpoint::ChatCompletions, body.as_bytes(), MAX);
+        let tokens = |input, output, cache_read| {
+            Some(Ok(Tokens {
+                input,
+                output,
+                cache_read,
+                cache_write: 0,
+            }))
+        };
+        // Other members, however nested, are skipped; the last of a repeated member counts.
+        assert_eq!(
+            chat(
+                r#"{"id":"x","usage":{"total_tokens":{"a":[1,{"b":null}]},"prompt_tokens":4,
+                "prompt_tokens":9,"completion_tokens_details":{"reasoning_tokens":3},
+                "prompt_tokens_details":{"audio_tokens":1,"cached_tokens":2,"cached_tokens":5},
+                "completion_tokens":1}}"#
+            ),
+            tokens(4, 1, 5)
+        );
+        // A member name written with escapes is the same member.
+        assert_eq!(
+            chat(r#"{"usage":{"prompt\u005ftokens":7,"completion_tokens":2}}"#),
+            tokens(7, 2, 0)
+        );
+        // Details that are not an object hold no cached tokens.
+        for details in ["3", "\"x\"", "[1,2]", "null", "true"] {
+            let body = format!(
+                r#"{{"usage":{{"prompt_tokens":6,"completion_tokens":1,"prompt_tokens_details":{details}}}}}"#
+            );
+            assert_eq!(chat(&body), tokens(6, 1, 0), "details {details}");
+        }
+        // Cached is at most the prompt.
+        assert_eq!(
+            chat(r#"{"usage":{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":8}}}"#),
+            tokens(0, 0, 3)
+        );
+        // A usage that is not an object is no usage; an empty one is zero.
+        for usage in ["5", "\"x\"", "[]", "null"] {
+            assert_eq!(
+                chat(&format!(r#"{{"usage":{usage}}}"#)),
+                None,
+                "usage {usage}"
+            );
+        }
+        assert_eq!(chat(r#"{"usage":{}}"#), tokens(0, 0, 0));
     }
 
     #[test]
