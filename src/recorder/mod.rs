@@ -240,15 +240,19 @@ async fn run(mut rx: mpsc::Receiver<Queued>, shared: Arc<Shared>) {
             let mut batch = Vec::with_capacity(shared.batch_size);
             batch.push(first);
             let deadline = tokio::time::Instant::now() + shared.flush_interval;
+            // Take what is queued; while the batch has room, look again every tenth of the
+            // interval until the deadline. Waiting on the queue itself instead woke this task
+            // (and re-armed its timer) for every event.
+            let step = (shared.flush_interval / 10).max(Duration::from_millis(1));
             while batch.len() < shared.batch_size {
-                // Take what is already queued without waiting; then wait until the deadline.
                 match rx.try_recv() {
                     Ok(e) => batch.push(e),
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(Some(e)) => batch.push(e),
-                            Ok(None) | Err(_) => break,
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline || shared.closed.load(Ordering::SeqCst) {
+                            break;
                         }
+                        tokio::time::sleep_until(deadline.min(now + step)).await;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
