@@ -287,9 +287,8 @@ impl Writer {
         }
         self.buf.clear();
         for (e, _) in events.iter() {
-            if serde_json::to_writer(&mut self.buf, e).is_ok() {
-                self.buf.push(b'\n');
-            }
+            e.write_json(&mut self.buf);
+            self.buf.push(b'\n');
         }
         let segment = match self.append() {
             Ok((id, full)) => {
