@@ -17,8 +17,6 @@
 //! as nginx does.
 
 use std::collections::VecDeque;
-
-use foldhash::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use foldhash::HashMap;
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;

@@ -2,10 +2,9 @@
 //! configured (`{prefix}stats:{day}:{dim}:{id}` hashes, TTL 40 days), else in process.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt};
 use std::sync::Mutex;
 
+use foldhash::{HashMap, HashMapExt};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
