@@ -251,14 +251,7 @@ mod tests {
     fn arb_event() -> impl Strategy<Value = UsageEvent> {
         // Any text, control characters, quotes and backslashes included.
         let text = || any::<String>();
-        let status = prop_oneof![
-            Just(BillingStatus::Complete),
-            Just(BillingStatus::Partial),
-            Just(BillingStatus::Estimated),
-            Just(BillingStatus::Void),
-            Just(BillingStatus::Disputed),
-            Just(BillingStatus::Refused),
-        ];
+        let status = proptest::sample::select(BillingStatus::ALL);
         (
             (text(), any::<i64>(), text(), any::<i64>(), any::<i64>()),
             (
