@@ -4,15 +4,18 @@
 //! under the key prefix: `res:g:amt` (hash: hold id → amount), `res:g:exp` (sorted set: hold id
 //! → expiry, ms), `res:g:sum` (the holds' total) and the settled charges `res:g:set` (score:
 //! settlement sequence number) and `res:g:sett` (score: when), members `seq:amount:cum`, where
-//! `cum` is `res:g:cum`, the group's settled total, after this charge; `res:seq`
-//! numbers the settlements of every instance. The same guarantee as the in-process
+//! `cum` is `res:g:cum`, the group's settled total, after this charge; `res:g:sw` is there
+//! while the group was swept in the last `SWEEP_EVERY_MS`; `res:seq` numbers the settlements
+//! of every instance. The same guarantee as the in-process
 //! [`super::admission::Reservations`]: an admission that read a grant's (or key's) usage before
 //! settlement S counts S's charges, one that read it after does not, across instances.
 //!
 //! Admission is one script, one round trip: the key's RPM and TPM counters (the same keys as
 //! `proxy::limits`), its budget, then the grants (SPEC §11.1). A hold's id is its request id;
-//! it expires by itself after the TTL (an instance that dies leaves nothing behind for
-//! longer); settled charges are kept `SETTLED_KEEP`. Every call is bounded by
+//! it expires by itself after the TTL, swept at most `SWEEP_EVERY_MS` later (an instance that
+//! dies leaves nothing behind for longer); settled charges are kept `SETTLED_KEEP`. An
+//! admission makes 6 calls in Redis for a grant, 11 with the key's budget (and a sweep's
+//! few every `SWEEP_EVERY_MS`); it made ~25 when it swept and renewed every expiry each time. Every call is bounded by
 //! `redis.timeout_ms`; a failure returns None and the caller falls back to the in-process
 //! figures. The first failure is logged, and the recovery.
 
@@ -23,29 +26,50 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-/// Time from Redis (one clock for every instance), and `sweep(g)`: drop expired holds and
-/// settled charges older than the keep time. ARGV[1] is the prefix, ARGV[2] the keep time (ms).
-const PRELUDE: &str = r#"
+/// How often a group's expired holds and old settled charges are swept, at most: a hold
+/// expires after the TTL (at least the longest upstream timeout, minutes), so a few hundred ms
+/// late changes nothing, and most admissions skip the two scans.
+const SWEEP_EVERY_MS: u64 = 250;
+
+/// Time from Redis (one clock for every instance); `sweep(b)`: drop group `b`'s expired holds
+/// and settled charges older than the keep time, returning what its holds' total lost;
+/// `look(b, since)`: what the group's holds and its charges settled after `since` total.
+/// ARGV[1] is the prefix, ARGV[2] the keep time (ms).
+static PRELUDE: LazyLock<String> = LazyLock::new(|| {
+    r#"
 local P = ARGV[1]
 local keep = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function sweep(g)
-  local b = P .. 'res:' .. g
+local function sweep(b)
+  redis.call('SET', b .. ':sw', '1', 'PX', SWEEP_EVERY_MS)
+  local lost = 0
   local gone = redis.call('ZRANGEBYSCORE', b .. ':exp', '-inf', now)
   for _, id in ipairs(gone) do
     local a = redis.call('HGET', b .. ':amt', id)
-    if a then redis.call('DECRBY', b .. ':sum', a) end
+    if a then
+      redis.call('DECRBY', b .. ':sum', a)
+      lost = lost + tonumber(a)
+    end
     redis.call('HDEL', b .. ':amt', id)
   end
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', b .. ':exp', '-inf', now) end
   local old = redis.call('ZRANGEBYSCORE', b .. ':sett', '-inf', now - keep)
   for _, m in ipairs(old) do redis.call('ZREM', b .. ':set', m) end
   if #old > 0 then redis.call('ZREMRANGEBYSCORE', b .. ':sett', '-inf', now - keep) end
+  return lost
 end
-local function held(g, since)
-  local b = P .. 'res:' .. g
-  local r = tonumber(redis.call('GET', b .. ':sum') or '0')
+-- Also whether a hold made now must set the group's expiry: it was swept now (the expiry is
+-- renewed at most every sweep), or it holds nothing, so a hold may create its keys afresh.
+local function look(b, since)
+  local v = redis.call('MGET', b .. ':sum', b .. ':cum', b .. ':sw')
+  local sum = tonumber(v[1] or '0')
+  local renew = sum <= 0
+  if not v[3] then
+    sum = sum - sweep(b)
+    renew = true
+  end
+  local r = sum
   -- Members are seq:amount:cum (cum: the group's settled total after this one), so what was
   -- settled after `since` is cum now minus cum before the first member after it: one lookup,
   -- not a scan of every batch settled since (~28 us of Redis CPU a request at 12k req/s).
@@ -53,7 +77,7 @@ local function held(g, since)
   if first then
     local a, c = string.match(first, ':(-?%d+):(-?%d+)$')
     if c then
-      r = r + tonumber(redis.call('GET', b .. ':cum') or c) - tonumber(c) + tonumber(a)
+      r = r + tonumber(v[2] or c) - tonumber(c) + tonumber(a)
     else
       -- seq:amount, from a version before cum (a rolling upgrade; kept SETTLED_KEEP at most)
       for _, m in ipairs(redis.call('ZRANGEBYSCORE', b .. ':set', '(' .. since, '+inf')) do
@@ -61,9 +85,11 @@ local function held(g, since)
       end
     end
   end
-  return r
+  return r, renew
 end
-"#;
+"#
+    .replace("SWEEP_EVERY_MS", &SWEEP_EVERY_MS.to_string())
+});
 
 /// Admission in one round trip: the key's RPM and TPM, its budget, then the grants.
 /// ARGV: prefix, keep, hold id, amount, TTL (ms); RPM counter key, RPM limit; TPM counter key,
@@ -72,43 +98,45 @@ end
 /// what the key's budget looked at holds, what each grant looked at holds}: code is the
 /// 1-based index of the grant that holds the amount now (the key's budget holds it too),
 /// 0 when no grant has room, -1 over RPM, -2 over TPM, -3 the key's budget full.
+/// A counter's expiry is set when it is created (a minute's counter lives 120 s).
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{}",
+        *PRELUDE,
         r#"
 local id, amount, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
-local function hold(g)
-  local b = P .. 'res:' .. g
+local function hold(b, renew)
   redis.call('HSET', b .. ':amt', id, amount)
   redis.call('ZADD', b .. ':exp', now + ttl, id)
   redis.call('INCRBY', b .. ':sum', amount)
-  for _, k in ipairs({':amt', ':exp', ':sum'}) do redis.call('PEXPIRE', b .. k, ttl + keep) end
+  if renew then
+    for _, k in ipairs({':amt', ':exp', ':sum'}) do redis.call('PEXPIRE', b .. k, ttl + keep) end
+  end
 end
 if ARGV[6] ~= '' then
   local n = redis.call('INCR', ARGV[6])
-  redis.call('EXPIRE', ARGV[6], 120)
+  if n == 1 then redis.call('EXPIRE', ARGV[6], 120) end
   if n > tonumber(ARGV[7]) then return {-1, 0} end
 end
 if ARGV[8] ~= '' then
   if tonumber(redis.call('GET', ARGV[8]) or '0') >= tonumber(ARGV[9]) then return {-2, 0} end
 end
-local kg = ARGV[10]
+local kb, krenew = nil, false
 local kheld = 0
-if kg ~= '' then
-  sweep(kg)
-  kheld = held(kg, ARGV[12])
+if ARGV[10] ~= '' then
+  kb = P .. 'res:' .. ARGV[10]
+  kheld, krenew = look(kb, ARGV[12])
   if kheld >= tonumber(ARGV[11]) then return {-3, kheld} end
 end
 local out = {0, kheld}
 local since = ARGV[13]
 for i = 14, #ARGV, 2 do
-  local g = ARGV[i]
-  sweep(g)
-  local r = held(g, since)
+  local b = P .. 'res:' .. ARGV[i]
+  local r, renew = look(b, since)
   out[#out + 1] = r
   if r < tonumber(ARGV[i + 1]) then
-    hold(g)
-    if kg ~= '' then hold(kg) end
+    hold(b, renew)
+    if kb then hold(kb, krenew) end
     out[1] = math.floor((i - 12) / 2)
     return out
   end
@@ -123,24 +151,26 @@ return out
 /// TPM window.
 static ADJUST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{}",
+        *PRELUDE,
         r#"
 local id, amount = ARGV[3], ARGV[4]
 if ARGV[5] ~= '' then
-  redis.call('INCRBY', ARGV[5], ARGV[6])
-  redis.call('EXPIRE', ARGV[5], 120)
+  if redis.call('INCRBY', ARGV[5], ARGV[6]) == tonumber(ARGV[6]) then
+    redis.call('EXPIRE', ARGV[5], 120)
+  end
 end
 for i = 7, #ARGV do
   local b = P .. 'res:' .. ARGV[i]
   local old = redis.call('HGET', b .. ':amt', id)
   if old then
-    redis.call('DECRBY', b .. ':sum', old)
     if amount == '0' then
+      redis.call('DECRBY', b .. ':sum', old)
       redis.call('HDEL', b .. ':amt', id)
       redis.call('ZREM', b .. ':exp', id)
     else
       redis.call('HSET', b .. ':amt', id, amount)
-      redis.call('INCRBY', b .. ':sum', amount)
+      redis.call('INCRBY', b .. ':sum', tonumber(amount) - tonumber(old))
     end
   end
 end
@@ -151,26 +181,41 @@ return 1
 
 /// ARGV: prefix, keep, then (group, hold id, amount) of charges just committed: their holds
 /// end and their amounts are kept as settled at a new sequence number, which it returns.
+/// A batch's holds end with a few calls per group (HMGET, HDEL, ZREM, DECRBY), not per charge.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{}",
+        *PRELUDE,
         r#"
 local seq = redis.call('INCR', P .. 'res:seq')
-local by = {}
+local groups, ids, seen, by = {}, {}, {}, {}
 for i = 3, #ARGV, 3 do
   local g, id = ARGV[i], ARGV[i + 1]
-  local b = P .. 'res:' .. g
-  local a = redis.call('HGET', b .. ':amt', id)
-  if a then
-    redis.call('DECRBY', b .. ':sum', a)
-    redis.call('HDEL', b .. ':amt', id)
-    redis.call('ZREM', b .. ':exp', id)
+  if not ids[g] then
+    groups[#groups + 1] = g
+    ids[g], seen[g], by[g] = {}, {}, 0
   end
-  by[g] = (by[g] or 0) + tonumber(ARGV[i + 2])
+  if not seen[g][id] then
+    seen[g][id] = true
+    ids[g][#ids[g] + 1] = id
+  end
+  by[g] = by[g] + tonumber(ARGV[i + 2])
 end
-for g, amount in pairs(by) do
+for _, g in ipairs(groups) do
+  local b = P .. 'res:' .. g
+  local all = ids[g]
+  for from = 1, #all, 500 do
+    local part = {unpack(all, from, math.min(from + 499, #all))}
+    local ended = 0
+    for _, a in ipairs(redis.call('HMGET', b .. ':amt', unpack(part))) do
+      if a then ended = ended + tonumber(a) end
+    end
+    if ended ~= 0 then redis.call('DECRBY', b .. ':sum', string.format('%d', ended)) end
+    redis.call('HDEL', b .. ':amt', unpack(part))
+    redis.call('ZREM', b .. ':exp', unpack(part))
+  end
+  local amount = by[g]
   if amount ~= 0 then
-    local b = P .. 'res:' .. g
     local cum = redis.call('INCRBY', b .. ':cum', string.format('%d', amount))
     local m = seq .. ':' .. string.format('%d', amount) .. ':' .. string.format('%d', cum)
     redis.call('ZADD', b .. ':set', seq, m)
@@ -183,13 +228,15 @@ return seq
     ))
 });
 
-/// ARGV: prefix, keep, group: what its holds total now.
+/// ARGV: prefix, keep, group: what its holds total now (swept now, whenever it was last).
 static HELD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{PRELUDE}{}",
+        "{}{}",
+        *PRELUDE,
         r#"
-sweep(ARGV[3])
-return tonumber(redis.call('GET', P .. 'res:' .. ARGV[3] .. ':sum') or '0')
+local b = P .. 'res:' .. ARGV[3]
+sweep(b)
+return tonumber(redis.call('GET', b .. ':sum') or '0')
 "#
     ))
 });

@@ -844,3 +844,127 @@ async fn redis_counts_exactly_the_charges_settled_after_a_load() {
     assert_eq!(r.admit(&ask).await, Some(Decision::Granted(7)));
     assert_eq!(looked_at(&r, 7, s1).await, vec![62]);
 }
+
+/// The Redis layout's bookkeeping: a settlement batch ends every hold it names (more than one
+/// chunk of a group's, one named twice) and counts each charge once; an expired hold stops
+/// counting for admissions within a sweep interval of its TTL, although admissions sweep at
+/// most every few hundred ms; every key a hold writes carries an expiry, whichever admission
+/// made it, so an instance that dies leaves nothing behind for good.
+#[tokio::test]
+async fn redis_holds_end_by_batch_or_ttl_and_every_key_expires() {
+    let Some(url) = redis_url() else { return };
+    let client = redis::Client::open(url).expect("redis url");
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis");
+    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+    let instance = |ttl: Duration| {
+        SharedReservations::new(
+            conn.clone(),
+            prefix.clone(),
+            Duration::from_secs(5),
+            ttl,
+            Duration::from_secs(10),
+        )
+    };
+    let r = instance(Duration::from_secs(60));
+    let since = r.seq().await.expect("seq");
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let ask = |hold: &'static str, amount: i64| Ask {
+        hold,
+        amount,
+        rpm: None,
+        tpm: None,
+        key_budget: Some((4, 1_000_000_000, since)),
+        since,
+        rooms: &[(21, 1_000_000_000)],
+    };
+    let holds: Vec<&'static str> = (0..1_203).map(|i| leak(format!("h{i}"))).collect();
+    for h in &holds {
+        assert_eq!(r.admit(&ask(h, 3)).await, Some(Decision::Granted(21)));
+    }
+    assert_eq!(r.held(Holder::Grant(21)).await, Some(3 * 1_203));
+    assert_eq!(r.held(Holder::KeyBudget(4)).await, Some(3 * 1_203));
+    let mut batch: Vec<(Holder, &str, i64)> = Vec::new();
+    for h in &holds {
+        batch.push((Holder::Grant(21), h, 2));
+        batch.push((Holder::KeyBudget(4), h, 2));
+    }
+    // h0 named twice: its hold ends once, its two charges both count.
+    batch.push((Holder::Grant(21), holds[0], 5));
+    r.settled(&batch).await;
+    assert_eq!(r.held(Holder::Grant(21)).await, Some(0));
+    assert_eq!(r.held(Holder::KeyBudget(4)).await, Some(0));
+    assert_eq!(looked_at(&r, 21, since).await, vec![2 * 1_203 + 5]);
+
+    // Every key the holds and settlements wrote expires (none lives for good).
+    let mut raw = conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}res:*"))
+        .query_async(&mut raw)
+        .await
+        .expect("keys");
+    assert!(!keys.is_empty());
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut raw)
+            .await
+            .expect("pttl");
+        if k.ends_with("res:seq") {
+            continue; // the settlement counter of every instance, one key
+        }
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
+
+    // A dead instance's hold (TTL 300 ms) stops counting for admissions, not only for HELD,
+    // within the sweep interval after its TTL.
+    let short = instance(Duration::from_millis(300));
+    let since = r.seq().await.expect("seq");
+    let probe = |room: i64| Ask {
+        hold: "probe",
+        amount: 0,
+        rpm: None,
+        tpm: None,
+        key_budget: None,
+        since,
+        rooms: leak_rooms(vec![(22, room)]),
+    };
+    assert_eq!(short.admit(&probe(100)).await, Some(Decision::Granted(22)));
+    assert_eq!(
+        short
+            .admit(&Ask {
+                hold: "dead",
+                amount: 40,
+                ..probe(100)
+            })
+            .await,
+        Some(Decision::Granted(22))
+    );
+    let t0 = std::time::Instant::now();
+    let gone_after = loop {
+        match r.admit(&probe(0)).await.expect("redis answers") {
+            Decision::NoRoom(seen) if seen == vec![0] => break t0.elapsed(),
+            Decision::NoRoom(_) => {}
+            other => panic!("no room expected, got {other:?}"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the hold never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("a 300 ms hold stopped counting for admissions after {gone_after:?}");
+    assert!(
+        gone_after >= Duration::from_millis(250),
+        "ended before its TTL"
+    );
+    assert!(
+        gone_after < Duration::from_millis(300 + 250 + 200),
+        "swept too late: {gone_after:?}"
+    );
+}
+
+fn leak_rooms(v: Vec<(i64, i64)>) -> &'static [(i64, i64)] {
+    Box::leak(v.into_boxed_slice())
+}
