@@ -8,7 +8,7 @@
 //! no usage.
 
 use foldhash::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Mutex;
 
 use super::cost::{cost, Price, Tokens};
@@ -122,10 +122,11 @@ fn p90(values: &[i64]) -> i64 {
     v[(values.len() * 9).div_ceil(10) - 1]
 }
 
+/// A model's key in the learner's maps: foldhash with a fixed seed, as the maps themselves
+/// use (SipHash's flooding resistance buys nothing for names that must be priced to be here).
 fn model_hash(model: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    model.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x746f_6c6c_6761_7465).hash_one(model)
 }
 
 /// Forget the least recently used eighth of `map` when it is full.
