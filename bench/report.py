@@ -548,6 +548,15 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
           "users' queries are included): "
           + ", ".join(f"{c['mode']}/{c['connections']}: {c['db_cpu_us_per_req']:.0f} µs/req"
                       for c in mysql_db) + ".")
+    for rc in meta.get("_redis_counts", []):
+        n = max(rc["answers"], 1)
+        sent = rc["counts"]["sent"]
+        inner = sum(rc["counts"]["in_scripts"].values())
+        w(f"- Redis commands per answer on MySQL + Redis, {rc['mode']}/{rc['connections']} "
+          f"(one more second with MONITOR on, {rc['answers']} answers): "
+          f"{sum(sent.values()) / n:.2f} sent by the gateway ("
+          + ", ".join(f"{c} {k / n:.2f}" for c, k in sorted(sent.items()))
+          + f"), {inner / n:.1f} calls inside its scripts.")
     w("- **peak RSS**: VmHWM of a gateway process started fresh for the cell (nginx: master + worker).")
     w("- **lost**: tollgate only; 2xx answers the client counted minus 2xx rows added to "
       "request_logs, summed over the warm-up and the runs (0 = nothing lost).")
@@ -845,6 +854,7 @@ def main():
     meta["_longs"] = longs
     field = build_field(records, all_cells)
     meta["_field"] = field
+    meta["_redis_counts"] = [r for r in records if r["kind"] == "redis_count"]
     targets = evaluate_targets(cells, rates, slows, meta, longs)
     ledger = ledger_summary(records, cells)
 
