@@ -254,6 +254,11 @@ impl Writer {
                 Err(_) => None,
                 Ok(None) => break,
             };
+            if first.is_some() {
+                // Let the tasks already woken run first: at load they finish answers too, and
+                // their events go out in this same write (one `write` for several answers).
+                tokio::task::yield_now().await;
+            }
             self.retry_overflow();
             if self.journal.rotate.swap(false, Ordering::Relaxed) {
                 self.close_open();
