@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
+use tokio::sync::{mpsc, oneshot};
 
 /// How often a group's expired holds and old settled charges are swept, at most: a hold
 /// expires after the TTL (at least the longest upstream timeout, minutes), so a few hundred ms
@@ -296,6 +297,93 @@ pub struct SharedReservations {
     /// Settled charges Redis did not take (it timed out): sent again with the next batch, so
     /// their holds do not stay until the TTL on top of usage the database already has.
     unsent: std::sync::Mutex<Vec<(Holder, String, i64)>>,
+    /// The admission pipeline's queue (started with the first admission, in its runtime).
+    admissions: std::sync::OnceLock<mpsc::UnboundedSender<Admission>>,
+}
+
+/// One admission script call waiting for the pipeline, and where its answer goes.
+struct Admission {
+    cmd: redis::Cmd,
+    answer: oneshot::Sender<redis::RedisResult<redis::Value>>,
+}
+
+/// Admissions sent together in one pipeline at most.
+const PIPELINE_MAX: usize = 256;
+
+/// The admission pipeline: the admissions queued in one scheduler turn go to Redis in one
+/// write. redis-rs writes each command as it is queued, and its connection task runs right
+/// after the request that woke it (tokio's LIFO slot), so without this every admission cost
+/// a `writev` of its own; yielding once lets the other ready requests queue theirs first.
+/// At one connection nothing waits longer than that one turn.
+async fn pipeline_admissions(
+    mut conn: ConnectionManager,
+    timeout: Duration,
+    mut rx: mpsc::UnboundedReceiver<Admission>,
+) {
+    let mut batch: Vec<Admission> = Vec::with_capacity(PIPELINE_MAX);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        tokio::task::yield_now().await;
+        while batch.len() < PIPELINE_MAX {
+            match rx.try_recv() {
+                Ok(a) => batch.push(a),
+                Err(_) => break,
+            }
+        }
+        // A request that gave up (its timeout) falls back in process: nothing is held for it.
+        batch.retain(|a| !a.answer.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let mut results = query_admissions(&mut conn, timeout, &batch).await;
+        let no_script = |r: &redis::RedisResult<redis::Value>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
+        if results.as_ref().is_ok_and(|rs| rs.iter().any(no_script)) {
+            // Redis forgot the script (a restart, SCRIPT FLUSH): load it, send those again.
+            let load = tokio::time::timeout(timeout, ADMIT.load_async(&mut conn)).await;
+            if let (Ok(Ok(_)), Ok(rs)) = (load, results.as_mut()) {
+                let again: Vec<usize> = (0..rs.len()).filter(|&i| no_script(&rs[i])).collect();
+                let resend: Vec<Admission> = again
+                    .iter()
+                    .map(|&i| Admission {
+                        cmd: batch[i].cmd.clone(),
+                        answer: oneshot::channel().0,
+                    })
+                    .collect();
+                if let Ok(second) = query_admissions(&mut conn, timeout, &resend).await {
+                    for (i, r) in again.into_iter().zip(second) {
+                        rs[i] = r;
+                    }
+                }
+            }
+        }
+        match results {
+            Ok(rs) => {
+                for (a, r) in batch.drain(..).zip(rs) {
+                    let _ = a.answer.send(r);
+                }
+            }
+            // Dropping the senders tells each request that Redis did not answer.
+            Err(()) => batch.clear(),
+        }
+    }
+}
+
+/// The admissions' calls in one pipeline, each with its own result; Err when the pipeline
+/// failed as a whole (the connection, or the time).
+async fn query_admissions(
+    conn: &mut ConnectionManager,
+    timeout: Duration,
+    batch: &[Admission],
+) -> Result<Vec<redis::RedisResult<redis::Value>>, ()> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for a in batch {
+        pipe.add_command(a.cmd.clone());
+    }
+    match tokio::time::timeout(timeout, pipe.query_async(conn)).await {
+        Ok(Ok(rs)) => Ok(rs),
+        _ => Err(()),
+    }
 }
 
 /// Past this many unsent settled charges the oldest are given up (their holds end by TTL).
@@ -318,6 +406,7 @@ impl SharedReservations {
             keep_ms: keep.as_millis() as i64,
             down: AtomicBool::new(false),
             unsent: std::sync::Mutex::default(),
+            admissions: std::sync::OnceLock::new(),
         }
     }
 
@@ -334,9 +423,7 @@ impl SharedReservations {
         let r = tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut conn)).await;
         match r {
             Ok(Ok(v)) => {
-                if self.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!("redis answers again: reservations are shared again");
-                }
+                self.answered();
                 Some(v)
             }
             Ok(Err(e)) => {
@@ -347,6 +434,12 @@ impl SharedReservations {
                 self.failed("timed out (redis.timeout_ms)");
                 None
             }
+        }
+    }
+
+    fn answered(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("redis answers again: reservations are shared again");
         }
     }
 
@@ -382,24 +475,54 @@ impl SharedReservations {
     /// RPM, TPM, the key's budget and the grants, checked and held in one round trip (see
     /// [`Ask`], [`Decision`]); None when Redis does not answer in time.
     pub async fn admit(&self, ask: &Ask<'_>) -> Option<Decision> {
-        let out: Vec<i64> = self
-            .run(&ADMIT, |inv| {
-                inv.arg(ask.hold).arg(ask.amount).arg(self.ttl_ms);
-                let (rpm_key, rpm) = ask.rpm.unwrap_or(("", 0));
-                let (tpm_key, tpm) = ask.tpm.unwrap_or(("", 0));
-                inv.arg(rpm_key).arg(rpm).arg(tpm_key).arg(tpm);
-                match ask.key_budget {
-                    Some((key, room, since)) => {
-                        inv.arg(Holder::KeyBudget(key)).arg(room).arg(since)
-                    }
-                    None => inv.arg("").arg(0).arg(0),
-                };
-                inv.arg(ask.since);
-                for (g, room) in ask.rooms {
-                    inv.arg(*g).arg(*room);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(ADMIT.get_hash())
+            .arg(0)
+            .arg(&self.prefix)
+            .arg(self.keep_ms);
+        cmd.arg(ask.hold).arg(ask.amount).arg(self.ttl_ms);
+        let (rpm_key, rpm) = ask.rpm.unwrap_or(("", 0));
+        let (tpm_key, tpm) = ask.tpm.unwrap_or(("", 0));
+        cmd.arg(rpm_key).arg(rpm).arg(tpm_key).arg(tpm);
+        match ask.key_budget {
+            Some((key, room, since)) => cmd.arg(Holder::KeyBudget(key)).arg(room).arg(since),
+            None => cmd.arg("").arg(0).arg(0),
+        };
+        cmd.arg(ask.since);
+        for (g, room) in ask.rooms {
+            cmd.arg(*g).arg(*room);
+        }
+        let queue = self.admissions.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(pipeline_admissions(self.conn.clone(), self.timeout, rx));
+            tx
+        });
+        let (answer, rx) = oneshot::channel();
+        queue.send(Admission { cmd, answer }).ok()?;
+        let out: Vec<i64> = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(Ok(v))) => match redis::from_redis_value(v) {
+                Ok(out) => {
+                    self.answered();
+                    out
                 }
-            })
-            .await?;
+                Err(e) => {
+                    self.failed(&e.to_string());
+                    return None;
+                }
+            },
+            Ok(Ok(Err(e))) => {
+                self.failed(&e.to_string());
+                return None;
+            }
+            Ok(Err(_)) => {
+                self.failed("no answer from redis (the connection, or redis.timeout_ms)");
+                return None;
+            }
+            Err(_) => {
+                self.failed("timed out (redis.timeout_ms)");
+                return None;
+            }
+        };
         let (&code, rest) = out.split_first()?;
         let (&key_held, seen) = rest.split_first()?;
         Some(match code {

@@ -849,7 +849,8 @@ async fn redis_counts_exactly_the_charges_settled_after_a_load() {
 /// chunk of a group's, one named twice) and counts each charge once; an expired hold stops
 /// counting for admissions within a sweep interval of its TTL, although admissions sweep at
 /// most every few hundred ms; every key a hold writes carries an expiry, whichever admission
-/// made it, so an instance that dies leaves nothing behind for good.
+/// made it, so an instance that dies leaves nothing behind for good; an admission after
+/// Redis forgot its scripts still holds.
 #[tokio::test]
 async fn redis_holds_end_by_batch_or_ttl_and_every_key_expires() {
     let Some(url) = redis_url() else { return };
@@ -897,8 +898,26 @@ async fn redis_holds_end_by_batch_or_ttl_and_every_key_expires() {
     assert_eq!(r.held(Holder::KeyBudget(4)).await, Some(0));
     assert_eq!(looked_at(&r, 21, since).await, vec![2 * 1_203 + 5]);
 
-    // Every key the holds and settlements wrote expires (none lives for good).
+    // Redis forgot its scripts (a restart, SCRIPT FLUSH): the admission pipeline loads the
+    // script again and the admission still holds.
     let mut raw = conn.clone();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .expect("script flush");
+    assert_eq!(
+        r.admit(&ask("after-flush", 3)).await,
+        Some(Decision::Granted(21))
+    );
+    r.settled(&[
+        (Holder::Grant(21), "after-flush", 0),
+        (Holder::KeyBudget(4), "after-flush", 0),
+    ])
+    .await;
+    assert_eq!(r.held(Holder::Grant(21)).await, Some(0));
+
+    // Every key the holds and settlements wrote expires (none lives for good).
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}res:*"))
         .query_async(&mut raw)
