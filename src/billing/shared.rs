@@ -15,7 +15,8 @@
 //! it expires by itself after the TTL, swept at most `SWEEP_EVERY_MS` later (an instance that
 //! dies leaves nothing behind for longer); settled charges are kept `SETTLED_KEEP`. An
 //! admission makes 6 calls in Redis for a grant, 11 with the key's budget (and a sweep's
-//! few every `SWEEP_EVERY_MS`); it made ~25 when it swept and renewed every expiry each time. Every call is bounded by
+//! few every `SWEEP_EVERY_MS`); it made ~25 when it swept and renewed every expiry each
+//! time. Admissions go in pipelines (`pipeline_admissions`). Every call is bounded by
 //! `redis.timeout_ms`; a failure returns None and the caller falls back to the in-process
 //! figures. The first failure is logged, and the recovery.
 
@@ -171,7 +172,7 @@ for i = 7, #ARGV do
       redis.call('ZREM', b .. ':exp', id)
     else
       redis.call('HSET', b .. ':amt', id, amount)
-      redis.call('INCRBY', b .. ':sum', tonumber(amount) - tonumber(old))
+      redis.call('INCRBY', b .. ':sum', string.format('%d', tonumber(amount) - tonumber(old)))
     end
   end
 end
@@ -336,7 +337,6 @@ async fn pipeline_admissions(
             continue;
         }
         let mut results = query_admissions(&mut conn, timeout, &batch).await;
-        let no_script = |r: &redis::RedisResult<redis::Value>| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript));
         if results.as_ref().is_ok_and(|rs| rs.iter().any(no_script)) {
             // Redis forgot the script (a restart, SCRIPT FLUSH): load it, send those again.
             let load = tokio::time::timeout(timeout, ADMIT.load_async(&mut conn)).await;
@@ -366,6 +366,12 @@ async fn pipeline_admissions(
             Err(()) => batch.clear(),
         }
     }
+}
+
+/// Redis did not know the script (it restarted, or its scripts were flushed).
+fn no_script(r: &redis::RedisResult<redis::Value>) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(r, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
 }
 
 /// The admissions' calls in one pipeline, each with its own result; Err when the pipeline
@@ -498,7 +504,10 @@ impl SharedReservations {
             tx
         });
         let (answer, rx) = oneshot::channel();
-        queue.send(Admission { cmd, answer }).ok()?;
+        if queue.send(Admission { cmd, answer }).is_err() {
+            self.failed("the admission pipeline stopped");
+            return None;
+        }
         let out: Vec<i64> = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(Ok(v))) => match redis::from_redis_value(v) {
                 Ok(out) => {

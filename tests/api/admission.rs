@@ -916,6 +916,18 @@ async fn redis_holds_end_by_batch_or_ttl_and_every_key_expires() {
     ])
     .await;
     assert_eq!(r.held(Holder::Grant(21)).await, Some(0));
+    // A hold moved to the actual cost (a failed or cold-start request's finish) holds that.
+    assert_eq!(
+        r.admit(&ask("moved", 100)).await,
+        Some(Decision::Granted(21))
+    );
+    assert!(r.adjust("moved", 30, &[Holder::Grant(21)], None).await);
+    assert_eq!(r.held(Holder::Grant(21)).await, Some(30));
+    assert_eq!(
+        r.held(Holder::KeyBudget(4)).await,
+        Some(100),
+        "not moved there"
+    );
 
     // Every key the holds and settlements wrote expires (none lives for good).
     let keys: Vec<String> = redis::cmd("KEYS")
