@@ -336,19 +336,30 @@ async fn pipeline_admissions(
         if batch.is_empty() {
             continue;
         }
-        let mut results = query_admissions(&mut conn, timeout, &batch).await;
+        // The commands move into the pipeline; only those Redis did not know the script for
+        // are copied, to be sent again.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let answers: Vec<_> = batch
+            .drain(..)
+            .map(|a| {
+                pipe.add_command(a.cmd);
+                a.answer
+            })
+            .collect();
+        let mut results = query_admissions(&mut conn, timeout, &pipe).await;
         if results.as_ref().is_ok_and(|rs| rs.iter().any(no_script)) {
             // Redis forgot the script (a restart, SCRIPT FLUSH): load it, send those again.
             let load = tokio::time::timeout(timeout, ADMIT.load_async(&mut conn)).await;
             if let (Ok(Ok(_)), Ok(rs)) = (load, results.as_mut()) {
                 let again: Vec<usize> = (0..rs.len()).filter(|&i| no_script(&rs[i])).collect();
-                let resend: Vec<Admission> = again
-                    .iter()
-                    .map(|&i| Admission {
-                        cmd: batch[i].cmd.clone(),
-                        answer: oneshot::channel().0,
-                    })
-                    .collect();
+                let mut resend = redis::pipe();
+                resend.ignore_errors();
+                for (i, cmd) in pipe.cmd_iter().enumerate() {
+                    if again.contains(&i) {
+                        resend.add_command(cmd.clone());
+                    }
+                }
                 if let Ok(second) = query_admissions(&mut conn, timeout, &resend).await {
                     for (i, r) in again.into_iter().zip(second) {
                         rs[i] = r;
@@ -356,14 +367,11 @@ async fn pipeline_admissions(
                 }
             }
         }
-        match results {
-            Ok(rs) => {
-                for (a, r) in batch.drain(..).zip(rs) {
-                    let _ = a.answer.send(r);
-                }
+        // On Err the senders drop, which tells each request that Redis did not answer.
+        if let Ok(rs) = results {
+            for (answer, r) in answers.into_iter().zip(rs) {
+                let _ = answer.send(r);
             }
-            // Dropping the senders tells each request that Redis did not answer.
-            Err(()) => batch.clear(),
         }
     }
 }
@@ -374,18 +382,13 @@ fn no_script(r: &redis::RedisResult<redis::Value>) -> bool {
     matches!(r, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
 }
 
-/// The admissions' calls in one pipeline, each with its own result; Err when the pipeline
-/// failed as a whole (the connection, or the time).
+/// A pipeline of admissions (errors kept per command), each with its own result; Err when
+/// it failed as a whole (the connection, or the time).
 async fn query_admissions(
     conn: &mut ConnectionManager,
     timeout: Duration,
-    batch: &[Admission],
+    pipe: &redis::Pipeline,
 ) -> Result<Vec<redis::RedisResult<redis::Value>>, ()> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for a in batch {
-        pipe.add_command(a.cmd.clone());
-    }
     match tokio::time::timeout(timeout, pipe.query_async(conn)).await {
         Ok(Ok(rs)) => Ok(rs),
         _ => Err(()),
