@@ -503,11 +503,9 @@ async fn cold_start_model_switch_and_failures() {
 #[tokio::test]
 async fn shared_reservations_across_instances() {
     use tollgate::billing::shared::{Ask, Decision, Holder, SharedReservations};
-    let Some(redis) = redis_url() else { return };
-    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(redis).unwrap())
-        .await
-        .unwrap();
+    let Some((conn, prefix)) = redis_with_prefix().await else {
+        return;
+    };
     let instance = |ttl_ms: u64| {
         SharedReservations::new(
             conn.clone(),
@@ -805,12 +803,9 @@ async fn looked_at(r: &SharedReservations, grant: i64, since: i64) -> Vec<i64> {
 
 #[tokio::test]
 async fn redis_counts_exactly_the_charges_settled_after_a_load() {
-    let Some(url) = redis_url() else { return };
-    let client = redis::Client::open(url).expect("redis url");
-    let conn = redis::aio::ConnectionManager::new(client)
-        .await
-        .expect("redis");
-    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+    let Some((conn, prefix)) = redis_with_prefix().await else {
+        return;
+    };
     let s = Duration::from_secs(5);
     let r = SharedReservations::new(
         conn,
@@ -853,12 +848,9 @@ async fn redis_counts_exactly_the_charges_settled_after_a_load() {
 /// Redis forgot its scripts still holds.
 #[tokio::test]
 async fn redis_holds_end_by_batch_or_ttl_and_every_key_expires() {
-    let Some(url) = redis_url() else { return };
-    let client = redis::Client::open(url).expect("redis url");
-    let conn = redis::aio::ConnectionManager::new(client)
-        .await
-        .expect("redis");
-    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
+    let Some((conn, prefix)) = redis_with_prefix().await else {
+        return;
+    };
     let instance = |ttl: Duration| {
         SharedReservations::new(
             conn.clone(),

@@ -382,11 +382,9 @@ async fn max_concurrency_is_validated_and_nothing_written() {
 #[tokio::test]
 async fn redis_leases_are_shared_and_a_dead_instances_expire() {
     use tollgate::proxy::concurrency::Concurrency;
-    let Some(url) = redis_url() else { return };
-    let prefix = format!("tgtest:{}:", uuid::Uuid::new_v4().simple());
-    let conn = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
-        .await
-        .unwrap();
+    let Some((conn, prefix)) = redis_with_prefix().await else {
+        return;
+    };
     let instance = || {
         Concurrency::redis(
             conn.clone(),

@@ -47,6 +47,16 @@ pub fn redis_url() -> Option<String> {
     }
 }
 
+/// A connection to the test Redis and a key prefix of this test's own; None as `redis_url`.
+pub async fn redis_with_prefix() -> Option<(redis::aio::ConnectionManager, String)> {
+    let url = redis_url()?;
+    let client = redis::Client::open(url).expect("redis url");
+    let conn = redis::aio::ConnectionManager::new(client)
+        .await
+        .expect("redis");
+    Some((conn, format!("tgtest:{}:", uuid::Uuid::new_v4().simple())))
+}
+
 fn mysql_url() -> String {
     std::env::var("TOLLGATE_TEST_MYSQL_URL").unwrap_or_else(|_| {
         panic!("TOLLGATE_TEST_BACKEND=mysql needs TOLLGATE_TEST_MYSQL_URL (e.g. mysql://root@127.0.0.1:3306/tollgate_test)")
