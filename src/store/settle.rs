@@ -228,7 +228,7 @@ impl Db {
             DbKind::MySql => DAILY_MYSQL,
         };
         let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
-        on_db!(self, |p| {
+        on_db!(pool: &self.settle_pool, |p| {
             // Replays are rare, so the log rows are first inserted as they are: a request_id
             // that is already logged makes the insert fail, and only then is the batch applied
             // again with the logged events looked up and skipped.
