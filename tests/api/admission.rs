@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tollgate::billing::money::Usd;
 use tollgate::billing::shared::{Ask, Decision, Holder, SharedReservations};
 use tollgate::fake_upstream::FakeUpstream;
@@ -13,35 +13,7 @@ use tollgate::store::Db;
 use crate::helpers::*;
 use crate::proxy::{chat_body, gpt_cost};
 
-/// A gateway's admin API over HTTP (in-process app or real binary alike).
-struct Admin {
-    base: String,
-    http: reqwest::Client,
-}
-
 impl Admin {
-    fn new(base: &str) -> Admin {
-        Admin {
-            base: base.to_string(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/api/admin{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let v: Value = r.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {v}");
-        v
-    }
-
     /// Accounts for the fake upstream and the test prices.
     async fn wire(&self, fake: &FakeUpstream) {
         use reqwest::Method;
@@ -57,35 +29,6 @@ impl Admin {
             json!({"input": "2.5", "output": "10", "cache_read": "1.25"}),
         )
         .await;
-    }
-
-    /// A user with one grant of `package` and `keys` keys: (grant id, key secrets).
-    async fn funded(&self, name: &str, package: Value, keys: usize) -> (i64, Vec<String>) {
-        use reqwest::Method;
-        let u = self
-            .call(Method::POST, "/users", json!({"username": name}))
-            .await;
-        let uid = u["id"].as_i64().unwrap();
-        let p = self.call(Method::POST, "/packages", package).await;
-        let g = self
-            .call(
-                Method::POST,
-                &format!("/users/{uid}/packages"),
-                json!({"package_id": p["id"]}),
-            )
-            .await;
-        let mut secrets = Vec::new();
-        for i in 0..keys {
-            let k = self
-                .call(
-                    Method::POST,
-                    &format!("/users/{uid}/keys"),
-                    json!({"name": format!("k{i}")}),
-                )
-                .await;
-            secrets.push(k["key"].as_str().unwrap().to_string());
-        }
-        (g["id"].as_i64().unwrap(), secrets)
     }
 }
 
@@ -168,7 +111,7 @@ async fn agent_requests_asking_64000_tokens_are_admitted_while_there_is_room() {
     let fake = FakeUpstream::start().await.unwrap();
     let admin = Admin::new(&app.base);
     admin.wire(&fake).await;
-    let (g, keys) = admin
+    let (_, g, keys) = admin
         .funded(
             "agent",
             json!({"name": "daily", "type": "subscription", "daily_quota": "1", "duration_days": 30}),
@@ -224,7 +167,7 @@ async fn figure_two(label: &str, bases: &[&str], db: &Db, max_tokens: i64, usage
     let admin = Admin::new(bases[0]);
     let one = usage.cost();
     let total = 30 * one;
-    let (g, keys) = admin
+    let (_, g, keys) = admin
         .funded(
             &format!("burst-{max_tokens}"),
             json!({"name": format!("thirty-{max_tokens}"), "type": "quota", "quota_total": Usd(total).to_string(), "duration_days": 30}),
@@ -427,7 +370,7 @@ async fn cold_start_model_switch_and_failures() {
     let fake = FakeUpstream::start().await.unwrap();
     let admin = Admin::new(&app.base);
     admin.wire(&fake).await;
-    let (g, keys) = admin
+    let (_, g, keys) = admin
         .funded(
             "edges",
             json!({"name": "big", "type": "quota", "quota_total": "100", "duration_days": 30}),

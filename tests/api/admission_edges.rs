@@ -439,62 +439,11 @@ async fn a_model_switch_reserves_the_models_own_estimate() {
     assert_eq!(unused, formula, "cold model: the formula");
 }
 
-/// The binary's admin API, for the Redis fallback test.
-struct Admin {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Admin {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/api/admin{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let v: Value = r.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {v}");
-        v
-    }
-
-    /// A user with a quota grant of `total` nano-dollars and a key: (user, grant, secret).
-    async fn funded(&self, name: &str, total: i64) -> (i64, i64, String) {
-        use reqwest::Method;
-        let u = self
-            .call(Method::POST, "/users", json!({"username": name}))
-            .await;
-        let uid = u["id"].as_i64().unwrap();
-        let p = self
-            .call(
-                Method::POST,
-                "/packages",
-                json!({"name": name, "type": "quota", "quota_total": Usd(total).to_string(), "duration_days": 30}),
-            )
-            .await;
-        let g = self
-            .call(
-                Method::POST,
-                &format!("/users/{uid}/packages"),
-                json!({"package_id": p["id"]}),
-            )
-            .await;
-        let k = self
-            .call(
-                Method::POST,
-                &format!("/users/{uid}/keys"),
-                json!({"name": "k"}),
-            )
-            .await;
-        (
-            uid,
-            g["id"].as_i64().unwrap(),
-            k["key"].as_str().unwrap().to_string(),
-        )
-    }
+/// A user with a quota grant of `total` nano-dollars and a key: (user, grant, secret).
+async fn quota_user_over_http(admin: &Admin, name: &str, total: i64) -> (i64, i64, String) {
+    let package = json!({"name": name, "type": "quota", "quota_total": Usd(total).to_string(), "duration_days": 30});
+    let (uid, gid, mut keys) = admin.funded(name, package, 1).await;
+    (uid, gid, keys.remove(0))
 }
 
 /// The fallback test's request: 2000 tokens in (its body says little), 20 out.
@@ -576,10 +525,7 @@ async fn with_redis_hung_or_cut_reservations_fall_back_in_process() {
     )
     .await;
     let fake = FakeUpstream::start().await.unwrap();
-    let admin = Admin {
-        base: server.base.clone(),
-        http: reqwest::Client::new(),
-    };
+    let admin = Admin::new(&server.base);
     use reqwest::Method;
     admin
         .call(
@@ -609,7 +555,8 @@ async fn with_redis_hung_or_cut_reservations_fall_back_in_process() {
     {
         // 20 warm-up requests and 5 timed ones, then room for 10.
         let total = 35 * one;
-        let (uid, gid, key) = admin.funded(&format!("fallback-{label}"), total).await;
+        let (uid, gid, key) =
+            quota_user_over_http(&admin, &format!("fallback-{label}"), total).await;
         for i in 0..20 {
             assert_eq!(send(&http, base, &key, 0).await, 200, "warm-up {i}");
         }
@@ -674,7 +621,8 @@ async fn with_redis_hung_or_cut_reservations_fall_back_in_process() {
 
         // Redis back: the recovery is logged and holds are in Redis again (once the grants
         // cached while Redis was away have expired).
-        let (_, fresh, fresh_key) = admin.funded(&format!("back-{label}"), 100 * one).await;
+        let (_, fresh, fresh_key) =
+            quota_user_over_http(&admin, &format!("back-{label}"), 100 * one).await;
         proxy.set(Mode::Pass);
         let t0 = Instant::now();
         let shared = loop {

@@ -468,6 +468,67 @@ pub async fn start_binary(
     b
 }
 
+/// A gateway's admin API over HTTP (in-process app or real binary alike), for tests that
+/// talk to a gateway they did not build as a [`TestApp`].
+pub struct Admin {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Admin {
+    pub fn new(base: &str) -> Admin {
+        Admin {
+            base: base.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The call with the admin token; panics unless it succeeds. Returns the JSON body.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}/api/admin{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {v}");
+        v
+    }
+
+    /// A user with a grant of `package` (created first) and `keys` keys: (user, grant, secrets).
+    pub async fn funded(&self, name: &str, package: Value, keys: usize) -> (i64, i64, Vec<String>) {
+        use reqwest::Method;
+        let u = self
+            .call(Method::POST, "/users", json!({"username": name}))
+            .await;
+        let uid = u["id"].as_i64().unwrap();
+        let p = self.call(Method::POST, "/packages", package).await;
+        let g = self
+            .call(
+                Method::POST,
+                &format!("/users/{uid}/packages"),
+                json!({"package_id": p["id"]}),
+            )
+            .await;
+        let mut secrets = Vec::new();
+        for i in 0..keys {
+            let k = self
+                .call(
+                    Method::POST,
+                    &format!("/users/{uid}/keys"),
+                    json!({"name": format!("k{i}")}),
+                )
+                .await;
+            secrets.push(k["key"].as_str().unwrap().to_string());
+        }
+        (uid, g["id"].as_i64().unwrap(), secrets)
+    }
+}
+
 /// Seed a running gateway over its admin API, as an operator would: both fake upstream
 /// accounts (with `account_secret`), prices for `gpt-test` and `claude-test`, a user with a
 /// 1000 USD quota package, and a key created with `key_body`. Returns the key's secret.
@@ -477,19 +538,10 @@ pub async fn seed_over_http(
     account_secret: &str,
     key_body: Value,
 ) -> String {
-    let http = reqwest::Client::new();
+    let admin = Admin::new(base);
     let call = |m: reqwest::Method, path: String, body: Value| {
-        let req = http
-            .request(m, format!("{base}/api/admin{path}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let status = r.status();
-            let v: Value = r.json().await.unwrap();
-            assert!(status.is_success(), "{path}: {v}");
-            v
-        }
+        let admin = &admin;
+        async move { admin.call(m, &path, body).await }
     };
     use reqwest::Method;
     for (name, provider, url) in [

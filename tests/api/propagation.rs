@@ -15,27 +15,8 @@ use crate::helpers::*;
 /// The bound SPEC §11.2 sets.
 const BOUND: Duration = Duration::from_secs(1);
 
-struct Gateway {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Gateway {
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/api/admin{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let v: Value = r.json().await.unwrap();
-        assert!(status.is_success(), "{path}: {v}");
-        v
-    }
-
+/// The chat call these measurements repeat, on the shared admin-API client.
+impl Admin {
     /// A chat completion for `gpt-test` with `key`: (status, body text).
     async fn chat(&self, key: &str) -> (u16, String) {
         let r = self
@@ -59,7 +40,7 @@ type Check = fn(u16, &str) -> bool;
 /// no longer answers `before`. Its first other answer must be `after`. Returns the delay.
 async fn step(
     what: &str,
-    two: &Gateway,
+    two: &Admin,
     key: &str,
     before: Check,
     after: Check,
@@ -67,7 +48,7 @@ async fn step(
 ) -> Duration {
     // A write on two (a price nobody uses) drops two's caches; the next request reloads them.
     let unused = format!("/models/unused-{}", uuid::Uuid::new_v4().simple());
-    two.admin(
+    two.call(
         reqwest::Method::PUT,
         &unused,
         json!({"input": "1", "output": "1"}),
@@ -117,20 +98,16 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
     ];
     let p1 = start_binary(&url, &env, std::process::Stdio::null()).await;
     let p2 = start_binary(&url, &env, std::process::Stdio::null()).await;
-    let gw = |base: &str| Gateway {
-        base: base.to_string(),
-        http: reqwest::Client::new(),
-    };
-    let (one, two) = (gw(&p1.base), gw(&p2.base));
+    let (one, two) = (Admin::new(&p1.base), Admin::new(&p2.base));
     let fake = FakeUpstream::start().await.unwrap();
     use reqwest::Method as M;
 
     let user = one
-        .admin(M::POST, "/users", json!({"username": "prop"}))
+        .call(M::POST, "/users", json!({"username": "prop"}))
         .await;
     let uid = user["id"].as_i64().unwrap();
     let created = one
-        .admin(M::POST, &format!("/users/{uid}/keys"), json!({"name": "k"}))
+        .call(M::POST, &format!("/users/{uid}/keys"), json!({"name": "k"}))
         .await;
     let key = created["key"].as_str().unwrap().to_string();
     let kid = created["id"].as_i64().unwrap();
@@ -151,7 +128,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
             no_price,
             no_account,
             Box::pin(async {
-                one.admin(
+                one.call(
                     M::PUT,
                     "/models/gpt-test",
                     json!({"input": "2.5", "output": "10"}),
@@ -170,7 +147,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
             no_account,
             no_quota,
             Box::pin(async {
-                one.admin(
+                one.call(
                     M::POST,
                     "/accounts",
                     json!({"name": "oa", "provider": "openai", "base_url": fake.openai_base_url(), "api_key": "sk-up"}),
@@ -181,7 +158,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
         .await,
     ));
     let package = one
-        .admin(
+        .call(
             M::POST,
             "/packages",
             json!({"name": "p", "type": "quota", "quota_total": "100", "duration_days": 30}),
@@ -196,7 +173,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
             no_quota,
             ok,
             Box::pin(async {
-                one.admin(
+                one.call(
                     M::POST,
                     &format!("/users/{uid}/packages"),
                     json!({"package_id": package["id"]}),
@@ -215,7 +192,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
             ok,
             refused,
             Box::pin(async {
-                one.admin(
+                one.call(
                     M::PATCH,
                     &format!("/keys/{kid}"),
                     json!({"status": "revoked"}),
@@ -227,7 +204,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
     ));
     // A second key of the user, then the user disabled.
     let created = one
-        .admin(
+        .call(
             M::POST,
             &format!("/users/{uid}/keys"),
             json!({"name": "k2"}),
@@ -243,7 +220,7 @@ async fn an_admin_write_on_one_instance_takes_effect_on_the_other_within_a_secon
             ok,
             refused,
             Box::pin(async {
-                one.admin(
+                one.call(
                     M::PATCH,
                     &format!("/users/{uid}"),
                     json!({"status": "disabled"}),
@@ -326,32 +303,28 @@ async fn the_subscriber_comes_back_after_redis_drops_it() {
         .unwrap();
     until_subscribers(&mut conn, &prefix, 2).await;
 
-    let gw = |base: &str| Gateway {
-        base: base.to_string(),
-        http: reqwest::Client::new(),
-    };
-    let (one, two) = (gw(&p1.base), gw(&p2.base));
+    let (one, two) = (Admin::new(&p1.base), Admin::new(&p2.base));
     let fake = FakeUpstream::start().await.unwrap();
     use reqwest::Method as M;
-    one.admin(
+    one.call(
         M::PUT,
         "/models/gpt-test",
         json!({"input": "2.5", "output": "10"}),
     )
     .await;
-    one.admin(
+    one.call(
         M::POST,
         "/accounts",
         json!({"name": "oa", "provider": "openai", "base_url": fake.openai_base_url(), "api_key": "sk-up"}),
     )
     .await;
     let uid = one
-        .admin(M::POST, "/users", json!({"username": "prop"}))
+        .call(M::POST, "/users", json!({"username": "prop"}))
         .await["id"]
         .as_i64()
         .unwrap();
     let created = one
-        .admin(M::POST, &format!("/users/{uid}/keys"), json!({"name": "k"}))
+        .call(M::POST, &format!("/users/{uid}/keys"), json!({"name": "k"}))
         .await;
     let key = created["key"].as_str().unwrap().to_string();
 
@@ -374,7 +347,7 @@ async fn the_subscriber_comes_back_after_redis_drops_it() {
     );
 
     let package = one
-        .admin(
+        .call(
             M::POST,
             "/packages",
             json!({"name": "p", "type": "quota", "quota_total": "100", "duration_days": 30}),
@@ -389,7 +362,7 @@ async fn the_subscriber_comes_back_after_redis_drops_it() {
         no_quota,
         ok,
         Box::pin(async {
-            one.admin(
+            one.call(
                 M::POST,
                 &format!("/users/{uid}/packages"),
                 json!({"package_id": package["id"]}),
