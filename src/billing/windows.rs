@@ -342,9 +342,26 @@ fn first_instant_reaching(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>>
 /// The calendar day (`YYYY-MM-DD`) of `at` in `tz`: the day a request's daily summary and
 /// real-time stats are kept under.
 pub fn day_string(at: DateTime<Utc>, tz: Tz) -> String {
-    // Formatted by hand: chrono's `format` parses its pattern on every call (hot path).
+    // Written digit by digit: chrono's `format` parses its pattern on every call, and even
+    // `format!` was 1.3k instructions a request (callgrind), for ten characters.
     let d = at.with_timezone(&tz).date_naive();
-    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    let Ok(year) = u32::try_from(d.year()) else {
+        return format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+    };
+    if year > 9999 {
+        return format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+    }
+    let digit = |n: u32| char::from(b'0' + n as u8);
+    let mut s = String::with_capacity(10);
+    for n in [year / 1000, year / 100 % 10, year / 10 % 10, year % 10] {
+        s.push(digit(n));
+    }
+    for n in [d.month(), d.day()] {
+        s.push('-');
+        s.push(digit(n / 10));
+        s.push(digit(n % 10));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -394,6 +411,11 @@ mod tests {
             day_string(early, chrono_tz::America::New_York),
             "0987-01-01"
         );
+        // Outside 0..=9999 it is chrono's own year formatting.
+        let far = Utc.with_ymd_and_hms(12345, 12, 31, 0, 0, 0).unwrap();
+        assert_eq!(day_string(far, chrono_tz::UTC), "12345-12-31");
+        let bc = Utc.with_ymd_and_hms(-1, 7, 9, 0, 0, 0).unwrap();
+        assert_eq!(day_string(bc, chrono_tz::UTC), "-001-07-09");
     }
 
     #[test]
@@ -1005,6 +1027,18 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The hand-written day is chrono's, for any instant of years 1 to 9999.
+        #[test]
+        fn day_string_is_chronos_date(secs in -62_135_596_800i64..253_402_300_799, east in any::<bool>()) {
+            let at = DateTime::from_timestamp(secs, 0).expect("in range");
+            let tz = if east { chrono_tz::Pacific::Kiritimati } else { chrono_tz::Pacific::Pago_Pago };
+            let d = at.with_timezone(&tz).date_naive();
+            prop_assert_eq!(
+                day_string(at, tz),
+                format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+            );
+        }
 
         /// Random instants inside random packages.
         #[test]
