@@ -274,6 +274,10 @@ def build_field(records, cells):
         json_cells = [c for c in cells if c["target"] == target and c["backend"] == backend
                       and c["mode"] == "json" and c["cores"] == 1]
         top = max(json_cells, key=lambda c: c["rps"]) if json_cells else None
+        # Failing steps during which other work held core 0 (records from before this field
+        # existed have no wall time and count as undisturbed).
+        disturbed = [(x["rate"], core0_other_pct(x)) for x in steps.get(key, [])
+                     if not x["pass"] and (core0_other_pct(x) or 0) > BUSY_PCT]
         rows.append({
             "target": target, "backend": backend,
             "metered": target == "tollgate",
@@ -290,6 +294,7 @@ def build_field(records, cells):
             "sustained_p99_ms": rnd(passing[-1]["p99_ms"], 2) if passing else None,
             "first_failing_rate": s["first_fail"] if s else None,
             "search_steps": len(steps.get(key, [])),
+            "disturbed_failures": [{"rate": r, "core0_other_pct": rnd(o, 1)} for r, o in disturbed],
             "max_rps": top["rps"] if top else None,
             "max_rps_connections": top["connections"] if top else None,
             "cpu_us_per_req_json": top["cpu_us_per_req"] if top else None,
@@ -749,6 +754,13 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
           "passing R, so it is a lower bound within the last bisection interval. oha shares core 1 "
           "with the fake upstream, so near the top the client side can be the limit (direct's row "
           "shows where).")
+        for r in field:
+            if r.get("disturbed_failures"):
+                steps_txt = ", ".join(f"{x['rate']:,} req/s ({x['core0_other_pct']:.0f}%)"
+                                      for x in r["disturbed_failures"])
+                w(f"  - **{r['target']} {r['backend']}: disturbed.** Core 0 was more than "
+                  f"{BUSY_PCT:.0f}% busy with other work during failing steps {steps_txt}; its "
+                  "sustained rate is then a measure of the machine, not of the gateway.")
         w("- **Max req/s**: the best non-streaming wrk cell above (32 or 128 connections).")
         w("- **Meters**: tollgate meters everything on every request here — authentication, "
           "learned reservations against a quota package and the key's daily, monthly and total "
