@@ -345,12 +345,10 @@ pub fn day_string(at: DateTime<Utc>, tz: Tz) -> String {
     // Written digit by digit: chrono's `format` parses its pattern on every call, and even
     // `format!` was 1.3k instructions a request (callgrind), for ten characters.
     let d = at.with_timezone(&tz).date_naive();
-    let Ok(year) = u32::try_from(d.year()) else {
-        return format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+    let year = match u32::try_from(d.year()) {
+        Ok(year) if year <= 9999 => year,
+        _ => return format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
     };
-    if year > 9999 {
-        return format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
-    }
     let digit = |n: u32| char::from(b'0' + n as u8);
     let mut s = String::with_capacity(10);
     for n in [year / 1000, year / 100 % 10, year / 10 % 10, year % 10] {
