@@ -539,49 +539,38 @@ pub async fn seed_over_http(
     key_body: Value,
 ) -> String {
     let admin = Admin::new(base);
-    let call = |m: reqwest::Method, path: String, body: Value| {
-        let admin = &admin;
-        async move { admin.call(m, &path, body).await }
-    };
     use reqwest::Method;
     for (name, provider, url) in [
         ("oa", "openai", fake.openai_base_url()),
         ("an", "anthropic", fake.anthropic_base_url()),
     ] {
-        call(
+        admin.call(
             Method::POST,
-            "/accounts".into(),
+            "/accounts",
             json!({"name": name, "provider": provider, "base_url": url, "api_key": account_secret}),
         )
         .await;
     }
-    call(
-        Method::PUT,
-        "/models/gpt-test".into(),
-        json!({"input": "2.5", "output": "10", "cache_read": "1.25"}),
-    )
-    .await;
-    call(
-        Method::PUT,
-        "/models/claude-test".into(),
-        json!({"input": "3", "output": "15", "cache_read": "0.3", "cache_write": "3.75"}),
-    )
-    .await;
-    let u = call(Method::POST, "/users".into(), json!({"username": "seeded"})).await;
-    let uid = u["id"].as_i64().unwrap();
-    let p = call(
-        Method::POST,
-        "/packages".into(),
-        json!({"name": "big", "type": "quota", "quota_total": "1000", "duration_days": 3}),
-    )
-    .await;
-    call(
-        Method::POST,
-        format!("/users/{uid}/packages"),
-        json!({"package_id": p["id"]}),
-    )
-    .await;
-    let k = call(Method::POST, format!("/users/{uid}/keys"), key_body).await;
+    admin
+        .call(
+            Method::PUT,
+            "/models/gpt-test",
+            json!({"input": "2.5", "output": "10", "cache_read": "1.25"}),
+        )
+        .await;
+    admin
+        .call(
+            Method::PUT,
+            "/models/claude-test",
+            json!({"input": "3", "output": "15", "cache_read": "0.3", "cache_write": "3.75"}),
+        )
+        .await;
+    let package =
+        json!({"name": "big", "type": "quota", "quota_total": "1000", "duration_days": 3});
+    let (uid, _, _) = admin.funded("seeded", package, 0).await;
+    let k = admin
+        .call(Method::POST, &format!("/users/{uid}/keys"), key_body)
+        .await;
     k["key"].as_str().unwrap().to_string()
 }
 
