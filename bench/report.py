@@ -276,8 +276,8 @@ def build_field(records, cells):
         top = max(json_cells, key=lambda c: c["rps"]) if json_cells else None
         # Failing steps during which other work held core 0 (records from before this field
         # existed have no wall time and count as undisturbed).
-        disturbed = [(x["rate"], core0_other_pct(x)) for x in steps.get(key, [])
-                     if not x["pass"] and (core0_other_pct(x) or 0) > BUSY_PCT]
+        disturbed = [(x["rate"], other) for x in steps.get(key, [])
+                     if not x["pass"] and (other := core0_other_pct(x) or 0) > BUSY_PCT]
         rows.append({
             "target": target, "backend": backend,
             "metered": target == "tollgate",
