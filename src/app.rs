@@ -258,13 +258,13 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        use futures_util::FutureExt;
         use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-        use tower::ServiceExt;
 
         let App { state, worker, .. } = self;
         crate::proxy::probe::start(&state);
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
-        let router = crate::http::router(state.clone());
+        let frontend = Arc::new(crate::http::Frontend::new(state.clone()));
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // A request head still incomplete after `server.header_timeout_secs` drops the
         // connection (a slow client cannot hold it open); hyper needs a timer for that.
@@ -296,14 +296,16 @@ impl App {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                     // The peer address, from which `http::edge` works out the client address.
-                    let service = router.clone().map_request(
+                    let frontend = frontend.clone();
+                    let service = hyper::service::service_fn(
                         move |mut req: axum::http::Request<hyper::body::Incoming>| {
                             req.extensions_mut()
                                 .insert(axum::extract::ConnectInfo(peer));
-                            req.map(axum::body::Body::new)
+                            frontend
+                                .call(req.map(axum::body::Body::new))
+                                .map(Ok::<_, std::convert::Infallible>)
                         },
                     );
-                    let service = hyper_util::service::TowerToHyperService::new(service);
                     let builder = builder.clone();
                     let mut close = close_rx.clone();
                     conns.spawn(async move {

@@ -247,23 +247,36 @@ impl ProxyState {
     }
 }
 
+/// The proxied endpoints, each a `POST` at its [`Endpoint::path`].
+const PROXIED: [Endpoint; 6] = [
+    Endpoint::ChatCompletions,
+    Endpoint::Responses,
+    Endpoint::Completions,
+    Endpoint::Embeddings,
+    Endpoint::Messages,
+    Endpoint::CountTokens,
+];
+
+/// The proxied endpoint a `POST` to `path` reaches, if any (the router's match for these
+/// routes, used by `http::Frontend` to reach [`handle`] without the router).
+pub fn endpoint_at(path: &str) -> Option<Endpoint> {
+    PROXIED.into_iter().find(|e| e.path() == path)
+}
+
 pub fn router() -> Router<AppState> {
-    let route = |e: Endpoint| {
-        post(
-            move |State(st): State<AppState>, req: Request| async move { handle(st, e, req).await },
-        )
-    };
-    Router::new()
-        .route("/v1/chat/completions", route(Endpoint::ChatCompletions))
-        .route("/v1/responses", route(Endpoint::Responses))
-        .route("/v1/completions", route(Endpoint::Completions))
-        .route("/v1/embeddings", route(Endpoint::Embeddings))
-        .route("/v1/messages", route(Endpoint::Messages))
-        .route("/v1/messages/count_tokens", route(Endpoint::CountTokens))
+    PROXIED
+        .into_iter()
+        .fold(Router::new(), |r, e| {
+            r.route(
+                e.path(),
+                post(move |State(st): State<AppState>, req: Request| handle(st, e, req)),
+            )
+        })
         .route("/v1/models", get(models))
 }
 
-async fn handle(st: AppState, endpoint: Endpoint, req: Request) -> Response {
+/// One proxied request, answered in the provider's shape whatever happens.
+pub async fn handle(st: AppState, endpoint: Endpoint, req: Request) -> Response {
     match pipeline(st, endpoint, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
