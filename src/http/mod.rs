@@ -1,5 +1,6 @@
 //! HTTP: the router that puts the proxy, the admin API, the admin pages and the health
-//! endpoints together.
+//! endpoints together, and the [`Frontend`] the listener calls (the proxy's endpoints without
+//! the router's per-request work).
 //!
 //! One layer around every route (`edge`): the request id (`x-request-id` kept from the client
 //! or made here, echoed back), a trace span carrying it, and the request counter of

@@ -7,8 +7,10 @@
 //!    written event by event).
 //! 2. `into_make_service_with_connect_info`: the `ConnectInfo<SocketAddr>` extension, from
 //!    which `http::edge` works out the client address (`crate::client_addr`).
-//! 3. axum's router: the `MatchedPath` extension (read by `edge` for the request counter).
-//! 4. `http::edge`, the one layer around every route: `x-request-id` (the client's, or a new
+//! 3. `http::Frontend`: a `POST` to one of these endpoints ([`endpoint_at`]) goes straight to
+//!    [`handle`] through `http::edge`'s work; every other request goes through axum's router
+//!    (which also serves these routes, for callers of `http::router`).
+//! 4. `http::edge`, the work around every route: `x-request-id` (the client's, or a new
 //!    UUID set on the request) echoed on the response; the `http` trace span carrying it, so
 //!    every log line of the steps below names the request; `tollgate_http_requests_total` by
 //!    route and status once answered; and dropping this module's caches after an admin write.
