@@ -36,8 +36,9 @@ pub async fn failed(
             // Upstream's own error after retries: passed through as is; nothing billable.
             ticket.account_id = Some(account_id);
             let status = resp.status();
-            let headers = client_headers(resp.headers(), &ticket.request_id);
-            let body = read_body(resp.into_body()).await.unwrap_or_default();
+            let (parts, body) = resp.into_parts();
+            let headers = client_headers(parts.headers, &ticket.request_id);
+            let body = read_body(body).await.unwrap_or_default();
             let max = ticket.max_tokens();
             let error = Some(format!("upstream answered {status}"));
             let durable = match tap::usage_from_body(ticket.endpoint, &body, max) {
@@ -93,17 +94,17 @@ pub async fn respond(
     alias: Option<String>,
 ) -> Response {
     let status = resp.status();
-    let headers = client_headers(resp.headers(), &ticket.request_id);
+    let (parts, upstream_body) = resp.into_parts();
+    let headers = client_headers(parts.headers, &ticket.request_id);
     ticket.ttfb_ms = Some(ticket.started.elapsed().as_millis() as i64);
     let idle = Duration::from_secs(st.config.upstream.idle_timeout_secs);
-    let is_sse = resp
-        .headers()
+    let is_sse = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !is_sse || !status.is_success() {
         let protocol = ticket.endpoint.protocol();
-        let body = match tokio::time::timeout(idle, read_body(resp.into_body())).await {
+        let body = match tokio::time::timeout(idle, read_body(upstream_body)).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 let m = format!("upstream response broke off: {e}");
@@ -143,7 +144,7 @@ pub async fn respond(
     // Streams: the admission part (per-event tap work is not timed, to keep it cheap).
     st.metrics.gateway_overhead.observe(admitted_in);
     let mut stream = TapStream {
-        inner: resp.into_body(),
+        inner: upstream_body,
         tap: SseTap::new(
             ticket.endpoint,
             strip_usage,
