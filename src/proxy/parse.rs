@@ -61,24 +61,25 @@ fn invalid(protocol: Protocol, m: impl Into<String>) -> ProxyError {
 /// The fields of a whole body.
 pub fn read(endpoint: Endpoint, bytes: Bytes) -> Result<ProxyRequest, ProxyError> {
     let protocol = endpoint.protocol();
-    let head: RequestHead = serde_json::from_slice(&bytes).map_err(|e| {
+    // The skipped fields go upstream as they came, so the whole body is checked to be UTF-8
+    // (serde_json checks only what it reads), first: then it is parsed as a str, which spares
+    // serde_json a UTF-8 check of every string it reads (~1,000 instructions a request).
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        invalid(
+            protocol,
+            format!(
+                "the request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let head: RequestHead = serde_json::from_str(text).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Data => invalid(protocol, "the request body must be a JSON object"),
             _ => invalid(protocol, format!("the request body is not valid JSON: {e}")),
         }
     })?;
-    // serde_json checks UTF-8 and depth only in what it reads; the skipped fields go upstream
-    // as they came, so the whole body is checked here.
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        return Err(invalid(
-            protocol,
-            format!(
-                "the request body is not valid UTF-8 (at byte {})",
-                e.valid_up_to()
-            ),
-        ));
-    }
     if too_deep(&bytes) {
         return Err(invalid(
             protocol,
@@ -239,10 +240,11 @@ mod tests {
             with_byte(br#"{"model":"m","messages":"a"#).as_deref(),
             Some("the request body is not valid UTF-8 (at byte 26)")
         );
-        // Where serde_json reads the value itself, its own message.
-        assert!(with_byte(br#"{"model":"m"#)
-            .unwrap()
-            .starts_with("the request body is not valid JSON: "));
+        // In a field it reads, too: the whole body is checked before it is parsed.
+        assert_eq!(
+            with_byte(br#"{"model":"m"#).as_deref(),
+            Some("the request body is not valid UTF-8 (at byte 11)")
+        );
         // `n` arrays in the object: n + 1 levels.
         let deep = |n: usize| format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
         assert!(chat(&deep(127)).is_ok(), "128 levels are fine");

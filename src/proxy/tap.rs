@@ -282,8 +282,14 @@ fn responses_usage(u: &UsageFields, max: i64) -> Reported {
 /// Usage of a whole (non-streaming) JSON response; None when it reports none. `max` is
 /// `upstream.max_tokens_per_request`.
 pub fn usage_from_body(endpoint: Endpoint, body: &[u8], max: i64) -> Option<Reported> {
-    // Only `usage` is built; everything else in the body is skipped without allocating.
-    let v: WithUsage = serde_json::from_slice(body).ok()?;
+    // Only `usage` is built; everything else in the body is skipped without allocating. A
+    // UTF-8 body is read as a str, which spares serde_json a UTF-8 check of every string it
+    // reads; a body that is not UTF-8 still gives its usage, as before.
+    let v: WithUsage = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+    .ok()?;
     let u = v.usage.as_ref()?;
     Some(match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
@@ -713,6 +719,20 @@ mod tests {
             }))
         );
         assert_eq!(usage_from_body(Endpoint::ChatCompletions, b"{}", MAX), None);
+        // A body that is not UTF-8 (Latin-1 in a skipped string) still gives its usage.
+        let mut body = br#"{"choices":[{"message":{"content":"caf"#.to_vec();
+        body.push(0xe9);
+        body.extend_from_slice(br#""}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#);
+        assert!(std::str::from_utf8(&body).is_err());
+        assert_eq!(
+            usage_from_body(Endpoint::ChatCompletions, &body, MAX),
+            Some(Ok(Tokens {
+                input: 3,
+                output: 2,
+                cache_read: 0,
+                cache_write: 0
+            }))
+        );
     }
 
     #[test]
