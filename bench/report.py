@@ -761,6 +761,13 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
                 w(f"  - **{r['target']} {r['backend']}: disturbed.** Core 0 was more than "
                   f"{BUSY_PCT:.0f}% busy with other work during failing steps {steps_txt}; its "
                   "sustained rate is then a measure of the machine, not of the gateway.")
+        for r in field:
+            if r.get("search_steps") and r.get("sustained_rps") is None:
+                c1_p99 = r.get("c1_p99_ms")
+                why = (f" (its p99 at one connection alone was {c1_p99:.1f} ms)"
+                       if c1_p99 is not None and c1_p99 > bound else "")
+                w(f"  - **{r['target']} {r['backend']}: –**: no step of its search passed, down "
+                  f"to the lowest rate tried{why}.")
         w("- **Max req/s**: the best non-streaming wrk cell above (32 or 128 connections).")
         w("- **Meters**: tollgate meters everything on every request here — authentication, "
           "learned reservations against a quota package and the key's daily, monthly and total "
