@@ -498,12 +498,14 @@ def observations(cells, rates):
                 f"{c['target']} {c['backend']} {c['mode']}/{c['connections']}: "
                 + " → ".join(f"{r['rps']:,.0f}" for r in runs) + " req/s, "
                 + " → ".join(f"{r['cpu_us_per_req']:.0f}" for r in runs) + " µs/req")
+        with_runs = [c for c in cells if len(c["per_run"]) >= 3]
         notes.append(
             "Within a cell, req/s fell run after run while the CPU per request rose — "
-            + "; ".join(parts) + ". Every cell starts a fresh process and its first run is "
-            "fast again, so the cost per request grows with what the process has served "
-            "recently, not with the database's size. The runs spread of these cells is this "
-            "trend, not noise, and longer runs would show lower throughput.")
+            + "; ".join(parts) + f" ({len(falling)} of {len(with_runs)} cells). With three "
+            "runs a steady decline also comes from the machine's drift alone (up to one cell "
+            "in six when the runs are independent), so it points at the gateway only when "
+            "most of its cells show it; a longer run of that cell (`bench/profile`) tells "
+            "which.")
     direct = next((r for r in rates if r["target"] == "direct"), None)
     nginx = next((r for r in rates if r["target"] == "nginx"), None)
     for r in rates:
@@ -852,8 +854,8 @@ def markdown(meta, cells, rates, slows, targets, ledger, extra_name):
         sp = [c["rps_spread_pct"] for c in steady]
         w(f"Across the {st['runs']} runs of a cell req/s varied by {min(sp):.1f}–{max(sp):.1f}% "
           f"(median {statistics.median(sp):.1f}%) of the cell's median in {len(steady)} cells"
-          + (f"; the other {len(trend)} cells show the steady decline described under "
-             "Observations rather than noise." if trend else "."))
+          + (f"; the other {len(trend)} show the steady decline described under "
+             "Observations." if trend else "."))
     others = [p["core0_other_pct"] for c in cells for p in c["per_run"]
               if p["core0_other_pct"] is not None]
     if others:
