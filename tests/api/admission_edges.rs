@@ -569,8 +569,23 @@ async fn with_redis_hung_or_cut_reservations_fall_back_in_process() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Holds whose settlement did not reach Redis in time stay there until their TTL.
-        let stale = redis_held(&mut direct, &prefix, gid).await;
+        // Holds whose settlement did not reach Redis in time stay there until their TTL; a
+        // settlement still on its way to Redis lands a moment after the database's commit, so
+        // the figure is read once it has stopped moving (it failed once in CI without this).
+        let mut stale = redis_held(&mut direct, &prefix, gid).await;
+        let t0 = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = redis_held(&mut direct, &prefix, gid).await;
+            if now == stale {
+                break;
+            }
+            stale = now;
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "Redis holds never settled"
+            );
+        }
         proxy.set(mode);
         let mut worst = Duration::ZERO;
         for i in 0..5 {
