@@ -817,15 +817,9 @@ async fn rate_limits_hold_across_two_gateway_processes() {
             .send()
     };
     // RPM counts fixed minutes of the wall clock: the six calls must fall in one minute.
-    let into_minute = || {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap();
-        Duration::from_millis((now.as_millis() % 60_000) as u64)
-    };
-    if into_minute() > Duration::from_secs(45) {
-        tokio::time::sleep(Duration::from_secs(60) - into_minute() + Duration::from_millis(100))
-            .await;
+    let into_minute_ms = chrono::Utc::now().timestamp_millis().rem_euclid(60_000) as u64;
+    if into_minute_ms > 45_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into_minute_ms + 100)).await;
     }
     for base in [&one.base, &two.base, &one.base, &two.base] {
         assert_eq!(call(base).await.unwrap().status(), 200);
