@@ -25,7 +25,7 @@ pub enum AttemptError {
     Connect(String),
     Timeout(String),
     /// Upstream answered with an error status (kept to pass through if it is the last).
-    Status(UpstreamResponse),
+    Status(Box<UpstreamResponse>),
 }
 
 /// No attempt gave an answer to pass on: the last attempt's error and account, or None when
@@ -67,7 +67,7 @@ pub async fn forward(
             Ok(Ok(r))
                 if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() =>
             {
-                Err(AttemptError::Status(r))
+                Err(AttemptError::Status(Box::new(r)))
             }
             Ok(Ok(r)) => Ok(r),
         };

@@ -36,7 +36,7 @@ pub async fn failed(
             // Upstream's own error after retries: passed through as is; nothing billable.
             ticket.account_id = Some(account_id);
             let status = resp.status();
-            let (parts, body) = resp.into_parts();
+            let (parts, body) = (*resp).into_parts();
             let headers = client_headers(parts.headers, &ticket.request_id);
             let body = read_body(body).await.unwrap_or_default();
             let max = ticket.max_tokens();
@@ -189,7 +189,7 @@ fn with_alias(body: Bytes, alias: Option<&str>) -> Bytes {
 }
 
 /// A whole upstream body.
-async fn read_body(body: UpstreamBody) -> Result<Bytes, hyper::Error> {
+async fn read_body(body: UpstreamBody) -> Result<Bytes, super::client::BodyError> {
     use http_body_util::BodyExt;
     Ok(body.collect().await?.to_bytes())
 }
