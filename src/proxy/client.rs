@@ -70,6 +70,76 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
+/// The hop-by-hop headers (RFC 9110 §7.6.1 and the old `keep-alive`, `proxy-connection`): they
+/// describe one connection, so this client neither sends a caller's nor passes upstream's on.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// A request's header lines as they go on the wire (`name: value\r\n` each), written once by
+/// the caller: no map is built, hashed and walked again for one request.
+#[derive(Default)]
+pub struct HeaderLines(Vec<u8>);
+
+impl HeaderLines {
+    pub fn with_capacity(bytes: usize) -> HeaderLines {
+        HeaderLines(Vec::with_capacity(bytes))
+    }
+
+    /// Add a header from a map (its name and value are valid already).
+    pub fn push(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.push_raw(name.as_str(), value.as_bytes());
+    }
+
+    /// Add a header whose value is `prefix` and `value`; false (nothing added) when that is
+    /// not a valid header value (only visible ASCII, space and tab, as `HeaderValue::from_str`).
+    pub fn push_str(&mut self, name: &'static str, prefix: &str, value: &str) -> bool {
+        let valid = |s: &str| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if !valid(prefix) || !valid(value) {
+            return false;
+        }
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(prefix.as_bytes());
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+        true
+    }
+
+    fn push_raw(&mut self, name: &str, value: &[u8]) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    /// The (name, value) pairs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        std::str::from_utf8(&self.0)
+            .unwrap_or("")
+            .split_terminator("\r\n")
+            .filter_map(|line| line.split_once(": "))
+    }
+}
+
+impl From<&HeaderMap> for HeaderLines {
+    fn from(map: &HeaderMap) -> HeaderLines {
+        let mut lines = HeaderLines::with_capacity(map.len() * 48);
+        for (name, value) in map {
+            lines.push(name, value);
+        }
+        lines
+    }
+}
+
 type TlsStream = tokio_rustls::client::TlsStream<TokioIo<TokioIo<TcpStream>>>;
 
 /// An upstream socket, plain or TLS.
@@ -320,18 +390,23 @@ impl UpstreamClient {
         }
     }
 
-    /// POST `body` to `url` with exactly `headers` (plus Host and Content-Length).
+    /// POST `body` to `url` with exactly `headers` (plus Host and Content-Length; the caller
+    /// leaves out Host, Content-Length and the hop-by-hop headers).
     pub async fn post(
         &self,
         url: &str,
-        headers: HeaderMap,
+        headers: HeaderLines,
         body: Bytes,
     ) -> Result<UpstreamResponse, SendError> {
         self.send(Method::POST, url, &headers, body).await
     }
 
     /// GET `url` with exactly `headers` (plus Host): the account probes (SPEC §11.2).
-    pub async fn get(&self, url: &str, headers: HeaderMap) -> Result<UpstreamResponse, SendError> {
+    pub async fn get(
+        &self,
+        url: &str,
+        headers: HeaderLines,
+    ) -> Result<UpstreamResponse, SendError> {
         self.send(Method::GET, url, &headers, Bytes::new()).await
     }
 
@@ -339,7 +414,7 @@ impl UpstreamClient {
         &self,
         method: Method,
         url: &str,
-        headers: &HeaderMap,
+        headers: &HeaderLines,
         body: Bytes,
     ) -> Result<UpstreamResponse, SendError> {
         let invalid = |e: &dyn std::fmt::Display| {
@@ -406,35 +481,23 @@ impl UpstreamClient {
     }
 }
 
-/// The request line and headers, as hyper would write them (lower-case names), with Host and
-/// a Content-Length (except on a GET without a body). The caller's own framing headers are
-/// not sent: this client frames the body.
+/// The request line, Host, the caller's header lines and a Content-Length (except on a GET
+/// without a body), as hyper would write them (lower-case names).
 fn request_head(
     method: &Method,
     target: &str,
     authority: &str,
-    headers: &HeaderMap,
+    headers: &HeaderLines,
     body_len: usize,
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(128 + target.len() + headers.len() * 64);
+    let mut h = Vec::with_capacity(80 + target.len() + authority.len() + headers.0.len());
     h.extend_from_slice(method.as_str().as_bytes());
     h.push(b' ');
     h.extend_from_slice(target.as_bytes());
     h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     h.extend_from_slice(authority.as_bytes());
     h.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if matches!(
-            name.as_str(),
-            "host" | "content-length" | "transfer-encoding" | "connection"
-        ) {
-            continue;
-        }
-        h.extend_from_slice(name.as_str().as_bytes());
-        h.extend_from_slice(b": ");
-        h.extend_from_slice(value.as_bytes());
-        h.extend_from_slice(b"\r\n");
-    }
+    h.extend_from_slice(&headers.0);
     if *method != Method::GET || body_len > 0 {
         h.extend_from_slice(b"content-length: ");
         h.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
@@ -493,7 +556,10 @@ async fn exchange(mut conn: Conn, head: &[u8], body: &[u8]) -> Result<(Head, Con
 }
 
 /// A whole response head from the front of `buf` (taken out of it), None while it is
-/// incomplete. Header values are slices of the head's bytes, not copies.
+/// incomplete. Header values are slices of the head's bytes, not copies. The headers kept are
+/// the end-to-end ones: the framing ones (Content-Length, Transfer-Encoding) and the other
+/// hop-by-hop ones are read here and go no further, since whoever passes the body on frames
+/// it anew.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -574,8 +640,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, String> {
                     close = false;
                 }
             }
+        } else if !HOP_BY_HOP.contains(&name.as_str()) {
+            headers.append(name, value);
         }
-        headers.append(name, value);
     }
     let framing = if code == 204 || code == 304 || (100..200).contains(&code) {
         Framing::Length(0)
@@ -879,14 +946,20 @@ mod tests {
 
     /// The error of a request that got no response head.
     async fn send_error(client: &UpstreamClient, url: &str) -> String {
-        match client.post(url, HeaderMap::new(), Bytes::from("{}")).await {
+        match client
+            .post(url, HeaderLines::default(), Bytes::from("{}"))
+            .await
+        {
             Ok(r) => panic!("a response: {}", r.status()),
             Err(SendError::Connect(m) | SendError::ConnectTimeout(m)) => m,
         }
     }
 
     async fn post(client: &UpstreamClient, url: &str) -> UpstreamResponse {
-        match client.post(url, HeaderMap::new(), Bytes::from("{}")).await {
+        match client
+            .post(url, HeaderLines::default(), Bytes::from("{}"))
+            .await
+        {
             Ok(r) => r,
             Err(SendError::Connect(m) | SendError::ConnectTimeout(m)) => panic!("{m}"),
         }
@@ -954,7 +1027,11 @@ mod tests {
         drop(listener);
         let client = UpstreamClient::new(Duration::from_secs(5));
         match client
-            .post(&format!("http://{addr}/v1"), HeaderMap::new(), Bytes::new())
+            .post(
+                &format!("http://{addr}/v1"),
+                HeaderLines::default(),
+                Bytes::new(),
+            )
             .await
         {
             Err(SendError::Connect(m)) => assert!(m.contains("upstream unreachable"), "{m}"),
@@ -964,17 +1041,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_request_goes_out_with_the_clients_own_host_and_length() {
+    async fn the_request_goes_out_with_its_host_and_length() {
         let up = scripted(
             vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()],
             false,
         )
         .await;
         let client = UpstreamClient::new(Duration::from_secs(5));
-        let mut headers = HeaderMap::new();
-        headers.insert("x-custom", HeaderValue::from_static("a"));
-        headers.insert("content-length", HeaderValue::from_static("999"));
-        headers.insert("host", HeaderValue::from_static("elsewhere"));
+        let mut headers = HeaderLines::default();
+        assert!(headers.push_str("x-custom", "", "a"));
         let url = format!("{}?beta=true", up.url);
         let r = client.post(&url, headers, Bytes::from(r#"{"a":1}"#));
         let body = match r.await {
@@ -982,7 +1057,7 @@ mod tests {
             Err(_) => panic!("no response"),
         };
         assert_eq!(body, "ok");
-        let get = client.get(&up.url, HeaderMap::new());
+        let get = client.get(&up.url, HeaderLines::default());
         assert!(get.await.is_ok());
 
         let requests = up.requests.lock().unwrap().clone();
@@ -1181,5 +1256,34 @@ mod tests {
         let up = scripted(vec![head(MAX_HEADERS).into_bytes()], false).await;
         let e = send_error(&client, &up.url).await;
         assert!(e.contains("too many headers"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn framing_and_hop_by_hop_headers_of_a_response_go_no_further() {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+            transfer-encoding: chunked\r\nconnection: keep-alive\r\nx-request-id: up-1\r\n\
+            x-custom: a\r\nkeep-alive: timeout=5\r\nproxy-authenticate: Basic\r\n\
+            proxy-authorization: Basic x\r\nte: trailers\r\ntrailer: x-sum\r\nupgrade: h2c\r\n\
+            proxy-connection: keep-alive\r\nx-custom: b\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let up = scripted(vec![answer.to_vec()], false).await;
+        let client = UpstreamClient::new(Duration::from_secs(5));
+        let r = post(&client, &up.url).await;
+        let mut names: Vec<&str> = r.headers().keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "x-custom", "x-request-id"]);
+        let custom: Vec<_> = r.headers().get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["a", "b"], "repeated headers kept in order");
+        assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+        let answer =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\nok";
+        let up = scripted(vec![answer.to_vec()], false).await;
+        let r = post(&client, &up.url).await;
+        assert!(
+            r.headers().get("content-length").is_none(),
+            "{:?}",
+            r.headers()
+        );
+        assert_eq!(hyper::body::Body::size_hint(r.body()).exact(), Some(2));
     }
 }
